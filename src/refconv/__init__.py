@@ -1,0 +1,3 @@
+"""refconv: Re-parameterized Refocusing Convolution for pretrained ConvNets."""
+
+__version__ = "0.1.0"
