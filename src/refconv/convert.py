@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+import torch
 from torch import nn
 
 from .errors import AlreadyConvertedError, ConversionError, NoEligibleConvError, StateDictFormatError
-from .layers import INITS, RefConv, is_convertible_conv
+from .layers import INITS, RefConv, _validate_conv, is_convertible_conv
 from .transform import check_map_k, default_groups, num_kernels
 
 __all__ = [
@@ -128,18 +129,24 @@ def plan_conversion(
     for name, conv in convs:
         if exc and _matches(name, exc):
             continue
-        spatial = tuple(conv.weight.shape[2:]) if isinstance(getattr(conv, "weight", None), nn.Parameter) else ()
+        weight = getattr(conv, "weight", None)
+        spatial = tuple(weight.shape[2:]) if isinstance(weight, torch.Tensor) else ()
         if inc:
             if not _matches(name, inc):
                 continue
-            # Explicitly selected: a kernel too small for map_k is the user's error, not a silent skip.
-            if spatial and any(k < map_k for k in spatial):
+            # Named explicitly (not just through a container): a kernel too small for map_k is the user's
+            # error, not a silent skip.
+            named = any(fnmatch.fnmatchcase(name, p) for p in inc)
+            if named and spatial and any(k < map_k for k in spatial):
                 raise ConversionError(
                     f"layer '{name}' was selected by include but its kernel {spatial} is smaller than "
                     f"map_k={map_k}. Use map_k <= {min(spatial)}, or exclude it."
                 )
+            if not named and (not spatial or any(k < map_k for k in spatial)):
+                continue
         elif not spatial or any(k < map_k for k in spatial):
             continue
+        _validate_conv(conv, f"'{name}'")
         selected.append((name, conv))
 
     if not selected:
@@ -279,8 +286,8 @@ def _swap(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]
         if id(parent) in seen:
             continue
         seen.add(id(parent))
-        for child_name, child in list(parent.named_children()):
-            new = replacement(child)
+        for child_name, child in list(parent._modules.items()):  # not named_children(): it hides shared ones
+            new = replacement(child) if child is not None else None
             if new is not None:
                 setattr(parent, child_name, new)
                 count += 1
