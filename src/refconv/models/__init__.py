@@ -1,0 +1,38 @@
+"""Model factory over timm and torchvision, and a strict loader for local weights files.
+
+::
+
+    model = create_model("tv/mobilenet_v3_small", num_classes=10, in_chans=1, weights="mnv3s_in1k.pth")
+    load_weights(model, "runs/exp1")            # a run directory: folded.safetensors or checkpoints/best.pt
+
+Weights never load silently: a classifier of another size, missing or unexpected keys, or a RefConv
+(unfolded) checkpoint for a plain model raise a :class:`~refconv.errors.CheckpointError` saying what to do.
+"""
+
+from __future__ import annotations
+
+from .factory import create_model, list_models, resolve_model_name
+from .surgery import adapt_input_weight, classifier_names, first_conv_names, replace_classifier, replace_first_conv
+from .weights import (
+    is_refconv_state_dict,
+    load_state_dict_checked,
+    load_weights,
+    read_state_dict,
+    resolve_weights_path,
+)
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "resolve_model_name",
+    "load_weights",
+    "read_state_dict",
+    "resolve_weights_path",
+    "is_refconv_state_dict",
+    "load_state_dict_checked",
+    "adapt_input_weight",
+    "replace_first_conv",
+    "replace_classifier",
+    "first_conv_names",
+    "classifier_names",
+]
