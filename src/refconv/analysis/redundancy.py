@@ -1,0 +1,489 @@
+"""Channel redundancy: how different the kernels of one layer's output channels are.
+
+The RefConv paper reports that Refocusing Learning raises the KL divergence between the kernels of different
+channels (more diverse, less redundant kernels) but does not publish the normalisation. This module fixes one
+definition, applies it identically to any convolution weight, and documents it here and in
+``docs/analysis.md``.
+
+Definition (``mode="filter"``, the default). For a convolution weight ``W`` of shape
+``(Cout, Cin/g, *k)``:
+
+1. Each output channel ``o`` has one filter ``W[o]`` (all its input channels and spatial positions, ``D =
+   Cin/g * prod(k)`` numbers). Its absolute values are normalised to a distribution
+   ``p_o = |W[o]| / sum(|W[o]|)``. An all-zero filter becomes the uniform distribution.
+2. Smoothing with ``eps`` keeps the logarithms finite: ``p_o <- (p_o + eps) / (1 + D * eps)``.
+3. The divergence of two channels is the symmetric KL divergence, the mean of the two directions:
+   ``S(p, q) = (KL(p || q) + KL(q || p)) / 2 = sum((p - q) * (log p - log q)) / 2`` (natural log, nats).
+4. The layer's diversity is the mean of ``S`` over all unordered pairs of distinct channels. When a layer has
+   more than ``max_pairs`` pairs, ``max_pairs`` ordered pairs ``(i, j), i != j`` are drawn uniformly with
+   replacement from a ``torch.Generator`` seeded with ``seed`` (an unbiased estimate of the same mean; the
+   result says it was sampled).
+5. A model's overall diversity is the unweighted mean over its eligible layers (each layer counts once).
+
+Higher means more diverse, less redundant kernels; identical (or proportional) filters give exactly 0.
+
+Why the whole filter and absolute values: a convolution is usually followed by BatchNorm, so a filter's scale
+and the sign of the whole filter carry no information; the normalised magnitude pattern is what makes two
+channels compute different features. Using every input channel (not only the spatial pattern) means two
+channels that apply the same spatial shape to different inputs are not counted as redundant. For depthwise
+convolutions (one input channel per filter), the filter *is* the spatial kernel, so both readings agree.
+``mode="spatial"`` is offered for the purely spatial reading: magnitudes are summed over input channels
+first and the distribution is over the ``prod(k)`` spatial positions only (it is always 0 for 1x1 convs).
+
+This module also holds the model helpers the weight analyses share: finding eligible convolutions, folding a
+RefConv model before analysing it, and checking that two models have the same architecture.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from refconv.errors import CheckpointError, ConfigError, ConversionError, NoEligibleConvError
+
+__all__ = [
+    "channel_diversity",
+    "kernel_distributions",
+    "layer_redundancy",
+    "redundancy_report",
+    "compare_redundancy",
+    "eligible_convs",
+    "fold_for_analysis",
+    "has_refconv_layers",
+    "check_same_architecture",
+]
+
+RedundancyMode = Literal["filter", "spatial"]
+
+#: Default cap on channel pairs evaluated exactly per layer (C=142 channels give 10011 pairs).
+DEFAULT_MAX_PAIRS = 10_000
+#: Elements processed per chunk when evaluating pairs, to bound memory on wide layers.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model helpers shared by the weight analyses (redundancy, skeleton) and the model comparisons.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _refconv_class() -> type | None:
+    """Return ``refconv.layers.RefConv`` if the core library provides it (imported lazily)."""
+    try:
+        from refconv.layers import RefConv  # noqa: PLC0415 - lazy: the analysis must not depend on the core
+    except ImportError:
+        return None
+    return RefConv
+
+
+def _is_refconv_layer(module: nn.Module, refconv_cls: type | None) -> bool:
+    if refconv_cls is not None and isinstance(module, refconv_cls):
+        return True
+    # Duck typing keeps RefConv layers recognisable even if the core is absent or renamed.
+    return hasattr(module, "refocus_weight") and callable(getattr(module, "transformed_weight", None))
+
+
+def has_refconv_layers(model: nn.Module) -> bool:
+    """Whether ``model`` holds training-time RefConv layers (which must be folded before weight analysis)."""
+    cls = _refconv_class()
+    return any(_is_refconv_layer(m, cls) for m in model.modules())
+
+
+def fold_for_analysis(model: nn.Module) -> tuple[nn.Module, bool]:
+    """Return a model whose convolutions hold the weights the network really applies.
+
+    A training-time RefConv layer stores a frozen basis ``Wb`` in its child ``.conv``; the kernel it applies
+    is ``Wt = Wb + RT(Wb)``. Analysing ``.conv.weight`` would therefore analyse the wrong tensor, so models
+    with RefConv layers are folded on a deep copy (the caller's model is untouched).
+
+    Args:
+        model: Any model; plain convolution models are returned as they are.
+
+    Returns:
+        ``(model_to_analyse, folded)`` where ``folded`` says whether a folded copy was made.
+
+    Raises:
+        ConversionError: The model has RefConv layers but ``refconv.reparameterize`` is not available.
+    """
+    if not has_refconv_layers(model):
+        return model, False
+    cls = _refconv_class()
+    try:
+        from refconv import reparameterize  # noqa: PLC0415 - lazy import of the core
+    except ImportError:
+        reparameterize = None
+    if reparameterize is None or cls is None or not any(isinstance(m, cls) for m in model.modules()):
+        raise ConversionError(
+            "the model holds RefConv-like layers (with refocus_weight / transformed_weight), whose applied "
+            "kernel is Wb + RT(Wb), not the stored basis, and refconv.reparameterize cannot fold them here; "
+            "fold the model first (refconv.reparameterize(model), or the layers' own fuse()) and analyse that"
+        )
+    folded = reparameterize(copy.deepcopy(model), inplace=True)
+    if has_refconv_layers(folded):
+        raise ConversionError(
+            "refconv.reparameterize left RefConv-like layers in the model; fold them before analysing it"
+        )
+    return folded, True
+
+
+def _is_plain_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
+        module, nn.modules.conv._ConvTransposeNd
+    )
+
+
+def eligible_convs(
+    model: nn.Module, *, min_kernel_size: int = 3, min_out_channels: int = 1
+) -> dict[str, nn.modules.conv._ConvNd]:
+    """Name -> convolution for every convolution the weight analyses look at.
+
+    Eligible: ``nn.Conv1d/2d/3d`` and their subclasses (timm's ``Conv2dSame``...; transposed convolutions
+    excluded) whose kernel is at least ``min_kernel_size`` in every spatial dimension and that have at least
+    ``min_out_channels`` output channels. The default ``min_kernel_size=3`` selects the layers RefConv
+    converts with its default ``map_k=3``; pass 1 to include pointwise convolutions.
+
+    Args:
+        model: A model without RefConv layers (see :func:`fold_for_analysis`).
+        min_kernel_size: Smallest kernel size, in every spatial dimension, of an eligible layer (>= 1).
+        min_out_channels: Smallest number of output channels of an eligible layer (>= 1).
+
+    Returns:
+        Ordered mapping of qualified module names to convolutions.
+
+    Raises:
+        ConfigError: A bound is out of range.
+    """
+    _check_int("min_kernel_size", min_kernel_size, 1, 1_000)
+    _check_int("min_out_channels", min_out_channels, 1, 1_000_000)
+    cls = _refconv_class()
+    result: dict[str, nn.modules.conv._ConvNd] = {}
+    for name, module in _named_modules_outside_refconv(model, cls):
+        if not _is_plain_conv(module):
+            continue
+        if min(module.kernel_size) < min_kernel_size or module.out_channels < min_out_channels:
+            continue
+        result[name] = module
+    return result
+
+
+def _named_modules_outside_refconv(model: nn.Module, cls: type | None) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules`` that does not descend into RefConv layers (their ``.conv`` is only a basis)."""
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        yield name, module
+        if _is_refconv_layer(module, cls):
+            continue
+        children = list(module.named_children())
+        for child_name, child in reversed(children):
+            stack.append((f"{name}.{child_name}" if name else child_name, child))
+
+
+def _require_convs(
+    model: nn.Module, *, min_kernel_size: int, min_out_channels: int, what: str
+) -> dict[str, nn.modules.conv._ConvNd]:
+    convs = eligible_convs(model, min_kernel_size=min_kernel_size, min_out_channels=min_out_channels)
+    if not convs:
+        n_conv = sum(1 for m in model.modules() if _is_plain_conv(m))
+        raise NoEligibleConvError(
+            f"{what}: the model ({type(model).__name__}) has no convolution with a kernel of at least "
+            f"{min_kernel_size} in every spatial dimension and at least {min_out_channels} output channels "
+            f"({n_conv} convolution(s) in total); pass a smaller min_kernel_size (1 includes pointwise convs) "
+            "or a model with convolutions"
+        )
+    return convs
+
+
+def check_same_architecture(
+    a: nn.Module, b: nn.Module, *, names: tuple[str, str] = ("baseline", "refconv")
+) -> None:
+    """Raise if two (folded) models do not have the same parameters and buffers with the same shapes.
+
+    Comparisons (redundancy per layer, interpolation between the models) are only meaningful layer by layer;
+    the error lists which entries differ so a mismatched checkpoint is easy to spot.
+
+    Args:
+        a: First model (folded, see :func:`fold_for_analysis`).
+        b: Second model (folded).
+        names: How the two models are called in the error message.
+
+    Raises:
+        CheckpointError: Names or shapes differ; the message lists up to 10 differences of each kind.
+    """
+    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    sb = {k: tuple(v.shape) for k, v in b.state_dict().items()}
+    only_a = [k for k in sa if k not in sb]
+    only_b = [k for k in sb if k not in sa]
+    shapes = [f"{k}: {sa[k]} vs {sb[k]}" for k in sa if k in sb and sa[k] != sb[k]]
+    if not (only_a or only_b or shapes):
+        return
+    parts = []
+    for label, items in (
+        (f"only in {names[0]}", only_a),
+        (f"only in {names[1]}", only_b),
+        (f"shape differs ({names[0]} vs {names[1]})", shapes),
+    ):
+        if items:
+            shown = ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
+            parts.append(f"{label}: {shown}")
+    raise CheckpointError(
+        f"the {names[0]} and {names[1]} models have different architectures; " + "; ".join(parts)
+        + ". Load both checkpoints into the same architecture (and fold RefConv checkpoints first)"
+    )
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}={value!r} is out of range: expected an integer in [{low}, {high}]")
+
+
+def _check_float(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (low < v if low_open else low <= v) and v <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{name}={value!r} is out of range: expected a number in {bracket}{low}, {high}]")
+
+
+# --------------------------------------------------------------------------------------------------------
+# The metric on tensors.
+# --------------------------------------------------------------------------------------------------------
+
+
+def kernel_distributions(weight: Tensor, *, mode: RedundancyMode = "filter", eps: float = 1e-8) -> Tensor:
+    """Per-output-channel distributions of kernel magnitude (step 1-2 of the module definition).
+
+    Args:
+        weight: Convolution weight ``(Cout, Cin/g, *k)`` (any dtype; computed in float64).
+        mode: ``"filter"``: over all ``Cin/g * prod(k)`` entries; ``"spatial"``: magnitudes summed over input
+            channels, distribution over the ``prod(k)`` spatial positions.
+        eps: Smoothing added to every probability before renormalising, in ``[0, 1e-2]``.
+
+    Returns:
+        float64 tensor ``(Cout, D)`` whose rows are strictly positive (for ``eps > 0``) and sum to 1.
+
+    Raises:
+        ConfigError: ``weight`` has fewer than 3 dimensions, ``mode`` or ``eps`` is invalid.
+    """
+    if weight.dim() < 3:
+        raise ConfigError(
+            f"expected a convolution weight (Cout, Cin/groups, *kernel) with at least 3 dims, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    _check_float("eps", eps, 0.0, 1e-2)
+    mag = weight.detach().to(device="cpu", dtype=torch.float64).abs()
+    if mode == "filter":
+        mag = mag.flatten(1)
+    elif mode == "spatial":
+        mag = mag.sum(dim=1).flatten(1)
+    else:
+        raise ConfigError(f"mode={mode!r} is not supported: expected 'filter' or 'spatial'")
+    d = mag.shape[1]
+    total = mag.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(mag, 1.0 / d)
+    p = torch.where(total > 0, mag / total.clamp_min(torch.finfo(torch.float64).tiny), uniform)
+    return (p + eps) / (1.0 + d * eps)
+
+
+def _pair_indices(c: int, max_pairs: int, seed: int) -> tuple[Tensor, Tensor, bool]:
+    n_pairs = c * (c - 1) // 2
+    if n_pairs <= max_pairs:
+        idx = torch.triu_indices(c, c, offset=1)
+        return idx[0], idx[1], False
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, c, (max_pairs,), generator=gen)
+    # j uniform over the c-1 other channels: every ordered distinct pair is equally likely.
+    j = (i + torch.randint(1, c, (max_pairs,), generator=gen)) % c
+    return i, j, True
+
+
+def _diversity_details(
+    weight: Tensor, *, mode: RedundancyMode, eps: float, max_pairs: int, seed: int
+) -> dict[str, float | int | bool]:
+    _check_int("max_pairs", max_pairs, 1, 100_000_000)
+    _check_int("seed", seed, 0, 2**63 - 1)
+    p = kernel_distributions(weight, mode=mode, eps=eps)
+    c, d = p.shape
+    if c < 2:
+        raise ConfigError(
+            f"channel diversity needs at least 2 output channels to compare, got a weight of shape "
+            f"{tuple(weight.shape)}"
+        )
+    logp = p.log()
+    i, j, sampled = _pair_indices(c, max_pairs, seed)
+    chunk = max(1, _CHUNK_ELEMENTS // d)
+    values = []
+    for start in range(0, i.numel(), chunk):
+        ii, jj = i[start : start + chunk], j[start : start + chunk]
+        values.append(0.5 * ((p[ii] - p[jj]) * (logp[ii] - logp[jj])).sum(dim=1))
+    s = torch.cat(values).clamp_min(0.0)  # exact algebra is >= 0; clamp float64 round-off at identical rows
+    return {
+        "diversity": float(s.mean()),
+        "std": float(s.std(unbiased=False)),
+        "channels": c,
+        "support": d,
+        "pairs": int(s.numel()),
+        "sampled": sampled,
+    }
+
+
+def channel_diversity(
+    weight: Tensor,
+    *,
+    mode: RedundancyMode = "filter",
+    eps: float = 1e-8,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+) -> float:
+    """Mean symmetric KL divergence between the output channels' kernel distributions (nats).
+
+    See the module docstring for the full definition. Identical or proportional filters give 0; higher
+    means more diverse, less redundant kernels.
+
+    Args:
+        weight: Convolution weight ``(Cout, Cin/g, *k)`` with ``Cout >= 2``.
+        mode: ``"filter"`` (default) or ``"spatial"``, see :func:`kernel_distributions`.
+        eps: Probability smoothing, in ``[0, 1e-2]``.
+        max_pairs: Above this many channel pairs, this many pairs are sampled (seeded) instead.
+        seed: Seed of the pair sampler.
+
+    Returns:
+        The layer's diversity, a float >= 0.
+
+    Raises:
+        ConfigError: Bad weight shape or option value.
+    """
+    return float(_diversity_details(weight, mode=mode, eps=eps, max_pairs=max_pairs, seed=seed)["diversity"])
+
+
+def layer_redundancy(
+    model: nn.Module,
+    *,
+    mode: RedundancyMode = "filter",
+    min_kernel_size: int = 3,
+    eps: float = 1e-8,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Channel diversity of every eligible convolution of ``model`` (folded first if it holds RefConv).
+
+    Args:
+        model: Any convolutional model.
+        mode: See :func:`kernel_distributions`.
+        min_kernel_size: See :func:`eligible_convs`.
+        eps: See :func:`channel_diversity`.
+        max_pairs: See :func:`channel_diversity`.
+        seed: See :func:`channel_diversity`.
+
+    Returns:
+        Layer name -> diversity (nats), in module order.
+
+    Raises:
+        NoEligibleConvError: No convolution qualifies.
+    """
+    report = redundancy_report(
+        model, mode=mode, min_kernel_size=min_kernel_size, eps=eps, max_pairs=max_pairs, seed=seed
+    )
+    return {name: layer["diversity"] for name, layer in report["layers"].items()}
+
+
+def redundancy_report(
+    model: nn.Module,
+    *,
+    mode: RedundancyMode = "filter",
+    min_kernel_size: int = 3,
+    eps: float = 1e-8,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+) -> dict:
+    """Per-layer channel diversity with details, the overall mean, and how it was computed.
+
+    Returns:
+        ``{"layers": {name: {"diversity", "std", "channels", "support", "pairs", "sampled"}}, "overall":
+        float, "folded_from_refconv": bool, "definition": {...}}``. ``std`` is the spread over pairs.
+
+    Raises:
+        NoEligibleConvError: No convolution qualifies.
+    """
+    analysed, folded = fold_for_analysis(model)
+    convs = _require_convs(analysed, min_kernel_size=min_kernel_size, min_out_channels=2, what="redundancy")
+    layers = {
+        name: _diversity_details(conv.weight, mode=mode, eps=eps, max_pairs=max_pairs, seed=seed)
+        for name, conv in convs.items()
+    }
+    overall = sum(float(v["diversity"]) for v in layers.values()) / len(layers)
+    return {
+        "layers": layers,
+        "overall": overall,
+        "folded_from_refconv": folded,
+        "definition": {
+            "mode": mode,
+            "eps": eps,
+            "max_pairs": max_pairs,
+            "seed": seed,
+            "min_kernel_size": min_kernel_size,
+            "divergence": "mean over channel pairs of (KL(p||q) + KL(q||p)) / 2, natural log",
+            "overall": "unweighted mean over layers",
+        },
+    }
+
+
+def compare_redundancy(
+    baseline: nn.Module,
+    refconv_model: nn.Module,
+    *,
+    mode: RedundancyMode = "filter",
+    min_kernel_size: int = 3,
+    eps: float = 1e-8,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+) -> dict:
+    """Redundancy of a baseline and a RefConv model side by side, with the same definition and seed.
+
+    Args:
+        baseline: The baseline model.
+        refconv_model: The RefConv model (training-time or folded).
+        mode: See :func:`kernel_distributions`.
+        min_kernel_size: See :func:`eligible_convs`.
+        eps: See :func:`channel_diversity`.
+        max_pairs: See :func:`channel_diversity`.
+        seed: See :func:`channel_diversity`.
+
+    Returns:
+        ``{"layers": {name: {"baseline", "refconv", "delta"}}, "overall": {"baseline", "refconv", "delta"},
+        "baseline": report, "refconv": report}`` where ``delta = refconv - baseline``.
+
+    Raises:
+        CheckpointError: The folded models differ in architecture (the message lists the layers).
+    """
+    kwargs = dict(mode=mode, min_kernel_size=min_kernel_size, eps=eps, max_pairs=max_pairs, seed=seed)
+    base_folded, _ = fold_for_analysis(baseline)
+    ref_folded, _ = fold_for_analysis(refconv_model)
+    check_same_architecture(base_folded, ref_folded)
+    rb = redundancy_report(base_folded, **kwargs)
+    rr = redundancy_report(ref_folded, **kwargs)
+    rb["folded_from_refconv"] = base_folded is not baseline
+    rr["folded_from_refconv"] = ref_folded is not refconv_model
+    layers = {
+        name: {
+            "baseline": rb["layers"][name]["diversity"],
+            "refconv": rr["layers"][name]["diversity"],
+            "delta": rr["layers"][name]["diversity"] - rb["layers"][name]["diversity"],
+        }
+        for name in rb["layers"]
+    }
+    return {
+        "layers": layers,
+        "overall": {
+            "baseline": rb["overall"],
+            "refconv": rr["overall"],
+            "delta": rr["overall"] - rb["overall"],
+        },
+        "baseline": rb,
+        "refconv": rr,
+    }
