@@ -1,0 +1,148 @@
+"""Cells of a study: one engine run per (arm, seed), all from the same baseline checkpoint."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import RunConfig, RunResult, run
+from ..engine.runner import load_run_config
+from ..engine.config import config_diff
+from ..errors import CheckpointError
+from ..stats import paired_difference, summarize
+
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "arm_table"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a study: a method with its settings, trained for ``epochs`` from the baseline."""
+
+    name: str
+    method: str  # refconv | continue | finetune
+    epochs: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_control(self) -> bool:
+        return self.method in ("continue", "finetune")
+
+
+@dataclass(frozen=True)
+class Cell:
+    arm: Arm
+    seed: int
+    config: RunConfig
+
+
+def cell_config(base: RunConfig, baseline_dir: str | os.PathLike, arm: Arm, seed: int, root: str | os.PathLike) -> RunConfig:
+    """The engine config of one cell: the base recipe, the arm's method/settings, the seed, its own directory."""
+    return base.replace(
+        method=arm.method,
+        weights=str(baseline_dir),
+        pretrained=False,
+        epochs=arm.epochs,
+        seed=seed,
+        out=str(Path(root) / arm.name / f"seed{seed}"),
+        overwrite=False,
+        **dict(arm.overrides),
+    )
+
+
+def run_cell(cfg: RunConfig, *, overwrite: bool = False, reporter=None) -> RunResult:
+    """Run one cell: reuse it when finished, resume it when interrupted, start it otherwise.
+
+    A directory holding a different configuration is refused unless ``overwrite``.
+    """
+    run_dir = cfg.run_dir()
+    if (run_dir / "config.yaml").is_file() and not overwrite:
+        saved = load_run_config(run_dir)
+        diff = config_diff(saved, cfg)
+        if diff:
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
+            raise CheckpointError(
+                f"{run_dir} holds a run with a different configuration ({shown}). Use another --out, or pass "
+                "--overwrite to recompute it."
+            )
+        if (run_dir / "done.json").is_file():
+            return run(cfg, reporter=reporter)
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            return run(cfg, resume=True, reporter=reporter)
+    return run(cfg.replace(overwrite=True) if run_dir.exists() else cfg, reporter=reporter)
+
+
+def _run_cell_in_subprocess(cfg_dict: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from ..engine.config import make_config
+
+    return run_cell(make_config(cfg_dict), overwrite=overwrite).to_dict()
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    *,
+    parallel: int = 1,
+    overwrite: bool = False,
+    on_done: Callable[[Cell, RunResult, int, int], None] | None = None,
+    reporter=None,
+) -> dict[tuple[str, int], RunResult]:
+    """Run every cell (cached cells return at once); ``parallel > 1`` runs cells in separate processes.
+
+    ``on_done(cell, result, done_count, total)`` is called as each cell finishes (progress/ETA).
+    """
+    results: dict[tuple[str, int], RunResult] = {}
+    total = len(cells)
+    if parallel <= 1:
+        for i, cell in enumerate(cells, 1):
+            res = run_cell(cell.config, overwrite=overwrite, reporter=reporter)
+            results[(cell.arm.name, cell.seed)] = res
+            if on_done:
+                on_done(cell, res, i, total)
+        return results
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {
+            pool.submit(_run_cell_in_subprocess, c.config.to_dict(), overwrite): c for c in cells
+        }
+        for i, fut in enumerate(cf.as_completed(futures), 1):
+            cell = futures[fut]
+            res = RunResult.from_dict(fut.result())
+            results[(cell.arm.name, cell.seed)] = res
+            if on_done:
+                on_done(cell, res, i, total)
+    return results
+
+
+def arm_table(
+    arms: Sequence[Arm],
+    seeds: Sequence[int],
+    results: Mapping[tuple[str, int], RunResult],
+    *,
+    metric: str = "top1",
+    reference: Mapping[str, Sequence[float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Per arm: summary of ``metric`` over seeds and paired differences to every control arm.
+
+    ``reference`` may add fixed per-seed series (e.g. the baseline's value repeated) to compare against.
+    """
+    per_arm = {a.name: [float(results[(a.name, s)].final[metric]) for s in seeds] for a in arms}
+    controls = [a for a in arms if a.is_control]
+    rows = []
+    for a in arms:
+        vals = per_arm[a.name]
+        row: dict[str, Any] = {"arm": a.name, "method": a.method, "epochs": a.epochs, "values": vals,
+                               "summary": summarize(vals).to_dict(), "vs": {}}
+        if not a.is_control:
+            for c in controls:
+                row["vs"][c.name] = paired_difference(vals, per_arm[c.name]).to_dict()
+            for name, ref in (reference or {}).items():
+                row["vs"][name] = paired_difference(vals, list(ref)).to_dict()
+        rows.append(row)
+    return rows

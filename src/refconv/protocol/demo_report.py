@@ -1,0 +1,222 @@
+"""Stage 5 of the demo: ``report.md`` and ``report.html`` from ``results.json`` alone.
+
+Every number printed here is read from the results dict and formatted by :func:`fmt` (or one of the
+summary helpers below), so a test can recompute each string from ``results.json`` and find it in the
+report. The wording follows the intervals: a gain is only called a gain when it is supported.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..report import Document, Image, Table, Text
+from ..report.plots import plot_curves
+from ..stats import PairedDifference, verdict
+
+__all__ = ["write_demo_report", "fmt", "fmt_summary", "fmt_diff"]
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """The one number formatter of the report."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_summary(s: dict[str, Any], digits: int = 2) -> str:
+    if s["n"] < 2 or s["std"] is None or (isinstance(s["std"], float) and math.isnan(s["std"])):
+        return fmt(s["mean"], digits)
+    return f"{fmt(s['mean'], digits)} ± {fmt(s['std'], digits)}"
+
+
+def fmt_diff(d: dict[str, Any], digits: int = 2) -> str:
+    base = f"{d['mean']:+.{digits}f}"
+    if d.get("ci_low") is None:
+        return base + " (1 seed)"
+    return f"{base} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
+def _diff_obj(d: dict[str, Any]) -> PairedDifference:
+    keys = ("mean", "std", "n", "ci_low", "ci_high", "confidence", "method", "p_value")
+    return PairedDifference(**{k: d[k] for k in keys})
+
+
+def _mparams(n: int) -> str:
+    return f"{n / 1e6:.3f}M"
+
+
+def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    p = results["profile"]
+    doc = Document("RefConv demo report")
+    seeds = results["seeds"]
+
+    s = doc.section("What was run")
+    subset = (
+        f"a class-stratified subset of {fmt(p['subset_train'])} training and {fmt(p['subset_test'])} test images"
+        if p.get("subset_train") or p.get("subset_test")
+        else "the full training and test sets"
+    )
+    s.add(Text(
+        f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']}). "
+        f"Per model: a baseline trained {p['baseline_epochs']} epochs from scratch (seed 0), then from that checkpoint, "
+        f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
+        f"({', '.join(str(x) for x in seeds)}): **refconv** (convert, frozen basis, Refocusing Learning), "
+        f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']})."
+    ))
+    if p["name"] != "full":
+        s.add(Text(
+            "This is a reduced run (subsampled data, few epochs): its numbers show the pipeline and this run's "
+            "outcome, not the paper's ImageNet-scale claims. `refconv demo --profile full` is the small-scale "
+            "reproduction."
+        ))
+
+    s = doc.section("Verdict")
+    for model, m in results["models"].items():
+        ref = next(r for r in m["table"] if r["arm"] == "refconv")
+        for ctrl in ("continue", "finetune", "baseline"):
+            d = ref["vs"][ctrl]
+            s.add(Text(f"**{model}**, RefConv top-1 vs {ctrl}: {verdict(_diff_obj(d), ctrl)}"))
+
+    s = doc.section("Results")
+    for model, m in results["models"].items():
+        rows = [["baseline", fmt(m["baseline"]["epochs"]), fmt(m["baseline"]["final"]["top1"]),
+                 fmt(m["baseline"]["final"]["top5"]), "", "", ""]]
+        top5 = {r["arm"]: r for r in m["table_top5"]}
+        for r in m["table"]:
+            vs = r["vs"]
+            rows.append([
+                r["arm"], fmt(r["epochs"]), fmt_summary(r["summary"]), fmt_summary(top5[r["arm"]]["summary"]),
+                fmt_diff(vs["continue"]) if "continue" in vs else "",
+                fmt_diff(vs["finetune"]) if "finetune" in vs else "",
+                fmt_diff(vs["baseline"]) if "baseline" in vs else "",
+            ])
+        s.add(Table(
+            ["method", "epochs", "top-1 %", "top-5 %", "Δ top-1 vs continue", "Δ vs finetune", "Δ vs baseline"],
+            rows,
+            caption=f"{model}: test accuracy after the last epoch, mean ± sample std over {len(seeds)} seed(s); Δ is "
+                    "the paired per-seed difference with its 95% t interval.",
+        ))
+        per_seed = [[arm] + [fmt(m["cells"][f"{arm}/seed{sd}"]["final"]["top1"]) for sd in seeds]
+                    for arm in ("refconv", "continue", "finetune")]
+        s.add(Table(["method"] + [f"seed {sd}" for sd in seeds], per_seed, caption=f"{model}: top-1 per seed."))
+
+    s = doc.section("Training curves")
+    for model, m in results["models"].items():
+        hist = {"baseline": [m["baseline"]["history"]]}
+        for arm in ("refconv", "continue", "finetune"):
+            hist[arm] = [_shift(m["cells"][f"{arm}/seed{sd}"]["history"], m["baseline"]["epochs"]) for sd in seeds]
+        png = out / f"curves-{m['slug']}.png"
+        plot_curves(hist, png, keys=("train_loss", "test_loss", "test_top1"), title=model)
+        s.add(Image(str(png.relative_to(out)), caption=f"{model}: per-epoch curves; the arms start from the baseline's "
+                                                      "last epoch."))
+
+    s = doc.section("Cost: training time vs deployed")
+    for model, m in results["models"].items():
+        eq = m["equivalence"][0]
+        tt = m["cells"]["refconv/seed0"]
+        ct = m["cells"]["continue/seed0"]
+        lat = eq["latency_ms"]
+        tsf = eq["train_step_flops"]
+        rows = [
+            ["baseline / continue", _mparams(eq["params"]["baseline"]), _mparams(ct["trainable_params"]),
+             fmt(eq["flops_per_image"]["baseline"] / 1e6), fmt(tsf["baseline"] / 1e9, 3),
+             fmt(lat["baseline"]["median_ms"]), fmt(_epoch_time(ct))],
+            ["refconv, training time", _mparams(eq["params"]["training_time"]),
+             _mparams(eq["params"]["training_time_trainable"]), "", fmt(tsf["refconv"] / 1e9, 3), "",
+             fmt(_epoch_time(tt))],
+            ["refconv, folded (deployed)", _mparams(eq["params"]["folded"]), "",
+             fmt(eq["flops_per_image"]["folded"] / 1e6), "", fmt(lat["folded"]["median_ms"]), ""],
+        ]
+        s.add(Table(["model", "params", "trainable", "inference MFLOPs / image",
+                     f"train-step GFLOPs (batch {tsf['batch']})", f"latency ms (batch {lat['batch']})",
+                     "s / epoch"], rows,
+                    caption=f"{model}: folded params and FLOPs equal the baseline's: {fmt(eq['cost_equal'])}. "
+                            "Latency: median of interleaved runs of baseline and folded on the same input; "
+                            "epoch time: mean training seconds per epoch of seed 0."))
+
+    s = doc.section("Folding equivalence")
+    for model, m in results["models"].items():
+        rows = [[fmt(e["seed"]), fmt(e["test_images"]), f"{e['max_abs_logit_err']:.3g}", f"{e['max_rel_logit_err']:.3g}",
+                 f"{fmt(e['identical_predictions'])} / {fmt(e['test_images'])}", fmt(e["top1_unfolded"]),
+                 fmt(e["top1_folded"]), fmt(e["cost_equal"])] for e in m["equivalence"]]
+        s.add(Table(["seed", "test images", "max |Δ logit|", "relative", "identical predictions", "top-1 unfolded",
+                     "top-1 folded", "params & FLOPs = baseline"], rows,
+                    caption=f"{model}: the trained RefConv model (unfolded) vs its folded weights loaded with "
+                            "strict=True into the stock model, on the whole test set."))
+
+    s = doc.section("Analyses")
+    for model, m in results["models"].items():
+        a = m["analysis"]
+        s.add(Text(f"**{model}**: RefConv (seed 0) compared with the same-budget continue control (seed 0); "
+                   "definitions in docs/analysis.md."))
+        rows = []
+        red = a.get("redundancy")
+        if red:
+            rows.append(["channel diversity (mean symmetric KL, higher = less redundant)",
+                         fmt(red["baseline"]["overall"], 4), fmt(red["refconv"]["overall"], 4),
+                         fmt(a["baseline_redundancy"]["overall"], 4)])
+        sk = a.get("skeleton")
+        if sk:
+            rows.append(["kernel skeleton share (central cross)", fmt(sk["baseline"]["overall_share"], 4),
+                         fmt(sk["refconv"]["overall_share"], 4), ""])
+        ls = a.get("landscape")
+        if ls and "summary" in ls:
+            sm = ls["summary"]
+            rows.append(["loss at the trained weights (held-out batches)", fmt(sm["baseline"]["center_loss"], 4),
+                         fmt(sm["refconv"]["center_loss"], 4), ""])
+            rows.append(["mean loss rise along random filter-normalised directions (lower = flatter)",
+                         fmt(sm["baseline"]["mean_rise"], 4), fmt(sm["refconv"]["mean_rise"], 4), ""])
+        if rows:
+            s.add(Table(["metric", "continue", "refconv", "baseline"], rows))
+        rob = a.get("attacks")
+        if rob:
+            s.add(_robustness_table(rob))
+        for f in a.get("files", []):
+            if f.endswith(".png"):
+                s.add(Image(str((Path(a["out_dir"]) / f).relative_to(out)), caption=f"{model}: {f[:-4]}"))
+
+    s = doc.section("Reproduce")
+    s.add(Text("Command:"))
+    from ..report import Code
+
+    s.add(Code("\n".join(results["commands"])))
+    env = results["environment"]
+    s.add(Table(["", ""], [[k, str(v)] for k, v in env.items()] +
+                [["wall time", f"{fmt(results['wall_time_s'] / 60, 1)} min"]]))
+    s.add(Text("Every number in this report is read from results.json in the same directory, written by this run "
+               "(cached stages reuse the runs in runs/)."))
+    return doc.write(out)
+
+
+def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
+    return [{**h, "epoch": h["epoch"] + offset} for h in history]
+
+
+def _epoch_time(run: dict[str, Any]) -> float | None:
+    times = [h.get("epoch_time_s") for h in run["history"] if h.get("epoch_time_s") is not None]
+    return sum(times) / len(times) if times else None
+
+
+def _robustness_table(rob: dict[str, Any]) -> Table:
+    rows = []
+    eps: list[float] = []
+    for side in ("baseline", "refconv"):
+        r = rob.get(side)
+        if not r:
+            continue
+        eps = list(r["eps"])
+        label = "continue" if side == "baseline" else side
+        rows.append([label, "clean", fmt(100 * r["clean"])] + [""] * (len(eps) - 1))
+        for attack in ("fgsm", "pgd"):
+            if attack in r:
+                rows.append([label, attack] + [fmt(100 * v) for v in r[attack]])
+    return Table(["model", "attack"] + [f"eps {e:g}" for e in eps], rows,
+                 caption=f"Top-1 % under L-inf attacks (eps in pixel units), on {rob['refconv']['samples']} test images.")
