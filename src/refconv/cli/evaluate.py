@@ -1,0 +1,67 @@
+"""``refconv eval``: test-set loss, top-1 and top-5 of a run, a checkpoint or a weights file.
+
+The model is rebuilt from what the artefact records (run config, checkpoint, or the ``.json`` beside a
+``.safetensors``); data settings default to the run's. Foreign weights need ``--model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+
+__all__ = ["register", "main"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run directory, checkpoint or weights file", description=__doc__)
+    p.add_argument("--weights", required=True, metavar="PATH",
+                   help="run directory, checkpoints/*.pt, folded.safetensors / model.safetensors, or a foreign file")
+    p.add_argument("--checkpoint", choices=("last", "best"), default=None,
+                   help="for a run directory: evaluate this training checkpoint instead of the deployable weights")
+    p.add_argument("--model", help="architecture (needed for weights that do not record it)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--data", help="dataset (default: the run's, else fashion-mnist)")
+    p.add_argument("--data-dir")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--subset-test", type=int)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--no-ema", action="store_true", help="evaluate a checkpoint's raw weights, not its EMA")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..data import build_dataset
+    from ..engine.artifacts import load_model
+    from ..engine.loop import evaluate
+
+    loaded = load_model(args.weights, which=args.checkpoint, model_name=args.model, num_classes=args.num_classes,
+                        in_chans=args.in_chans, use_ema=not args.no_ema)
+    cfg = loaded.config
+    data = args.data or (cfg.data if cfg else loaded.meta.get("data")) or "fashion-mnist"
+    data_dir = args.data_dir or (cfg.data_dir if cfg else None)
+    image_size = args.image_size or loaded.image_size
+    subset = args.subset_test if args.subset_test is not None else (cfg.subset_test if cfg else None)
+    dataset, info = build_dataset(data, "test", data_dir=data_dir, image_size=image_size, in_chans=loaded.in_chans,
+                                  augment=False, subset=subset, seed=cfg.seed if cfg else 0)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model = loaded.model.to(device)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    metrics = evaluate(model, loader, device=device)
+    record = {"weights": str(loaded.source), "model": loaded.arch, "format": loaded.format, "data": info.name,
+              **{k: metrics[k] for k in ("loss", "top1", "top5", "correct1", "images", "images_per_s")}}
+    if args.json:
+        sys.stdout.write(json.dumps(record) + "\n")
+    else:
+        print(f"{loaded.source} ({loaded.arch}, {loaded.format}) on {info.name} test ({metrics['images']} images): "
+              f"loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+              f"({metrics['images_per_s']:.0f} img/s)")
+    return 0

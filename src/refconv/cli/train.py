@@ -1,0 +1,144 @@
+"""``refconv train``: one run (baseline / refconv / continue / finetune) from flags and YAML recipes.
+
+Every :class:`~refconv.engine.RunConfig` key is a flag (``batch_size`` -> ``--batch-size``; booleans also have
+``--no-...``), so the CLI can never lag behind the config. Precedence: defaults < ``--config`` files (in
+order) < flags. ``--resume RUN_DIR`` reloads the run's own ``config.yaml``; flags given with it must not
+change the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from typing import Any
+
+import yaml
+
+from ..engine.config import RunConfig, make_config
+from ..errors import ConfigError
+
+__all__ = ["register", "add_config_flags", "config_from_args", "HELP"]
+
+HELP: dict[str, str] = {
+    "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/mobilenet_v3_small)",
+    "num_classes": "classifier width (default: the dataset's)",
+    "in_chans": "input channels, 1 or 3 (default: the dataset's; grayscale is replicated for RGB models)",
+    "pretrained": "start from the hub's pretrained weights (needs network)",
+    "weights": "starting weights: .safetensors, .pth, timm/torchvision checkpoint, or a finished run directory",
+    "data": "fashion-mnist | cifar10 | cifar100 | imagefolder | imagenet",
+    "data_dir": "where the data is (default: $REFCONV_DATA_DIR and the usual places)",
+    "image_size": "input size (default: native 28/32; 224 for image folders)",
+    "augment": "training augmentation (random crop + flip; RandomResizedCrop for image folders)",
+    "download": "download the dataset with torchvision if it is found nowhere",
+    "subset_train": "train on a class-stratified subset of this many images",
+    "subset_test": "evaluate on a class-stratified subset of this many images",
+    "workers": "data loader worker processes",
+    "method": "baseline | refconv | continue | finetune",
+    "map_k": "refconv: RT's kernel size (odd)",
+    "groups": "refconv: RT's groups G for every layer (default: the authors' Cin*Cout/g^2)",
+    "max_group_size": "refconv: cap kernels per RT group (bounds the quadratic cost on wide depthwise layers)",
+    "init": "refconv: RT init, default (authors) or zeros (starts exactly at the pretrained model)",
+    "include": "refconv: convert only modules matching this glob (repeatable)",
+    "exclude": "refconv: leave modules matching this glob plain (repeatable)",
+    "epochs": "training epochs (the budget)",
+    "batch_size": "global batch size (split over torchrun processes)",
+    "lr": "learning rate (default: base_lr * batch_size / lr_base_size)",
+    "base_lr": "lr per lr_base_size images (authors: 0.1 per 512)",
+    "lr_base_size": "batch size base_lr refers to",
+    "finetune_lr_mult": "finetune: lr multiplier on the recipe lr",
+    "refocus_lr_mult": "refconv: lr multiplier of the refocus_weight (RT) group",
+    "refocus_weight_decay": "refconv: weight decay of RT (default: --weight-decay)",
+    "opt": "timm optimizer: momentum (SGD, authors), sgd (Nesterov), adamw, ...",
+    "momentum": "optimizer momentum",
+    "weight_decay": "weight decay",
+    "filter_bias_and_bn": "no weight decay on biases and norm parameters",
+    "sched": "timm scheduler: cosine, step, multistep, poly, tanh",
+    "warmup_epochs": "linear warm-up epochs (fractional allowed)",
+    "warmup_lr": "lr at the start of warm-up",
+    "min_lr": "lr at the end of the schedule",
+    "label_smoothing": "label smoothing of the training loss",
+    "grad_clip": "clip the gradient norm to this value",
+    "ema": "keep an EMA of the weights (timm ModelEmaV3); evaluated and deployed",
+    "ema_decay": "EMA decay",
+    "device": "auto | cpu | cuda",
+    "amp": "mixed precision on CUDA: none | bf16 | fp16",
+    "channels_last": "channels_last memory format",
+    "sync_bn": "SyncBatchNorm under torchrun (CUDA)",
+    "seed": "seed of init, data order and augmentation",
+    "deterministic": "deterministic algorithms (CPU runs repeat bit for bit)",
+    "out": "run directory (default: runs/<data>-<model>-<method>-s<seed>)",
+    "overwrite": "replace an existing run directory",
+    "checkpoint_every_steps": "also save checkpoints/last.pt every N steps (mid-epoch resume)",
+    "log_every_steps": "log a line / refresh the bar every N steps",
+    "progress": "auto (bars on a terminal) | bar | plain | none",
+    "export_onnx": "also export the deployable model to ONNX, checked with onnxruntime",
+    "onnx_opset": "ONNX opset (default: the exporter's)",
+}
+
+
+def _metavar(hint: Any) -> str:
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint)
+    return {int: "N", float: "X", str: "STR"}.get(base, "VALUE")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override."""
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = HELP.get(f.name, f.name) + f" [{default}]"
+        if hint is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(flag, dest=f.name, action="append", metavar="GLOB", default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, *, base: Any = None) -> RunConfig:
+    """Merge ``base`` (YAML path / dict / None), ``--config`` files and the given flags into a config."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return make_config(base, *(getattr(args, "config", None) or []), overrides, source="command line")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one run: baseline, refconv, continue or finetune",
+        description="Train one run. Every config key is a flag (booleans also take --no-...). Precedence: defaults "
+        "< --config files (in order) < flags. --resume RUN_DIR reloads the run's own config.yaml; flags given with "
+        "it must not change the recipe.",
+        epilog="Multi-GPU / multi-node: torchrun --nnodes N --nproc-per-node G ... -m refconv.cli train ... "
+        "(see docs/engine.md).",
+    )
+    p.add_argument("--config", action="append", metavar="YAML",
+                   help="recipe file or packaged recipe name (fashion-mnist, authors-imagenet); repeatable")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.pt")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_flags(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..engine.runner import load_run_config, run
+
+    if args.resume:
+        if getattr(args, "out", None) and args.out != args.resume:
+            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs: give only --resume.")
+        base = load_run_config(args.resume).replace(out=args.resume)
+        cfg = config_from_args(args, base=base)
+    else:
+        cfg = config_from_args(args)
+    if args.print_config:
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    run(cfg, resume=bool(args.resume))
+    return 0

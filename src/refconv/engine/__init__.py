@@ -1,0 +1,34 @@
+"""Training engine: the recipe, the loop, checkpoints, DDP, exports and ``run(config) -> RunResult``.
+
+Everything that is not RefConv-specific comes from well-kept libraries (timm's optimizer and scheduler
+factories and EMA, torchvision / refconv.data transforms, safetensors, tqdm, rich); the RefConv-specific
+parts are the method (convert -> Refocusing Learning -> fold), RT's parameter group and the checks that a
+folded model computes what the trained RefConv model computed. ::
+
+    from refconv.engine import RunConfig, run
+
+    base = run(RunConfig(model="tv/mobilenet_v3_small", epochs=2, out="runs/base"))
+    ref = run(RunConfig(method="refconv", weights=str(base.run_dir), epochs=2, out="runs/ref"))
+    print(ref.final["top1"], ref.folded_path)
+"""
+
+from .config import METHODS, RunConfig, config_diff, config_hash, load_yaml, make_config, packaged_configs
+from .loop import NonFiniteLossError, evaluate, train_one_epoch
+from .runner import RunInterrupted, RunResult, load_run_config, run
+
+__all__ = [
+    "RunConfig",
+    "RunResult",
+    "RunInterrupted",
+    "NonFiniteLossError",
+    "METHODS",
+    "run",
+    "make_config",
+    "load_yaml",
+    "load_run_config",
+    "config_hash",
+    "config_diff",
+    "packaged_configs",
+    "train_one_epoch",
+    "evaluate",
+]

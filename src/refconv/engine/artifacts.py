@@ -1,0 +1,237 @@
+"""From run artefacts back to models: what ``refconv eval`` and ``refconv fold`` are built on.
+
+A run artefact is a run directory, one of its training checkpoints (``checkpoints/last.pt``/``best.pt``,
+plain or RefConv), its deployable ``.safetensors`` (with a sidecar JSON naming the model), or a foreign
+weights file together with a model name. :func:`load_model` rebuilds whichever model the artefact holds:
+for a RefConv checkpoint the stock model is rebuilt by name and re-converted layer by layer from the
+recorded ``conversion_config`` before the weights are loaded strictly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..convert import refconv_layers, reparameterize, state_dict_format
+from ..errors import CheckpointError, ConfigError, StateDictFormatError
+from .checkpoint import is_run_checkpoint, load_checkpoint
+from .config import RunConfig, make_config
+from .export import export_onnx, max_abs_diff, read_sidecar, save_weights
+from .modeling import (
+    CHECKPOINT_DIR,
+    RUN_DONE_FILE,
+    count_params,
+    create_stock_model,
+    load_format_checked,
+    rebuild_converted,
+)
+
+__all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldResult", "find_checkpoint"]
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from an artefact, with what is known about it."""
+
+    model: nn.Module
+    source: Path
+    arch: str
+    num_classes: int
+    in_chans: int
+    format: str  # "plain" | "refconv"
+    image_size: int | None = None
+    config: RunConfig | None = None  # the run's config, when the artefact belongs to a run
+    meta: dict[str, Any] = field(default_factory=dict)
+    conversion: dict[str, Any] | None = None
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path:
+    """``run_dir/checkpoints/<which>.pt``, with an error naming what exists instead."""
+    path = run_dir / CHECKPOINT_DIR / f"{which}.pt"
+    if not path.is_file():
+        have = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.pt")) if (run_dir / CHECKPOINT_DIR).is_dir() else []
+        raise CheckpointError(f"{path} does not exist (checkpoints there: {have or 'none'}).")
+    return path
+
+
+def _run_config(run_dir: Path) -> RunConfig | None:
+    path = run_dir / "config.yaml"
+    return make_config(path) if path.is_file() else None
+
+
+def load_model(
+    source: str | Path,
+    *,
+    which: str | None = None,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    use_ema: bool = True,
+) -> LoadedModel:
+    """Rebuild the model an artefact holds, on the CPU, in eval mode.
+
+    Args:
+        source: a run directory, a checkpoint ``.pt`` of this engine, a ``.safetensors`` (sidecar JSON or header
+            metadata name the model), or any weights file :func:`refconv.models.read_state_dict` reads together
+            with ``model_name``.
+        which: for a run directory: ``None`` = its deployable weights when finished (else ``last``), or
+            ``"last"`` / ``"best"`` for a training checkpoint.
+        model_name / num_classes / in_chans: needed for foreign weights; override the recorded ones otherwise.
+        use_ema: take a checkpoint's EMA weights when it has them (what the run deployed).
+
+    Raises:
+        CheckpointError: missing/corrupt files, weights that do not fit, no model name known.
+        StateDictFormatError: a state_dict whose format cannot be rebuilt (RefConv weights without their
+            conversion record).
+    """
+    from ..models import read_state_dict
+
+    src = Path(source)
+    if not src.exists():
+        raise CheckpointError(f"{src} does not exist. Pass a run directory, a checkpoint or a weights file.")
+    cfg: RunConfig | None = None
+    if src.is_dir():
+        cfg = _run_config(src)
+        if which is None and (src / RUN_DONE_FILE).is_file():
+            record = json.loads((src / RUN_DONE_FILE).read_text())
+            src = src / Path(record["weights_path"]).name
+        elif cfg is not None or (src / CHECKPOINT_DIR).is_dir():
+            src = find_checkpoint(src, which or "last")
+        else:
+            raise CheckpointError(f"{src} is a directory but not a refconv run (no config.yaml or {CHECKPOINT_DIR}/).")
+    elif src.parent.name == CHECKPOINT_DIR:
+        cfg = _run_config(src.parent.parent)
+    elif (src.parent / "config.yaml").is_file():
+        cfg = _run_config(src.parent)
+
+    ckpt = None
+    if src.suffix in (".pt", ".pth", ".tar", ".ckpt"):
+        obj = load_checkpoint(src)
+        if is_run_checkpoint(obj):
+            ckpt = obj
+    if ckpt is not None:
+        arch = model_name or ckpt["arch"]
+        n_cls = num_classes or ckpt["model_kwargs"]["num_classes"]
+        chans = in_chans or ckpt["model_kwargs"]["in_chans"]
+        state = ckpt["state_dict_ema"] if use_ema and ckpt.get("state_dict_ema") is not None else ckpt["state_dict"]
+        meta = {"image_size": ckpt.get("image_size"), "method": ckpt.get("method")}
+        conversion = ckpt.get("conversion")
+        if cfg is None and ckpt.get("config"):
+            cfg = make_config(ckpt["config"])
+    else:
+        meta = read_sidecar(src)
+        arch = model_name or meta.get("model")
+        n_cls = num_classes or meta.get("num_classes")
+        chans = in_chans or meta.get("in_chans")
+        if cfg is not None:
+            arch = arch or cfg.model
+        if arch is None:
+            raise CheckpointError(f"{src} does not say which model it belongs to: pass --model NAME (e.g. "
+                                  "tv/mobilenet_v3_small) and --num-classes / --in-chans.")
+        state = read_state_dict(src)
+        conversion = None
+        if n_cls is None:
+            n_cls = _infer_num_classes(state)
+        chans = chans or 3
+    fmt = state_dict_format(state)
+    model = create_stock_model(arch, num_classes=int(n_cls), in_chans=int(chans))
+    if fmt == "refconv":
+        if not conversion:
+            raise StateDictFormatError(
+                f"{src} holds RefConv (unfolded) weights but no conversion record to rebuild the RefConv model from. "
+                "Use the run's checkpoint (checkpoints/last.pt), or fold the model and use the folded weights."
+            )
+        rebuild_converted(model, conversion["layers"])
+    load_format_checked(model, state, str(src))
+    model.eval()
+    return LoadedModel(model=model, source=src, arch=arch, num_classes=int(n_cls), in_chans=int(chans), format=fmt,
+                       image_size=meta.get("image_size") or (cfg.image_size if cfg else None), config=cfg, meta=meta,
+                       conversion=conversion)
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
+    """The row count of the last 2-d weight: the classifier of every timm / torchvision classifier."""
+    mats = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    if not mats:
+        raise ConfigError("cannot tell the number of classes from these weights: pass --num-classes.")
+    return int(mats[-1].shape[0])
+
+
+@torch.no_grad()
+def fold_model(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, float]:
+    """Fold a copy of a RefConv model and measure ``max |folded(x) - refconv(x)|`` on ``sample``."""
+    plain = reparameterize(copy.deepcopy(model)).eval()
+    return plain, max_abs_diff(model, plain, sample)
+
+
+@dataclass
+class FoldResult:
+    """What ``refconv fold`` produced."""
+
+    source: Path
+    weights_path: Path
+    max_abs_err: float
+    layers: int
+    train_params: int
+    deploy_params: int
+    onnx: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": str(self.source), "weights_path": str(self.weights_path), "max_abs_err": self.max_abs_err,
+                "layers": self.layers, "train_params": self.train_params, "deploy_params": self.deploy_params,
+                "onnx": self.onnx}
+
+
+def fold_checkpoint(
+    source: str | Path,
+    *,
+    which: str = "last",
+    out: str | Path | None = None,
+    onnx: bool = False,
+    batch: int = 8,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> FoldResult:
+    """Fold a RefConv training checkpoint (or a run directory's) into deployable ``.safetensors``.
+
+    The folded weights are loaded ``strict=True`` into a freshly built stock model, and that model's outputs
+    are compared with the RefConv model's on a seeded random batch; the max abs error is returned (and
+    written into the sidecar JSON).
+
+    Raises:
+        StateDictFormatError: ``source`` holds plain (already folded) weights: nothing to fold.
+        CheckpointError: missing/corrupt checkpoint, or one whose keys do not fit the model.
+    """
+    src = Path(source)
+    if src.is_dir():
+        src = find_checkpoint(src, which)
+    loaded = load_model(src)
+    if loaded.format != "refconv":
+        raise StateDictFormatError(
+            f"{loaded.source} holds plain (folded) weights: there is nothing to fold. It already loads with "
+            "strict=True into the stock model; `refconv fold` needs a RefConv training checkpoint "
+            "(RUN_DIR/checkpoints/last.pt of a --method refconv run)."
+        )
+    size = image_size or loaded.image_size or 32
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, loaded.in_chans, size, size, generator=gen)
+    plain, _ = fold_model(loaded.model, sample)
+    stock = create_stock_model(loaded.arch, num_classes=loaded.num_classes, in_chans=loaded.in_chans).eval()
+    stock.load_state_dict(plain.state_dict(), strict=True)  # the deployable contract, checked on the real thing
+    err = max_abs_diff(loaded.model, stock, sample)
+    if out is None:
+        run_dir = src.parent.parent if src.parent.name == CHECKPOINT_DIR else src.parent
+        out = run_dir / ("folded.safetensors" if which == "last" else f"folded-{which}.safetensors")
+    meta = {"model": loaded.arch, "num_classes": loaded.num_classes, "in_chans": loaded.in_chans,
+            "image_size": size, "format": "plain", "folded_from": str(src), "fold_max_abs_err": err,
+            "method": loaded.meta.get("method")}
+    path = save_weights(stock, out, meta)
+    onnx_info = export_onnx(stock, Path(out).with_suffix(".onnx"), sample[:2]) if onnx else None
+    return FoldResult(source=src, weights_path=path, max_abs_err=err, layers=len(refconv_layers(loaded.model)),
+                      train_params=count_params(loaded.model)[1], deploy_params=count_params(stock)[1], onnx=onnx_info)

@@ -1,0 +1,343 @@
+"""The run configuration: one flat dataclass, loadable from YAML, overridable from the command line.
+
+Configuration is data: a run is fully described by a :class:`RunConfig`, written resolved into the run
+directory, and hashed (:func:`config_hash`) so that ``--resume`` and the finished-run cache can tell "the same
+run" from "a different run in the same directory". Keys that only change *how* a run is executed (worker
+count, log cadence, output path...) are left out of the hash, so resuming with more workers is allowed.
+
+The defaults are the authors' recipe (SGD momentum 0.9, lr 0.1 per 512 images scaled linearly, weight decay
+4e-5, linear warm-up then cosine) at a size that runs on a laptop; ``configs/authors-imagenet.yaml`` holds
+the full ImageNet schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+__all__ = [
+    "RunConfig",
+    "METHODS",
+    "AMP_MODES",
+    "NON_RECIPE_KEYS",
+    "load_yaml",
+    "make_config",
+    "config_hash",
+    "config_diff",
+    "packaged_configs",
+    "resolve_config_path",
+]
+
+METHODS = ("baseline", "refconv", "continue", "finetune")
+AMP_MODES = ("none", "bf16", "fp16")
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Keys that do not change what a run computes: excluded from the config hash (resume/cache identity).
+NON_RECIPE_KEYS = frozenset(
+    {
+        "out",
+        "overwrite",
+        "data_dir",
+        "download",
+        "workers",
+        "progress",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "export_onnx",
+        "onnx_opset",
+    }
+)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run. Field comments give the CLI flag (``_`` becomes ``-``).
+
+    The learning rate is ``lr`` when given, else ``base_lr * batch_size / lr_base_size`` (linear scaling,
+    the authors' 0.1 per 512); ``finetune`` multiplies the result by ``finetune_lr_mult``. ``batch_size``
+    is the *global* batch: with ``torchrun`` each of the W processes gets ``batch_size / W``, so a
+    multi-GPU run follows the same recipe as a single-process one.
+    """
+
+    # ---- model
+    model: str = "tv/mobilenet_v3_small"  # "timm/<name>" or "tv/<name>"
+    num_classes: int | None = None  # default: the dataset's
+    in_chans: int | None = None  # default: the dataset's (e.g. 1 for Fashion-MNIST)
+    pretrained: bool = False  # hub weights (needs network)
+    weights: str | None = None  # .safetensors / .pth / timm or tv checkpoint / previous run dir
+    # ---- data
+    data: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | imagefolder
+    data_dir: str | None = None
+    image_size: int | None = None  # default: the dataset's native size
+    augment: bool = True  # training-time augmentation (the paper's transforms for ImageNet)
+    download: bool = False
+    subset_train: int | None = None  # first-N (seeded) subset, for quick runs
+    subset_test: int | None = None
+    workers: int = 0
+    # ---- method
+    method: str = "baseline"  # baseline | refconv | continue | finetune
+    map_k: int = 3
+    groups: int | None = None  # RT groups; None = authors' rule Cin*Cout/g^2
+    max_group_size: int | None = None  # cap kernels per RT group (refconv.capped_groups)
+    init: str = "default"  # default | zeros
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    # ---- recipe
+    epochs: int = 10
+    batch_size: int = 128  # global batch
+    lr: float | None = None  # explicit lr; None = base_lr * batch_size / lr_base_size
+    base_lr: float = 0.1
+    lr_base_size: int = 512
+    finetune_lr_mult: float = 0.1
+    refocus_lr_mult: float = 1.0  # lr multiplier of RefConv's refocus_weight
+    refocus_weight_decay: float | None = None  # None = weight_decay
+    opt: str = "momentum"  # timm optimizer name; "momentum" = SGD, momentum, no Nesterov (authors)
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    filter_bias_and_bn: bool = True  # no weight decay on biases and norm parameters (timm's default)
+    sched: str = "cosine"  # timm scheduler name
+    warmup_epochs: float = 5.0
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max gradient norm
+    ema: bool = False
+    ema_decay: float = 0.9998
+    # ---- hardware / reproducibility
+    device: str = "auto"  # auto | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    channels_last: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    seed: int = 0
+    deterministic: bool = True  # torch.use_deterministic_algorithms(warn_only=True)
+    # ---- outputs
+    out: str | None = None  # run directory; default runs/<data>-<model>-<method>-s<seed>
+    overwrite: bool = False
+    checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
+    log_every_steps: int = 20
+    progress: str = "auto"  # auto | bar | plain | none
+    export_onnx: bool = False
+    onnx_opset: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with ``changes`` applied (unknown keys raise :class:`ConfigError`)."""
+        return make_config(self.to_dict(), changes)
+
+    def recipe_lr(self) -> float:
+        """The learning rate this config trains with (linear scaling, then the finetune multiplier)."""
+        lr = self.lr if self.lr is not None else self.base_lr * self.batch_size / self.lr_base_size
+        if self.method == "finetune":
+            lr *= self.finetune_lr_mult
+        return lr
+
+    def run_dir(self) -> Path:
+        """The run directory: ``out`` or a name derived from the config."""
+        if self.out:
+            return Path(self.out)
+        model = self.model.replace("/", "-")
+        return Path("runs") / f"{self.data}-{model}-{self.method}-s{self.seed}"
+
+    def validate(self) -> RunConfig:
+        """Check values that a type alone does not constrain; returns ``self``."""
+        _choice("method", self.method, METHODS)
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("progress", self.progress, PROGRESS_MODES)
+        _choice("device", self.device, DEVICES)
+        _choice("init", self.init, ("default", "zeros"))
+        for key in ("epochs", "batch_size", "lr_base_size", "map_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
+        for key in ("workers", "checkpoint_every_steps", "log_every_steps", "warmup_epochs", "label_smoothing",
+                    "weight_decay", "min_lr", "warmup_lr"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}.")
+        for key in ("subset_train", "subset_test", "num_classes", "in_chans", "image_size", "groups",
+                    "max_group_size"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key} must be >= 1 (or null for the default), got {v}.")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}. Leave it unset to scale base_lr by batch size.")
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+        if self.map_k % 2 == 0:
+            raise ConfigError(f"map_k must be odd (RT pads by map_k // 2), got {self.map_k}. Use 3.")
+        if self.groups is not None and self.max_group_size is not None:
+            raise ConfigError("give groups or max_group_size, not both (max_group_size caps the authors' rule).")
+        if self.method in ("continue", "finetune") and not (self.weights or self.pretrained):
+            raise ConfigError(
+                f"method '{self.method}' trains on from a trained model, but no weights were given. Pass "
+                "--weights PATH|RUN_DIR (e.g. the baseline run directory) or --pretrained."
+            )
+        return self
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}.{hint}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check/convert one value to the field's type (YAML and argparse both hand us plain scalars)."""
+    hint = _HINTS[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    where = f" (from {source})" if source else ""
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and base is not str):
+        if optional:
+            return None
+        if typing.get_origin(base) is list:
+            return []
+        raise ConfigError(f"{key} cannot be null{where}.")
+    try:
+        if typing.get_origin(base) is list:
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return list(value)
+        if base is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    tname = getattr(base, "__name__", str(base))
+    raise ConfigError(f"{key} must be {'a list of strings' if typing.get_origin(base) is list else tname}"
+                      f"{' or null' if optional else ''}, got {value!r}{where}.")
+
+
+def _check_keys(data: Mapping[str, Any], source: str) -> None:
+    for key in data:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), list(_FIELDS), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown config key {key!r}{f' in {source}' if source else ''}.{hint} "
+                "See `refconv train --help` or docs/engine.md for the keys."
+            )
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The recipes shipped in ``refconv/configs`` by name (file stem)."""
+    root = resources.files("refconv") / "configs"
+    out = {}
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.endswith((".yaml", ".yml")):
+                out[entry.name.rsplit(".", 1)[0]] = Path(str(entry))
+    return out
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a packaged recipe (``fashion-mnist``, ``authors-imagenet``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    close = difflib.get_close_matches(str(name_or_path), list(shipped), n=2)
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a packaged recipe. Packaged: "
+        f"{', '.join(sorted(shipped)) or '(none)'}" + (f"; did you mean {close[0]!r}?" if close else ".")
+    )
+
+
+def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe into a dict of config keys, with errors that name the file and the key."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}.")
+    _check_keys(data, str(path))
+    return data
+
+
+def make_config(*layers: Mapping[str, Any] | RunConfig | str | Path | None, source: str = "") -> RunConfig:
+    """Merge config layers left to right (later wins) into a validated :class:`RunConfig`.
+
+    Each layer is a mapping of keys, a :class:`RunConfig`, or a YAML path / packaged recipe name. ``None``
+    layers are skipped, so ``make_config(yaml_path_or_none, cli_overrides)`` works as is.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        if isinstance(layer, RunConfig):
+            data, src = layer.to_dict(), source
+        elif isinstance(layer, (str, Path)):
+            data, src = load_yaml(layer), str(layer)
+        else:
+            data, src = dict(layer), source
+            _check_keys(data, src)
+        for key, value in data.items():
+            merged[key] = _coerce(key, value, src)
+    return RunConfig(**merged).validate()
+
+
+def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    data = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}
+
+
+def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
+    """Short stable hash of the keys that change what a run computes."""
+    blob = json.dumps(_recipe(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_diff(old: RunConfig | Mapping[str, Any], new: RunConfig | Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (old, new)}`` for recipe keys that differ (what a refused resume reports)."""
+    a, b = _recipe(old), _recipe(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -1,0 +1,192 @@
+"""Models for a run: build the stock model, load starting weights, apply the method, rebuild from checkpoints.
+
+The stock architecture always comes from :func:`refconv.models.create_model` by name, so every artefact a
+run writes can be turned back into a model from ``(name, num_classes, in_chans)`` alone: plain weights load
+into it directly, and a RefConv checkpoint loads after :func:`rebuild_converted` has re-applied the
+per-layer conversion recorded in it (``refconv.conversion_config``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..convert import conversion_config, convert, load_state_dict, refconv_layers, state_dict_format
+from ..errors import CheckpointError, StateDictFormatError
+from ..transform import capped_groups, default_groups, num_kernels
+from .config import RunConfig
+
+__all__ = [
+    "create_stock_model",
+    "convert_kwargs",
+    "groups_spec",
+    "apply_conversion",
+    "rebuild_converted",
+    "load_format_checked",
+    "load_start_weights",
+    "resolve_run_weights",
+    "count_params",
+    "RUN_DONE_FILE",
+    "CHECKPOINT_DIR",
+    "check_format",
+]
+
+RUN_DONE_FILE = "done.json"
+CHECKPOINT_DIR = "checkpoints"  # run_dir/checkpoints/{last,best}.pt, where refconv.models.load_weights looks
+
+
+def create_stock_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
+    """The plain architecture by name (``timm/<name>`` or ``tv/<name>``) via :mod:`refconv.models`."""
+    from ..models import create_model
+
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+
+
+def convert_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The ``refconv.convert`` arguments of a config, as plain JSON-able values (stored in checkpoints)."""
+    return {
+        "map_k": cfg.map_k,
+        "groups": cfg.groups,
+        "max_group_size": cfg.max_group_size,
+        "init": cfg.init,
+        "include": list(cfg.include),
+        "exclude": list(cfg.exclude),
+    }
+
+
+def groups_spec(groups: int | None, max_group_size: int | None) -> Any:
+    if max_group_size is None:
+        return groups
+
+    def capped(name: str, conv: nn.Module) -> int:
+        n = num_kernels(conv.weight.shape)
+        return capped_groups(n, default_groups(conv.in_channels, conv.out_channels, conv.groups), max_group_size)
+
+    return capped
+
+
+def apply_conversion(model: nn.Module, kwargs: Mapping[str, Any]) -> nn.Module:
+    """``refconv.convert`` with :func:`convert_kwargs` (``max_group_size`` becomes a capped-groups rule)."""
+    return convert(
+        model,
+        map_k=kwargs["map_k"],
+        groups=groups_spec(kwargs.get("groups"), kwargs.get("max_group_size")),
+        init=kwargs.get("init", "default"),
+        include=kwargs.get("include") or None,
+        exclude=kwargs.get("exclude") or None,
+    )
+
+
+def rebuild_converted(model: nn.Module, layers: Mapping[str, Mapping[str, int]]) -> nn.Module:
+    """Re-apply a recorded per-layer conversion (``conversion_config`` output) to a stock model, in place.
+
+    Each layer gets exactly its recorded ``map_k`` and ``groups``; RT starts at zero (a checkpoint is about to
+    overwrite it). Layer names are matched literally (glob characters escaped).
+    """
+    by_k: dict[int, list[str]] = {}
+    for name, spec in layers.items():
+        by_k.setdefault(int(spec["map_k"]), []).append(name)
+    for map_k, names in sorted(by_k.items()):
+        convert(
+            model,
+            map_k=map_k,
+            groups=lambda name, conv: int(layers[name]["groups"]),
+            init="zeros",
+            include=[glob.escape(n) for n in names],
+        )
+    got = conversion_config(model)
+    if set(got) != set(layers):
+        missing = sorted(set(layers) - set(got))[:5]
+        raise CheckpointError(
+            f"cannot rebuild the RefConv model: layers {missing} recorded in the checkpoint do not exist in this "
+            "architecture. Check --model matches the run that wrote the checkpoint."
+        )
+    return model
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (shared tensors counted once)."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in seen.values())
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return trainable, total
+
+
+def load_format_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Strict load that never half-loads: the folded-vs-RefConv format is checked first (a
+    :class:`StateDictFormatError` naming ``source`` and the fix), then keys and shapes by
+    :func:`refconv.models.load_state_dict_checked` (class-count and channel hints included).
+    """
+    from ..models import load_state_dict_checked
+
+    try:
+        check_format(model, state_dict)
+    except StateDictFormatError as exc:
+        raise StateDictFormatError(f"{source}: {exc}") from None
+    load_state_dict_checked(model, state_dict, source=source, strict=True)
+
+
+def check_format(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Raise :class:`StateDictFormatError` (the core's message) when ``state_dict`` is folded and ``model``
+    has RefConv layers, or the reverse."""
+    wanted = "refconv" if refconv_layers(model) else "plain"
+    if state_dict_format(state_dict) != wanted:
+        load_state_dict(model, state_dict)  # raises the core's StateDictFormatError, loads nothing
+
+
+def resolve_run_weights(run_dir: str | Path) -> Path:
+    """The deployable weights file of a finished run directory (``folded.safetensors`` / ``model.safetensors``).
+
+    Raises:
+        CheckpointError: an unfinished run (names its ``last.pt`` and how to finish it) or not a run directory.
+    """
+    run_dir = Path(run_dir)
+    done = run_dir / RUN_DONE_FILE
+    if done.is_file():
+        try:
+            record = json.loads(done.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{done} is unreadable ({exc}); rerun with --overwrite.") from None
+        weights = record.get("weights_path")
+        if weights and (run_dir / Path(weights).name).is_file():
+            return run_dir / Path(weights).name
+        raise CheckpointError(f"run {run_dir} is finished but its weights file {weights!r} is missing.")
+    last = run_dir / CHECKPOINT_DIR / "last.pt"
+    if last.is_file():
+        raise CheckpointError(
+            f"run {run_dir} is unfinished (no {RUN_DONE_FILE}). Finish it with `refconv train --resume {run_dir}`, or "
+            f"point at its checkpoint explicitly ({last})."
+        )
+    raise CheckpointError(f"{run_dir} is a directory but not a refconv run (no {RUN_DONE_FILE} or {last.name}).")
+
+
+def load_start_weights(model: nn.Module, weights: str | Path) -> str:
+    """Load the starting weights of a run into the (plain) ``model``; returns the file loaded, for the log.
+
+    Accepts a finished run directory of this engine (its deployable weights), any file or run directory
+    :func:`refconv.models.read_state_dict` reads (``.safetensors``, ``.pth``, timm / torchvision / refconv
+    checkpoints).
+
+    Raises:
+        StateDictFormatError: a RefConv (unfolded) checkpoint where plain weights are needed.
+        CheckpointError: missing or corrupt file, unfinished run, weights that do not fit (classes, keys).
+    """
+    from ..models import read_state_dict
+
+    path = Path(weights)
+    if path.is_dir() and ((path / RUN_DONE_FILE).exists() or (path / CHECKPOINT_DIR / "last.pt").exists()):
+        path = resolve_run_weights(path)
+    state = read_state_dict(path)
+    if state_dict_format(state) == "refconv" and not refconv_layers(model):
+        raise StateDictFormatError(
+            f"{path} is a RefConv (unfolded) checkpoint, but a plain model is needed here (the starting weights of "
+            f"a run). Fold it first (`refconv fold {path}`) and pass the folded .safetensors, or pass the finished "
+            "run directory, whose folded weights are used."
+        )
+    load_format_checked(model, state, str(path))
+    return str(path)

@@ -1,0 +1,697 @@
+"""``run(config) -> RunResult``: one training run from data to deployable weights.
+
+The run is a function so that Python users, ``refconv train`` and the protocol drivers (demo, sweep) share
+one code path. A run directory is the unit of work:
+
+- ``config.yaml``: the resolved config; ``log.txt``: everything printed;
+- ``metrics.jsonl``: one JSON object per epoch (loss, top-1, top-5, lr, images/s, epoch time...);
+- ``checkpoints/last.pt`` / ``checkpoints/best.pt``: full training state, written atomically (``last.pt`` also mid-epoch with
+  ``checkpoint_every_steps`` and on Ctrl-C), enough to resume exactly;
+- ``model.safetensors`` (plain methods) or ``folded.safetensors`` (``refconv``): the deployable weights, which
+  load ``strict=True`` into the stock model, with a ``.json`` sidecar; ``model.onnx`` when asked;
+- ``done.json``: the :class:`RunResult`, written last. Its presence marks a finished run: calling ``run()``
+  again with the same config returns it without training; a different config is refused unless
+  ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..convert import conversion_config, state_dict_format
+from ..errors import CheckpointError, ConfigError, RefConvError
+from . import distributed as dist_utils
+from .artifacts import fold_model
+from .checkpoint import (
+    atomic_copy,
+    atomic_write_bytes,
+    is_run_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import RunConfig, config_diff, config_hash, make_config
+from .export import export_onnx, save_weights
+from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
+from .modeling import (
+    CHECKPOINT_DIR,
+    RUN_DONE_FILE,
+    apply_conversion,
+    convert_kwargs,
+    count_params,
+    create_stock_model,
+    load_format_checked,
+    load_start_weights,
+)
+from .optim import build_optimizer, build_scheduler
+from .progress import Reporter
+from .sampling import ResumableSampler, ShardSampler
+
+__all__ = ["run", "RunResult", "RunInterrupted", "load_run_config", "FAULT_ENV_FAIL", "FAULT_ENV_INTERRUPT",
+           "FAULT_ENV_NAN"]
+
+# Test hooks: simulate a crash (no save) or a Ctrl-C (save and stop) after N optimizer steps.
+FAULT_ENV_FAIL = "REFCONV_TEST_FAIL_AFTER_STEPS"
+FAULT_ENV_INTERRUPT = "REFCONV_TEST_INTERRUPT_AFTER_STEPS"
+FAULT_ENV_NAN = "REFCONV_TEST_NAN_AFTER_STEPS"  # the loss turns NaN after N steps of this process
+
+_RUN_FILES = ("config.yaml", RUN_DONE_FILE, CHECKPOINT_DIR, "metrics.jsonl")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped the run after saving ``checkpoint``; resume with ``run(cfg, resume=True)``."""
+
+    def __init__(self, message: str, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced. ``final`` is the last epoch's test metrics of the exported model
+    (the EMA model when ``ema``), ``best`` the best epoch's; ``history`` one dict per epoch."""
+
+    run_dir: Path
+    method: str
+    model: str
+    data: str
+    config: dict[str, Any]
+    config_hash: str
+    final: dict[str, Any]
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    weights_path: Path | None = None  # deployable plain weights (folded for refconv)
+    folded_path: Path | None = None  # set for refconv runs
+    folded_metrics: dict[str, Any] | None = None
+    fold_max_abs_err: float | None = None
+    onnx: dict[str, Any] | None = None
+    trainable_params: int = 0
+    total_params: int = 0
+    deploy_params: int = 0
+    wall_time_s: float = 0.0
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("run_dir", "weights_path", "folded_path"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, cached: bool = False) -> RunResult:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for key in ("run_dir", "weights_path", "folded_path"):
+            if d.get(key) is not None:
+                d[key] = Path(d[key])
+        d["cached"] = cached
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was started with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a refconv run directory (no config.yaml).")
+    return make_config(path)
+
+
+def _done_record(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / RUN_DONE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(
+            f"output directory {run_dir} is not writable ({exc.strerror or exc}). Choose another --out, or fix "
+            "the directory's permissions."
+        ) from None
+
+
+def _diff_text(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
+
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Decide what to do with ``run_dir`` (rank 0). Returns a cached done-record or None (train).
+
+    Raises the errors that refuse to touch an existing run.
+    """
+    done = _done_record(run_dir)
+    if resume:
+        if not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no config.yaml). "
+                                  "Start a new run with --out instead.")
+        saved = load_run_config(run_dir)
+        diff = config_diff(saved, cfg)
+        if diff:
+            raise CheckpointError(
+                f"cannot resume {run_dir}: the config differs from the run's ({_diff_text(diff)}). Resume with the "
+                "run's own settings (drop those flags), or start a new run with a different --out (or --overwrite)."
+            )
+        if done is not None:
+            return done
+        if not (run_dir / CHECKPOINT_DIR / "last.pt").is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
+        return None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if done is not None and not cfg.overwrite:
+            if done.get("config_hash") == config_hash(cfg):
+                return done
+            diff = config_diff(done.get("config", {}), cfg)
+            raise CheckpointError(
+                f"run directory {run_dir} holds a finished run with a different config ({_diff_text(diff)}). Choose "
+                "another --out, or pass --overwrite to replace it."
+            )
+        if not cfg.overwrite:
+            hint = f"resume it with --resume {run_dir}, " if (run_dir / CHECKPOINT_DIR / "last.pt").is_file() else ""
+            raise CheckpointError(
+                f"run directory {run_dir} already exists and is not empty. {hint.capitalize() or ''}"
+                f"{'or ' if hint else ''}pass --overwrite to start over, or choose another --out."
+            )
+        if not any((run_dir / f).exists() for f in _RUN_FILES):
+            raise CheckpointError(
+                f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
+                "with --overwrite. Choose another --out."
+            )
+        shutil.rmtree(run_dir)
+    _check_writable(run_dir)
+    return None
+
+
+def _rank0_decides(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and hand its result (or its error) to every rank, so no rank waits forever on a
+    rank that failed."""
+    if not info.distributed:
+        return fn()
+    result: tuple[str, Any] = ("ok", None)
+    if info.is_main:
+        try:
+            result = ("ok", fn())
+        except RefConvError as exc:
+            result = ("error", exc)
+        except Exception as exc:  # not every exception pickles: send its text
+            result = ("error", RuntimeError(f"rank 0: {type(exc).__name__}: {exc}"))
+    result = dist_utils.broadcast_object(result)
+    if result[0] == "error":
+        raise result[1]
+    return result[1]
+
+
+class _NaNAfter(nn.Module):
+    """Test hook (``REFCONV_TEST_NAN_AFTER_STEPS``): the wrapped loss becomes NaN after ``after`` calls."""
+
+    def __init__(self, inner: nn.Module, after: int) -> None:
+        super().__init__()
+        self.inner, self.after, self.calls = inner, after, 0
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.inner(logits, targets)
+        return loss * float("nan") if self.calls > self.after else loss
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM handling: the first signal asks the loop to stop at a step boundary and save; a
+    second Ctrl-C aborts at once."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.requested = False
+        self.reporter = reporter
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.reporter.log("interrupt received: finishing this step and saving a checkpoint (Ctrl-C again aborts).")
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _env_step(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def _make_train_loader(dataset: Dataset, sampler: ResumableSampler, cfg: RunConfig, per_rank_batch: int,
+                       device: torch.device) -> DataLoader:
+    from ..data.loader import seed_worker
+
+    return DataLoader(
+        dataset,
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        generator=torch.Generator(),
+        worker_init_fn=seed_worker if cfg.workers > 0 else None,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+    )
+
+
+def _fmt_metrics(m: dict[str, Any]) -> str:
+    return f"loss {m['loss']:.4f}  top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------- run
+def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: Reporter | None = None) -> RunResult:
+    """Train one run as ``config`` says, in ``config.run_dir()``, and return what it produced.
+
+    Args:
+        config: a :class:`RunConfig` or a dict of its keys.
+        resume: continue the unfinished run in ``config.out`` from its ``last.pt`` (model, optimizer,
+            scheduler, EMA, RNG states, epoch and position in the epoch). The config must equal the run's
+            (keys that do not change results, like ``workers``, may differ).
+        reporter: where progress goes (default: stderr, bars on a terminal, plain lines otherwise).
+
+    Returns:
+        The :class:`RunResult`; ``cached=True`` when the directory already held this finished run.
+
+    Raises:
+        ConfigError / DataError / ModelError: bad config, data or model name (before anything is written).
+        CheckpointError: an existing run directory that must not be touched, unreadable/mismatched weights,
+            resume of a different config, an unwritable output path.
+        StateDictFormatError: a RefConv checkpoint where plain weights are needed, or vice versa.
+        NonFiniteLossError: the loss became NaN/inf; ``last.pt`` keeps the last good state.
+        RunInterrupted: Ctrl-C/SIGTERM; a checkpoint was saved first.
+    """
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, RunConfig) else make_config(config)
+    cfg.validate()
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    info = dist_utils.init_distributed(cfg.device)
+    reporter = reporter or Reporter(enabled=info.is_main, mode=cfg.progress)
+    if not info.is_main:
+        reporter.enabled = False
+    run_dir = cfg.run_dir()
+
+    cached = _rank0_decides(info, lambda: _prepare_run_dir(cfg, run_dir, resume))
+    if cached is not None:
+        result = RunResult.from_dict(cached, cached=True)
+        reporter.log(f"{run_dir}: finished run with this config found; returning its result without training.")
+        reporter.summary(f"refconv {cfg.method}: {run_dir} (cached)", summary_rows(result))
+        return result
+
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(cfg, info, run_dir, resume, reporter, t_start)
+    finally:
+        reporter.close()
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave the process as found
+
+
+def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: bool, reporter: Reporter,
+           t_start: float) -> RunResult:
+    from ..data import build_dataset
+
+    device = info.device
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    amp = amp_dtype(cfg.amp, device)
+    if cfg.amp != "none" and amp is None:
+        reporter.log(f"amp={cfg.amp} ignored: mixed precision is used on CUDA only (this run is on {device.type}).")
+
+    # ---- data (rank 0 first, so a download happens once)
+    def _datasets() -> tuple:
+        common = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.in_chans, download=cfg.download,
+                      seed=cfg.seed)
+        train = build_dataset(cfg.data, "train", augment=cfg.augment, subset=cfg.subset_train, **common)
+        test = build_dataset(cfg.data, "test", augment=False, subset=cfg.subset_test, **common)
+        return train, test
+
+    if info.is_main:
+        (train_ds, data_info), (test_ds, _) = _datasets()
+        dist_utils.barrier()
+    else:
+        dist_utils.barrier()
+        (train_ds, data_info), (test_ds, _) = _datasets()
+    num_classes = cfg.num_classes or data_info.num_classes
+    if num_classes < data_info.num_classes:
+        raise ConfigError(
+            f"num_classes={num_classes} is smaller than the {data_info.num_classes} classes of {cfg.data}: labels "
+            f"would be out of range. Use --num-classes {data_info.num_classes} (or leave it unset)."
+        )
+    if cfg.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                          f"{info.world_size} processes.")
+    per_rank_batch = cfg.batch_size // info.world_size
+    sampler = ResumableSampler(len(train_ds), batch_size=per_rank_batch, seed=cfg.seed, rank=info.rank,
+                               world_size=info.world_size, shuffle=True)
+    steps_per_epoch = sampler.steps_per_epoch
+    if steps_per_epoch < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training images: no full "
+                          "batch. Lower --batch-size or use more data (--subset-train).")
+    train_loader = _make_train_loader(train_ds, sampler, cfg, per_rank_batch, device)
+    test_loader = DataLoader(test_ds, batch_size=per_rank_batch, sampler=ShardSampler(len(test_ds), rank=info.rank,
+                             world_size=info.world_size), num_workers=cfg.workers, pin_memory=device.type == "cuda")
+
+    # ---- model (same init on every rank: seeded before building)
+    seed_everything(cfg.seed)
+    # On resume the checkpoint holds every weight: the starting weights need not exist any more.
+    model = create_stock_model(cfg.model, num_classes=num_classes, in_chans=data_info.in_chans,
+                               pretrained=cfg.pretrained and not resume)
+    deploy_params = count_params(model)[1]
+    start_weights = cfg.weights
+    if cfg.weights and not resume:
+        start_weights = load_start_weights(model, cfg.weights)
+    conv_kwargs = None
+    if cfg.method == "refconv":
+        if not (cfg.weights or cfg.pretrained):
+            reporter.log("warning: method 'refconv' without --weights/--pretrained converts a randomly initialised "
+                         "model: the frozen basis will be random. Pass the baseline's weights for the paper's protocol.")
+        conv_kwargs = convert_kwargs(cfg)
+        apply_conversion(model, conv_kwargs)
+    trainable, total = count_params(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = dist_utils.wrap_model(model, info, sync_bn=cfg.sync_bn)
+    if cfg.sync_bn and info.distributed:
+        model = dist_utils.unwrap_model(train_model)  # SyncBN conversion replaced the BN modules
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if _env_step(FAULT_ENV_NAN) is not None:
+        loss_fn = _NaNAfter(loss_fn, _env_step(FAULT_ENV_NAN))
+
+    # ---- state
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    meter_state: dict[str, Any] | None = None
+    chash = config_hash(cfg)
+    if resume:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT_DIR / "last.pt", map_location=device)
+        if not is_run_checkpoint(ckpt) or ckpt.get("config_hash") != chash:
+            raise CheckpointError(f"{run_dir / CHECKPOINT_DIR / 'last.pt'} was not written by this run's config; "
+                                  "start over with --overwrite.")
+        load_format_checked(model, ckpt["state_dict"], str(run_dir / CHECKPOINT_DIR / "last.pt"))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("state_dict_ema") is not None:
+            ema.module.load_state_dict(ckpt["state_dict_ema"])
+        epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        history, best = list(ckpt["history"]), dict(ckpt["best"])
+        if info.is_main and step_in_epoch:
+            meter_state = ckpt["meter"]
+        rngs = ckpt["rng"]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+        else:
+            reporter.log(f"resuming on {info.world_size} processes a run saved on {len(rngs)}: RNG streams restart.")
+        reporter.log(f"resumed {run_dir} at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}.")
+    else:
+        seed_everything(cfg.seed + info.rank)
+
+    if info.is_main:  # everything that can fail on bad input has been built: now the run directory fills
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        reporter.attach_file(run_dir / "log.txt")
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        _write_metrics(run_dir, history)
+        reporter.log(
+            f"run {run_dir}: {cfg.method} {cfg.model} on {data_info.name} ({len(train_ds)} train / {len(test_ds)} test "
+            f"images, {num_classes} classes, {data_info.in_chans}x{data_info.image_size}x{data_info.image_size}), "
+            f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}, lr {cfg.recipe_lr():.4g}, "
+            f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
+            f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
+        )
+
+    fail_at = _env_step(FAULT_ENV_FAIL)
+    interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
+
+    def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
+        rngs = dist_utils.all_gather_object(rng_state())
+        return {
+            "arch": cfg.model,
+            "model_kwargs": {"num_classes": num_classes, "in_chans": data_info.in_chans},
+            "image_size": data_info.image_size,
+            "method": cfg.method,
+            "state_dict": model.state_dict(),
+            "state_dict_format": state_dict_format(model.state_dict()),
+            "conversion": {"layers": conversion_config(model), "kwargs": conv_kwargs} if conv_kwargs else None,
+            "state_dict_ema": ema.module.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": ep,
+            "step_in_epoch": step,
+            "global_step": gstep,
+            "meter": meter.state_dict() if meter is not None else None,
+            "history": history,
+            "best": best,
+            "rng": rngs,
+            "config": cfg.to_dict(),
+            "config_hash": chash,
+        }
+
+    def save_last(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> Path:
+        state = state_dict_for_ckpt(ep, step, gstep, meter)  # collective (RNG gather): all ranks
+        path = run_dir / CHECKPOINT_DIR / "last.pt"
+        if info.is_main:
+            save_checkpoint(path, state)
+        return path
+
+    stop = _StopFlag(reporter)
+    final_eval: dict[str, Any] = {}
+    with stop:
+        while epoch < cfg.epochs:
+            sampler.set_epoch(epoch)
+            sampler.set_start(step_in_epoch)
+            train_loader.generator.manual_seed(cfg.seed * 7919 + epoch)  # worker seeds: function of the epoch
+            meter = TrainMeter(device)
+            if meter_state is not None:
+                meter.load_state_dict(meter_state)
+                meter_state = None
+            ep = epoch
+            bar = reporter.bar(steps_per_epoch * cfg.batch_size, f"epoch {ep + 1}/{cfg.epochs}",
+                               initial=step_in_epoch * cfg.batch_size)
+
+            def is_sync(step: int, gstep: int) -> bool:
+                return (step % max(cfg.log_every_steps, 1) == 0 and cfg.log_every_steps > 0) or (
+                    cfg.checkpoint_every_steps > 0 and gstep % cfg.checkpoint_every_steps == 0)
+
+            def on_sync(step: int, gstep: int, _ep: int = ep, _meter: TrainMeter = meter, _bar: Any = bar) -> None:
+                lr = optimizer.param_groups[0]["lr"]
+                if cfg.log_every_steps and step % cfg.log_every_steps == 0:
+                    ips = _meter.images * info.world_size / max(_meter.seconds, 1e-9)
+                    loss = float(_meter.loss_sum.item()) / max(_meter.images, 1)
+                    if reporter.lines:
+                        reporter.log(f"epoch {_ep + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {loss:.4f} "
+                                     f"lr {lr:.3g} {ips:.0f} img/s")
+                    _bar.set_postfix_str(f"loss {loss:.3f} lr {lr:.3g}")
+                if cfg.checkpoint_every_steps and gstep % cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
+                    save_last(_ep, step, gstep, _meter)
+
+            def stop_requested(gstep: int) -> bool:
+                if fail_at is not None and gstep == fail_at:
+                    raise RuntimeError(f"{FAULT_ENV_FAIL}: injected failure after step {gstep}")
+                if interrupt_at is not None and gstep == interrupt_at:
+                    stop.requested = True
+                return stop.requested
+
+            try:
+                with bar:
+                    outcome = train_one_epoch(
+                        train_model, train_loader, optimizer, scheduler, loss_fn=loss_fn, device=device, meter=meter,
+                        global_step=global_step, start_step=step_in_epoch, steps_per_epoch=steps_per_epoch, amp=amp,
+                        scaler=scaler, ema=ema, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
+                        is_sync_step=is_sync, on_sync=on_sync, stop_requested=stop_requested,
+                        on_batch=bar.update,
+                    )
+            except NonFiniteLossError as exc:
+                last = run_dir / CHECKPOINT_DIR / "last.pt"
+                kept = (f"the last good checkpoint {last} (epoch {len(history)}) is kept" if last.is_file()
+                        else "no checkpoint had been written yet")
+                msg = (f"training loss became NaN/inf ({exc}, epoch {ep + 1}, lr {optimizer.param_groups[0]['lr']:.3g}). "
+                       f"Stopped; {kept}. Lower the learning rate (--lr), add --grad-clip 1.0, or use --amp bf16 "
+                       "instead of fp16, and start again (new --out or --overwrite).")
+                reporter.log(msg)
+                raise NonFiniteLossError(msg) from None
+            global_step = outcome.global_step
+            if outcome.stopped:
+                path = save_last(ep, outcome.step_in_epoch, global_step, meter)
+                msg = (f"interrupted at epoch {ep + 1}, step {outcome.step_in_epoch}/{steps_per_epoch}; saved {path}. "
+                       f"Resume with: refconv train --resume {run_dir}")
+                reporter.log(msg)
+                raise RunInterrupted(msg, path)
+
+            train = meter.totals()
+            dist_utils.sync_buffers(model)  # BN statistics drift per rank; evaluate (and save) rank 0's
+            test = evaluate(model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+            row: dict[str, Any] = {
+                "epoch": ep + 1,
+                "global_step": global_step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train["loss"],
+                "train_top1": train["top1"],
+                "test_loss": test["loss"],
+                "test_top1": test["top1"],
+                "test_top5": test["top5"],
+                "test_correct": test["correct1"],
+                "test_images": test["images"],
+                "images_per_s": train["images"] / max(meter.seconds, 1e-9),
+                "epoch_time_s": meter.seconds,
+                "eval_images_per_s": test["images_per_s"],
+            }
+            if ema is not None:
+                ema_test = evaluate(ema.module, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+                row.update({"ema_test_loss": ema_test["loss"], "ema_test_top1": ema_test["top1"],
+                            "ema_test_top5": ema_test["top5"], "ema_test_correct": ema_test["correct1"]})
+            history.append(row)
+            score_key = "ema_test_top1" if ema is not None else "test_top1"
+            is_best = not best or row[score_key] > best["top1"]
+            if is_best:
+                best = {"epoch": ep + 1, "top1": row[score_key], "top5": row[score_key.replace("top1", "top5")],
+                        "loss": row[score_key.replace("top1", "loss")]}
+            epoch, step_in_epoch = ep + 1, 0
+            path = save_last(epoch, 0, global_step, None)
+            if info.is_main:
+                _write_metrics(run_dir, history)
+                if is_best:
+                    atomic_copy(path, run_dir / CHECKPOINT_DIR / "best.pt")
+                reporter.log(
+                    f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | test "
+                    + _fmt_metrics(test)
+                    + (f" | ema top-1 {row['ema_test_top1']:.2f}%" if ema is not None else "")
+                    + f" | {row['images_per_s']:.0f} img/s, {meter.seconds:.1f}s"
+                )
+            final_eval = test if ema is None else {"loss": row["ema_test_loss"], "top1": row["ema_test_top1"],
+                                                  "top5": row["ema_test_top5"], "correct1": row["ema_test_correct"]}
+
+    # ---- deployable outputs
+    deploy_model = ema.module if ema is not None else model
+    if not final_eval:  # resumed a run whose last epoch had finished: evaluate once more
+        final_eval = evaluate(deploy_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+    final = {"epoch": cfg.epochs, "loss": final_eval["loss"], "top1": final_eval["top1"], "top5": final_eval["top5"],
+             "correct1": final_eval["correct1"]}
+    sample = next(iter(DataLoader(test_ds, batch_size=min(8, len(test_ds)))))[0].to(device)
+    meta = {"model": cfg.model, "num_classes": num_classes, "in_chans": data_info.in_chans,
+            "image_size": data_info.image_size, "mean": list(data_info.mean), "std": list(data_info.std),
+            "data": data_info.name, "method": cfg.method, "run_dir": str(run_dir), "format": "plain"}
+    folded_metrics = fold_err = onnx_info = None
+    if cfg.method == "refconv":
+        plain, fold_err = fold_model(deploy_model, sample)
+        folded_metrics = evaluate(plain, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+        folded_metrics = {k: folded_metrics[k] for k in ("loss", "top1", "top5", "correct1")}
+        weights_name = "folded.safetensors"
+        meta.update(fold_max_abs_err=fold_err, folded_from="refconv")
+    else:
+        plain = deploy_model
+        weights_name = "model.safetensors"
+    weights_path = run_dir / weights_name
+    if info.is_main:
+        save_weights(plain, weights_path, meta)
+        if fold_err is not None:
+            reporter.log(f"folded -> {weights_path}: max |folded - refconv| = {fold_err:.3g}; folded test "
+                         f"{_fmt_metrics(folded_metrics)}")
+        if cfg.export_onnx:
+            onnx_info = export_onnx(plain, run_dir / "model.onnx", sample[:2].cpu(), opset=cfg.onnx_opset)
+            reporter.log(f"ONNX -> {onnx_info['path']} (onnxruntime max abs err {onnx_info['max_abs_err']:.3g})")
+
+    result = RunResult(
+        run_dir=run_dir, method=cfg.method, model=cfg.model, data=data_info.name, config=cfg.to_dict(),
+        config_hash=config_hash(cfg), final=final, best=best, history=history, weights_path=weights_path,
+        folded_path=weights_path if cfg.method == "refconv" else None, folded_metrics=folded_metrics,
+        fold_max_abs_err=fold_err, onnx=onnx_info, trainable_params=trainable, total_params=total,
+        deploy_params=deploy_params, wall_time_s=time.perf_counter() - t_start,
+        extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch,
+               "start_weights": start_weights},
+    )
+    if info.is_main:
+        atomic_write_bytes(run_dir / RUN_DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        reporter.summary(f"refconv {cfg.method}: {run_dir}", summary_rows(result))
+    dist_utils.barrier()
+    return result
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` from the history (so a resumed run never shows epochs it rolled back)."""
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write_bytes(run_dir / "metrics.jsonl", text.encode())
+
+
+def summary_rows(result: RunResult) -> list[tuple[str, str]]:
+    """The end-of-run summary as (label, value) rows."""
+    f, b = result.final, result.best
+    rows = [
+        ("run", str(result.run_dir)),
+        ("method / model / data", f"{result.method} / {result.model} / {result.data}"),
+        ("final test", f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  loss {f['loss']:.4f}"),
+        ("best test", f"top-1 {b.get('top1', float('nan')):.2f}% at epoch {b.get('epoch', '-')}"),
+        ("params", f"trainable {result.trainable_params:,} / total {result.total_params:,} / deployed "
+                   f"{result.deploy_params:,}"),
+    ]
+    if result.history:
+        last = result.history[-1]
+        rows.append(("throughput", f"{last['images_per_s']:.0f} img/s train, {last['eval_images_per_s']:.0f} img/s eval"))
+    if result.folded_metrics is not None:
+        fm = result.folded_metrics
+        same = "identical" if fm["correct1"] == f["correct1"] else "DIFFERENT"
+        rows.append(("folded", f"top-1 {fm['top1']:.2f}% ({same} to RefConv), max abs err "
+                               f"{result.fold_max_abs_err:.3g}"))
+    if result.weights_path is not None:
+        rows.append(("deployable weights", str(result.weights_path)))
+    if result.onnx:
+        rows.append(("onnx", f"{result.onnx['path']} (max abs err {result.onnx['max_abs_err']:.3g})"))
+    rows.append(("wall time", f"{result.wall_time_s:.1f}s"))
+    if not math.isfinite(f["loss"]):
+        rows.append(("warning", "final loss is not finite"))
+    return rows
