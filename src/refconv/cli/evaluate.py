@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     image_size = args.image_size or loaded.image_size
     subset = args.subset_test if args.subset_test is not None else (cfg.subset_test if cfg else None)
     dataset, info = build_dataset(data, "test", data_dir=data_dir, image_size=image_size, in_chans=loaded.in_chans,
-                                  augment=False, subset=subset, seed=cfg.seed if cfg else 0)
+                                  augment=False, subset=subset, seed=cfg.data_seed if cfg else 0)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     model = loaded.model.to(device)

@@ -34,6 +34,7 @@ HELP: dict[str, str] = {
     "download": "download the dataset with torchvision if it is found nowhere",
     "subset_train": "train on a class-stratified subset of this many images",
     "subset_test": "evaluate on a class-stratified subset of this many images",
+    "data_seed": "seed of the --subset-train/--subset-test choice (kept fixed across training seeds)",
     "workers": "data loader worker processes",
     "method": "baseline | refconv | continue | finetune",
     "map_k": "refconv: RT's kernel size (odd)",

@@ -2,8 +2,9 @@
 
 Search order for a split's two files (``*-images-idx3-ubyte`` and ``*-labels-idx1-ubyte``, raw or ``.gz``):
 
-1. ``data_dir`` itself, then its torchvision layout ``data_dir/FashionMNIST/raw`` and ``data_dir/fashion-mnist``
-   (an explicit directory beats any implicit one);
+1. ``data_dir`` itself, then its torchvision layout ``data_dir/FashionMNIST/raw`` and ``data_dir/fashion-mnist``.
+   An explicit directory is the only place looked at: when it lacks the files, that is an error, never a
+   silent switch to other data;
 2. ``$REFCONV_DATA_DIR/fashion-mnist`` (and its ``FashionMNIST/raw``);
 3. Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist``;
 4. the default download location (:func:`~refconv.data.base.default_download_root`).
@@ -131,7 +132,8 @@ def candidate_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
     dirs: list[Path] = []
     if data_dir is not None:
         d = Path(data_dir).expanduser()
-        dirs += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist", d / "fashion-mnist" / "FashionMNIST" / "raw"]
+        # An explicit directory is the user's intent: no fallback to other copies.
+        return [d, d / "FashionMNIST" / "raw", d / "fashion-mnist", d / "fashion-mnist" / "FashionMNIST" / "raw"]
     env = env_data_dir()
     if env is not None:
         dirs += [env / "fashion-mnist", env / "fashion-mnist" / "FashionMNIST" / "raw"]

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 METHODS = ("baseline", "refconv", "continue", "finetune")
+LAYER_SELECTIONS = ("all", "depthwise", "dense", "no-stem")
 AMP_MODES = ("none", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -87,6 +88,7 @@ class RunConfig:
     download: bool = False
     subset_train: int | None = None  # first-N (seeded) subset, for quick runs
     subset_test: int | None = None
+    data_seed: int = 0  # seeds the subset choice: fixed across training seeds, so every run sees the same images
     workers: int = 0
     # ---- method
     method: str = "baseline"  # baseline | refconv | continue | finetune
@@ -96,6 +98,8 @@ class RunConfig:
     init: str = "default"  # default | zeros
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    layers: str = "all"  # all | depthwise | dense | no-stem: which eligible convs (after include/exclude) convert
+    basis: str = "pretrained"  # pretrained | random: re-initialise the converted kernels (the "is the prior needed" ablation)
     # ---- recipe
     epochs: int = 10
     batch_size: int = 128  # global batch
@@ -162,6 +166,8 @@ class RunConfig:
         _choice("progress", self.progress, PROGRESS_MODES)
         _choice("device", self.device, DEVICES)
         _choice("init", self.init, ("default", "zeros"))
+        _choice("layers", self.layers, LAYER_SELECTIONS)
+        _choice("basis", self.basis, ("pretrained", "random"))
         for key in ("epochs", "batch_size", "lr_base_size", "map_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from ..convert import conversion_config, convert, load_state_dict, refconv_layers, state_dict_format
-from ..errors import CheckpointError, StateDictFormatError
+from ..convert import conversion_config, convert, load_state_dict, plan_conversion, refconv_layers, state_dict_format
+from ..errors import CheckpointError, NoEligibleConvError, StateDictFormatError
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
 
@@ -56,6 +58,8 @@ def convert_kwargs(cfg: RunConfig) -> dict[str, Any]:
         "init": cfg.init,
         "include": list(cfg.include),
         "exclude": list(cfg.exclude),
+        "layers": cfg.layers,
+        "basis": cfg.basis,
     }
 
 
@@ -70,15 +74,44 @@ def groups_spec(groups: int | None, max_group_size: int | None) -> Any:
     return capped
 
 
+def select_layers(model: nn.Module, kwargs: Mapping[str, Any]) -> list[str]:
+    """Names of the convs to convert: ``plan_conversion`` with include/exclude, then the ``layers`` filter.
+
+    ``depthwise``: convs with ``groups == in_channels > 1``; ``dense``: ``groups == 1``; ``no-stem``: all but the
+    first eligible conv in module order.
+    """
+    groups = groups_spec(kwargs.get("groups"), kwargs.get("max_group_size"))
+    plans = plan_conversion(model, map_k=kwargs["map_k"], groups=groups, include=kwargs.get("include") or None,
+                            exclude=kwargs.get("exclude") or None)
+    which = kwargs.get("layers", "all")
+    if which == "depthwise":
+        plans = [p for p in plans if p.conv_groups > 1 and p.weight_shape[1] == 1]
+    elif which == "dense":
+        plans = [p for p in plans if p.conv_groups == 1]
+    elif which == "no-stem":
+        plans = plans[1:]
+    if not plans:
+        raise NoEligibleConvError(f"layers={which!r} leaves no convolution of this model to convert. Use layers=all.")
+    return [p.name for p in plans]
+
+
 def apply_conversion(model: nn.Module, kwargs: Mapping[str, Any]) -> nn.Module:
-    """``refconv.convert`` with :func:`convert_kwargs` (``max_group_size`` becomes a capped-groups rule)."""
+    """``refconv.convert`` with :func:`convert_kwargs` (``max_group_size`` becomes a capped-groups rule).
+
+    ``basis="random"`` re-initialises each selected kernel with PyTorch's default conv init before it becomes
+    the frozen basis: the paper's ablation of whether the pretrained prior matters.
+    """
+    names = select_layers(model, kwargs)
+    if kwargs.get("basis", "pretrained") == "random":
+        with torch.no_grad():
+            for name in names:
+                nn.init.kaiming_uniform_(model.get_submodule(name).weight, a=math.sqrt(5))
     return convert(
         model,
         map_k=kwargs["map_k"],
         groups=groups_spec(kwargs.get("groups"), kwargs.get("max_group_size")),
         init=kwargs.get("init", "default"),
-        include=kwargs.get("include") or None,
-        exclude=kwargs.get("exclude") or None,
+        include=[glob.escape(n) for n in names],
     )
 
 

@@ -363,7 +363,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     # ---- data (rank 0 first, so a download happens once)
     def _datasets() -> tuple:
         common = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.in_chans, download=cfg.download,
-                      seed=cfg.seed)
+                      seed=cfg.data_seed)
         train = build_dataset(cfg.data, "train", augment=cfg.augment, subset=cfg.subset_train, **common)
         test = build_dataset(cfg.data, "test", augment=False, subset=cfg.subset_test, **common)
         return train, test

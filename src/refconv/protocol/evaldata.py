@@ -24,7 +24,7 @@ def test_loader(run_config: dict[str, Any], *, data_dir: str | None = None, batc
     ds, info = build_dataset(cfg.data, split, data_dir=data_dir or cfg.data_dir, image_size=cfg.image_size,
                           in_chans=cfg.in_chans, augment=False,
                           subset=subset if subset is not None else (cfg.subset_train if train_split else cfg.subset_test),
-                          seed=getattr(cfg, "data_seed", cfg.seed))
+                          seed=cfg.data_seed)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     loader.info = info  # type: ignore[attr-defined]
     return loader

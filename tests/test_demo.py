@@ -1,0 +1,109 @@
+"""The demo end to end on a tiny profile: report sections, numbers equal results.json, caching, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from _datagen import write_fashion_mnist
+from refconv.errors import CheckpointError, ConfigError, DataError, ModelError
+from refconv.protocol.demo import PROFILES, profile, run_demo
+from refconv.protocol.demo_report import fmt, fmt_diff, fmt_summary
+
+SECTIONS = ["What was run", "Verdict", "Results", "Training curves", "Cost: training time vs deployed",
+            "Folding equivalence", "Analyses", "Reproduce"]
+
+# Even smaller than the packaged tiny profile: the default suite must stay fast on 2 cores.
+TEST_PROFILE = dataclasses.replace(PROFILES["tiny"], subset_train=None, subset_test=None, batch_size=32,
+                                   analysis_batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    data = write_fashion_mnist(root / "data", n_train=96, n_test=40)
+    out = root / "out"
+    res = run_demo(TEST_PROFILE, out, data_dir=str(data), log=lambda s: None)
+    return res, data, out
+
+
+def test_report_has_every_section(demo):
+    res, _, out = demo
+    md = res.report_md.read_text()
+    html = res.report_html.read_text()
+    for s in SECTIONS:
+        assert f"## {s}" in md
+        assert f">{s}</h2>" in html
+    assert "data:image/png;base64," in html  # self-contained
+    for line in md.splitlines():
+        if line.startswith("!["):
+            assert (out / line.split("](")[1].rstrip(")")).is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"profile", "models", "commands", "environment", "seeds", "wall_time_s"}
+
+
+def test_report_numbers_equal_results_json(demo):
+    res, _, out = demo
+    md = res.report_md.read_text()
+    html = res.report_html.read_text()
+    results = json.loads((out / "results.json").read_text())
+    expected = []
+    for m in results["models"].values():
+        expected.append(fmt(m["baseline"]["final"]["top1"]))
+        for row in m["table"]:
+            expected.append(fmt_summary(row["summary"]))
+            expected += [fmt_diff(d) for d in row["vs"].values()]
+        for key, cell in m["cells"].items():
+            expected.append(fmt(cell["final"]["top1"]))
+        for e in m["equivalence"]:
+            expected += [f"{e['max_abs_logit_err']:.3g}", fmt(e["top1_folded"]),
+                         f"{fmt(e['identical_predictions'])} / {fmt(e['test_images'])}"]
+            assert e["identical_predictions"] == e["test_images"]
+            assert e["max_rel_logit_err"] < 1e-4 and e["cost_equal"]
+            assert e["params"]["folded"] == e["params"]["baseline"]
+        red = m["analysis"]["redundancy"]
+        expected += [fmt(red["baseline"]["overall"], 4), fmt(red["refconv"]["overall"], 4)]
+    for s in expected:
+        assert s in md, s
+        assert s.replace("±", "&#177;") in html or s in html, s
+
+
+def test_rerun_uses_cache_and_resumes_interrupted_runs(demo):
+    res, data, out = demo
+    base_ckpt = out / "runs" / "timm-mobilenetv3_small_050" / "baseline" / "checkpoints" / "last.pt"
+    mtime = base_ckpt.stat().st_mtime
+    # simulate an interrupted cell: its done-record is gone, its last checkpoint remains
+    cell = out / "runs" / "timm-mobilenetv3_small_050" / "finetune" / "seed1"
+    os.remove(cell / "done.json")
+    logs = []
+    again = run_demo(TEST_PROFILE, out, data_dir=str(data), log=logs.append)
+    assert base_ckpt.stat().st_mtime == mtime  # the baseline was not retrained
+    m = next(iter(again.results["models"].values()))
+    assert m["baseline"]["cached"]
+    assert (cell / "done.json").is_file()
+    assert sum("(cached)" in line for line in logs) == 6  # every run but the resumed one
+    prev = next(iter(res.results["models"].values()))
+    assert m["cells"]["finetune/seed1"]["final"]["top1"] == prev["cells"]["finetune/seed1"]["final"]["top1"]
+
+
+def test_out_dir_with_other_config_is_refused(demo):
+    _, data, out = demo
+    other = dataclasses.replace(TEST_PROFILE, arm_epochs=2)
+    with pytest.raises(CheckpointError, match="different configuration.*arm_epochs"):
+        run_demo(other, out, data_dir=str(data), log=lambda s: None)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        run_demo(TEST_PROFILE, tmp_path / "o", data_dir=str(tmp_path / "nowhere"), log=lambda s: None)
+    data = write_fashion_mnist(tmp_path / "d", n_train=20, n_test=10)
+    bad = dataclasses.replace(TEST_PROFILE, models=("timm/mobilenetv3_smal_100",))
+    with pytest.raises(ModelError, match="mobilenetv3_small_100"):
+        run_demo(bad, tmp_path / "o", data_dir=str(data), log=lambda s: None)
+    with pytest.raises(ConfigError, match="unknown demo profile"):
+        profile("huge")
+    with pytest.raises(ConfigError, match="--seeds"):
+        profile("quick", seeds=0)
