@@ -107,3 +107,22 @@ def test_bad_input(tmp_path):
         profile("huge")
     with pytest.raises(ConfigError, match="--seeds"):
         profile("quick", seeds=0)
+
+
+def test_analyze_cli_on_demo_runs(demo, capsys):
+    from refconv.cli import main
+
+    _, data, out = demo
+    runs = out / "runs" / "timm-mobilenetv3_small_050"
+    dest = out / "cli-analysis"
+    rc = main(["analyze", "--baseline", str(runs / "continue" / "seed0"), "--refconv", str(runs / "refconv" / "seed0"),
+               "--data-dir", str(data), "--out", str(dest), "--num-batches", "1", "--resolution-1d", "3",
+               "--resolution-2d", "0", "--eps", "0", "0.01", "--pgd-steps", "1", "--attack-batches", "1",
+               "--sections", "redundancy", "skeleton", "attacks", "--no-plots"])
+    assert rc == 0
+    result = json.loads((dest / "analysis.json").read_text())
+    assert result["models"]["refconv"]["folded_for_analysis"] and not result["models"]["baseline"]["folded_for_analysis"]
+    assert "channel_diversity" in capsys.readouterr().out
+    # out-of-range options are refused with the allowed range, before any model is loaded
+    assert main(["analyze", "--baseline", "x", "--refconv", "y", "--resolution-2d", "1000"]) == 1
+    assert "resolution_2d=1000 is out of range" in capsys.readouterr().err
