@@ -5,17 +5,36 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
 DEMO_ARGS ?= --profile quick --out demo-out
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
 .PHONY: setup data demo test test-slow bench clean
 
 setup:
 	$(PIP) install -q -e '.[test]'
 
+# Fashion-MNIST: Debian's package where apt works (as root); otherwise the demo downloads it with torchvision.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+		|| echo "apt-get could not install dataset-fashion-mnist: the demo will download it"; \
+	else \
+		echo "Fashion-MNIST not installed system-wide: the demo will download it with torchvision"; \
+	fi
+
+demo: setup data
+	$(PYTHON) -m refconv.cli demo $(DEMO_ARGS) $$( [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || echo --download )
+
 test: setup
 	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PYTHON) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(PYTHON) benchmarks/bench_core.py --out benchmarks/RESULTS.md
+	$(PYTHON) benchmarks/bench_engine.py
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache demo-out

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="models to run, e.g. timm/mobilenetv3_small_100 tv/shufflenet_v2_x1_0")
     p.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files, if not in a standard location")
+    p.add_argument("--download", action="store_true",
+                   help="fetch Fashion-MNIST with torchvision when it is found nowhere (needs network)")
     p.add_argument("--overwrite", action="store_true", help="recompute an output directory holding another config")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.set_defaults(func=_run)
@@ -33,7 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..protocol.demo import profile, run_demo
 
     prof = profile(args.profile, seeds=args.seeds, models=args.models)
-    res = run_demo(prof, args.out, data_dir=args.data_dir, overwrite=args.overwrite, workers=args.workers)
+    res = run_demo(prof, args.out, data_dir=args.data_dir, overwrite=args.overwrite, workers=args.workers,
+                   download=args.download)
     print(res.report_md)
     print(res.report_html)
     return 0

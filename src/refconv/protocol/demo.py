@@ -125,10 +125,11 @@ def _slug(model: str) -> str:
     return model.replace("/", "-").replace(":", "-")
 
 
-def _base_config(p: DemoProfile, model: str, data_dir: str | None, workers: int, progress: str) -> RunConfig:
+def _base_config(p: DemoProfile, model: str, data_dir: str | None, workers: int, progress: str,
+                 download: bool = False) -> RunConfig:
     return make_config(
         dict(
-            model=model, data=p.data, data_dir=data_dir, image_size=p.image_size, subset_train=p.subset_train,
+            model=model, data=p.data, data_dir=data_dir, download=download, image_size=p.image_size, subset_train=p.subset_train,
             subset_test=p.subset_test, batch_size=p.batch_size, base_lr=p.base_lr, finetune_lr_mult=p.finetune_lr_mult,
             workers=workers, progress=progress,
         )
@@ -195,6 +196,7 @@ def run_demo(
     overwrite: bool = False,
     workers: int = 0,
     progress: str = "plain",
+    download: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the whole protocol for profile ``p`` into ``out``; see the module docstring."""
@@ -205,7 +207,7 @@ def run_demo(
     from ..data import build_dataset
     from ..models import create_model
 
-    build_dataset(p.data, "test", data_dir=data_dir, image_size=p.image_size, subset=p.subset_test)
+    build_dataset(p.data, "test", data_dir=data_dir, image_size=p.image_size, subset=p.subset_test, download=download)
     for m in p.models:
         create_model(m, num_classes=10, in_chans=1)
     _check_out_dir(out, p, overwrite)
@@ -223,7 +225,7 @@ def run_demo(
     for mi, model in enumerate(p.models):
         slug = _slug(model)
         root = out / "runs" / slug
-        base = _base_config(p, model, data_dir, workers, progress)
+        base = _base_config(p, model, data_dir, workers, progress, download)
         prog.stage(1, n_stages, f"baseline of {model} ({p.baseline_epochs} epochs)")
         base_cfg = base.replace(method="baseline", epochs=p.baseline_epochs, warmup_epochs=p.warmup_epochs,
                                 seed=0, out=str(root / "baseline"))
