@@ -106,3 +106,16 @@ def test_capped_groups():
     assert capped_groups(7, 1, 2) == 7  # prime: only G=N satisfies the cap
     with pytest.raises(ConversionError):
         capped_groups(8, 1, 0)
+
+
+@pytest.mark.parametrize("shape,groups", [((12, 1, 3, 3), 1), ((12, 1, 5, 5), 1), ((6, 2, 5), 1), ((4, 1, 3, 5), 1),
+                                          ((8, 1, 3, 3), 2), ((6, 4, 3, 3), 24)])
+def test_matrix_and_convolution_forms_agree(shape, groups):
+    # the G=1 fast path (one matmul with the patch matrix) computes the grouped convolution exactly
+    torch.manual_seed(0)
+    wb = torch.randn(*shape, dtype=torch.float64)
+    n = shape[0] * shape[1]
+    wr = torch.randn(n, n // groups, *(3,) * (len(shape) - 2), dtype=torch.float64)
+    conv = {1: F.conv1d, 2: F.conv2d}[len(shape) - 2]
+    expected = conv(wb.reshape(1, n, *shape[2:]), wr, padding=1, groups=groups).reshape(wb.shape)
+    torch.testing.assert_close(refocus_increment(wb, wr, groups), expected)
