@@ -119,3 +119,5 @@ def test_matrix_and_convolution_forms_agree(shape, groups):
     conv = {1: F.conv1d, 2: F.conv2d}[len(shape) - 2]
     expected = conv(wb.reshape(1, n, *shape[2:]), wr, padding=1, groups=groups).reshape(wb.shape)
     torch.testing.assert_close(refocus_increment(wb, wr, groups), expected)
+    torch.testing.assert_close(refocus_increment(wb, wr, groups, method="matmul"), expected)
+    torch.testing.assert_close(refocus_increment(wb.float(), wr.float(), groups, method="conv"), expected.float())

@@ -118,12 +118,18 @@ def kernel_patches(basis: Tensor, map_k: int) -> Tensor:
     return F.unfold(image, map_k, padding=map_k // 2).reshape(n * map_k * map_k, spatial[0] * spatial[1])
 
 
-def refocus_increment(basis: Tensor, refocus_weight: Tensor, groups: int) -> Tensor:
+def refocus_increment(basis: Tensor, refocus_weight: Tensor, groups: int, *, method: str = "auto") -> Tensor:
     """``RT(Wb)``: the grouped convolution of the kernel "image" with ``Wr``, reshaped to ``Wb``'s shape.
 
-    Two equivalent evaluations: with one group (the authors' rule for depthwise layers, where RT mixes all
-    ``N`` kernels) a single matrix product with the patch matrix, which CPU and GPU BLAS run far faster than
-    a batch-1 convolution with ``N`` channels on a tiny image; otherwise the grouped convolution itself.
+    Two equivalent evaluations (``method``):
+
+    - ``"matmul"``: the patch matrix of the kernel image times ``Wr``, one (batched) matrix product per group.
+      With one group (the authors' rule for depthwise layers, where RT mixes all ``N`` kernels) it is a single
+      GEMM, far faster than a batch-1 convolution with ``N`` channels on a tiny image; in float64 (folding)
+      it also avoids the very slow float64 grouped convolution on CPU. 1-D and 2-D kernels only.
+    - ``"conv"``: the grouped convolution itself (any dimensionality).
+
+    ``"auto"`` takes ``matmul`` for one group or float64, else ``conv``.
     """
     spatial = basis.dim() - 2
     conv = _CONV_FN.get(spatial)
@@ -131,9 +137,24 @@ def refocus_increment(basis: Tensor, refocus_weight: Tensor, groups: int) -> Ten
         raise ConversionError(f"RefConv supports 1-3 spatial dims, got a weight of shape {tuple(basis.shape)}.")
     n = num_kernels(basis.shape)
     map_k = refocus_weight.shape[-1]
-    if groups == 1 and spatial <= 2 and all(m == map_k for m in refocus_weight.shape[2:]):
-        patches = kernel_patches(basis, map_k).to(refocus_weight.dtype)
-        return (refocus_weight.reshape(n, -1) @ patches).reshape(basis.shape)
+    square = all(m == map_k for m in refocus_weight.shape[2:])
+    if method == "auto":
+        method = "matmul" if square and spatial <= 2 and (groups == 1 or basis.dtype == torch.float64) else "conv"
+    if method == "matmul":
+        if not (square and spatial <= 2):
+            raise ConversionError("method='matmul' needs 1-D or 2-D kernels and a square RT kernel; use 'conv'.")
+        patches = kernel_patches(basis, map_k).to(refocus_weight.dtype)  # (N * m^d, K)
+        size = n // groups
+        positions = patches.shape[-1]
+        if groups == 1:
+            out = refocus_weight.reshape(n, -1) @ patches
+        elif size == 1:  # each kernel refocused on itself: a multiply-reduce, no tiny GEMMs
+            out = (refocus_weight.reshape(n, -1, 1) * patches.reshape(n, -1, positions)).sum(1)
+        else:
+            out = torch.bmm(refocus_weight.reshape(groups, size, -1), patches.reshape(groups, -1, positions))
+        return out.reshape(basis.shape)
+    if method != "conv":
+        raise ConversionError(f"method must be 'auto', 'conv' or 'matmul', got {method!r}.")
     image = basis.reshape(1, n, *basis.shape[2:])
     padding = tuple(k // 2 for k in refocus_weight.shape[2:])
     return conv(image, refocus_weight, None, 1, padding, 1, groups).reshape(basis.shape)

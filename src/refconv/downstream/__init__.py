@@ -1,0 +1,85 @@
+"""Detection and segmentation with RefConv backbones: data, models, metrics, training, fold and export.
+
+The paper reports that RefConv transfers to SSD on Pascal VOC and DeepLabv3+ on Cityscapes at no inference
+cost. This package runs that experiment on torchvision's detectors (SSDlite320-MobileNetV3-Large,
+SSD300-VGG16) and segmenters (DeepLabV3 with MobileNetV3-Large / ResNet-50, LR-ASPP, FCN), on VOC and
+Cityscapes in their own on-disk formats, or offline on a synthetic Fashion-MNIST multi-object dataset written
+in those formats::
+
+    from refconv.downstream import DownstreamConfig, run_downstream
+    res = run_downstream(DownstreamConfig(task="detection", method="refconv", epochs=1, out="runs/det"))
+    res.final["map_50"], res.weights_path          # folded.safetensors: the stock SSDlite's keys
+
+Modules: :mod:`.synthetic` (the generator), :mod:`.voc` / :mod:`.cityscapes` (datasets with validation),
+:mod:`.models` (builders, weights, scopes), :mod:`.metrics` (mAP, mIoU), :mod:`.train` (the run),
+:mod:`.export` (fold checks, ONNX), :mod:`.cli` (``refconv detect`` / ``refconv segment``).
+"""
+
+from __future__ import annotations
+
+from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
+from .export import compare_detections, export_onnx, network_outputs, output_equivalence
+from .metrics import (
+    DetectionMetric,
+    SegmentationMetric,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+)
+from .models import (
+    ARCHS,
+    ArchSpec,
+    build_model,
+    get_spec,
+    list_archs,
+    load_model_weights,
+    scope_patterns,
+)
+from .synthetic import SyntheticConfig, write_cityscapes, write_voc
+from .train import (
+    DownstreamConfig,
+    DownstreamResult,
+    build_datasets,
+    evaluate,
+    fold_and_verify,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_downstream,
+)
+from .voc import VOC_CLASSES, VOCDetection, VOCSegmentation, parse_voc_xml
+
+__all__ = [
+    "ARCHS",
+    "CITYSCAPES_CLASSES",
+    "VOC_CLASSES",
+    "ArchSpec",
+    "CityscapesSegmentation",
+    "DetectionMetric",
+    "DownstreamConfig",
+    "DownstreamResult",
+    "SegmentationMetric",
+    "SyntheticConfig",
+    "VOCDetection",
+    "VOCSegmentation",
+    "build_datasets",
+    "build_model",
+    "compare_detections",
+    "confusion_matrix",
+    "evaluate",
+    "export_onnx",
+    "fold_and_verify",
+    "get_spec",
+    "iou_per_class",
+    "list_archs",
+    "load_checkpoint",
+    "load_model_weights",
+    "mean_iou",
+    "model_from_checkpoint",
+    "network_outputs",
+    "output_equivalence",
+    "parse_voc_xml",
+    "run_downstream",
+    "scope_patterns",
+    "write_cityscapes",
+    "write_voc",
+]
