@@ -1,0 +1,66 @@
+"""``refconv sweep CONFIG``: RefConv settings against fair controls over budgets and seeds, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parallel(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {value!r}")
+    return n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run RefConv settings and the controls over budgets and seeds from one baseline; report when RefConv pays",
+        description=(
+            "Read a sweep YAML (a path, or a packaged sweep: fashion-mnist-small, ablations), train its baseline once, "
+            "then every RefConv setting and the controls (continue, finetune) from that checkpoint for each budget E "
+            "and seed. Every cell is an ordinary run directory: a rerun skips finished cells and resumes interrupted "
+            "ones; adding seeds, budgets or settings trains only what is new. Writes results.json, report.md, "
+            "report.html and PNG plots into --out. See docs/sweep.md for the config schema."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="sweep YAML file or packaged sweep name")
+    p.add_argument("--out", default=None, help="output directory (default: sweeps/<name>)")
+    p.add_argument("--data-dir", default=None, help="dataset directory, if not in a standard location")
+    p.add_argument("--parallel", type=_parallel, default=None, metavar="N|auto",
+                   help="cells run in N processes (default: the config's 'parallel', else 1)")
+    p.add_argument("--workers", type=int, default=None, help="data-loader worker processes per run")
+    p.add_argument("--yes", action="store_true",
+                   help="run even when the time estimate exceeds the config's time_budget_minutes")
+    p.add_argument("--estimate", action="store_true",
+                   help="validate the config, print the plan and the time estimate (JSON on stdout), and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute runs that cannot be reused (another recipe or baseline in --out, or changed "
+                        "settings); finished matching cells are always kept")
+    p.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default=None,
+                   help="per-run progress output (default: the config's, else plain lines)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..protocol.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.config)
+    command = " ".join(["refconv", "sweep", *sys.argv[sys.argv.index("sweep") + 1:]]) if "sweep" in sys.argv else None
+    res = run_sweep(spec, args.out, data_dir=args.data_dir, parallel=args.parallel, yes=args.yes,
+                    overwrite=args.overwrite, workers=args.workers, progress=args.progress,
+                    estimate_only=args.estimate, command=command)
+    if args.estimate:
+        sys.stdout.write(json.dumps({"out": str(res.out_dir), "warnings": spec.warnings, **res.estimate}, indent=2)
+                         + "\n")
+        return 0
+    print(res.report_md)
+    print(res.report_html)
+    return 0
