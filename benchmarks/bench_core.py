@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,7 +68,7 @@ def flops(model, x) -> int:
 def peak_rss_mb(name: str, variant: str, batch: int, size: int, mode: str, threads: int) -> float:
     """Peak RSS (MiB) of a fresh process doing 2 steps of ``mode`` on ``variant``."""
     code = (
-        "import sys, resource, torch; sys.path.insert(0, 'benchmarks');"
+        "import sys, torch; sys.path.insert(0, 'benchmarks');"
         "from bench_core import build, make_opt, train_step;"
         f"torch.set_num_threads({threads}); m = build('{name}', '{variant}');"
         f"x = torch.randn({batch}, 3, {size}, {size}); y = torch.randint(0, 1000, ({batch},));"
@@ -78,13 +77,15 @@ def peak_rss_mb(name: str, variant: str, batch: int, size: int, mode: str, threa
             if mode == "train"
             else "m.eval();\nwith torch.no_grad():\n    for _ in range(2): m(x)\n"
         )
-        + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across execve.
+        + "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_model(name: str, batch: int, size: int, repeats: int, threads: int, memory: bool) -> dict:
+def bench_model(name: str, batch: int, size: int, repeats: int, threads: int, memory: bool,
+                args_eval_inner: int = 5) -> dict:
     torch.set_num_threads(threads)
     models = {v: build(name, v) for v in VARIANTS}
     x = torch.randn(batch, 3, size, size)
@@ -113,9 +114,12 @@ def bench_model(name: str, batch: int, size: int, repeats: int, threads: int, me
             m.eval()
             with torch.no_grad():
                 m(x)  # first eval forward after training refreshes RefConv's cache: not timed
-                t = time.perf_counter()
-                m(x)
-                evalt[v].append(time.perf_counter() - t)
+                ts = []
+                for _ in range(args_eval_inner):
+                    t = time.perf_counter()
+                    m(x)
+                    ts.append(time.perf_counter() - t)
+                evalt[v].append(statistics.median(ts))
     for v in VARIANTS:
         res["train_s"][v] = statistics.median(train[v])
         res["eval_s"][v] = statistics.median(evalt[v])
