@@ -36,6 +36,18 @@ def _size(name: str) -> int:
     return SIZE.get(name, 64)
 
 
+def _num_params(name: str) -> int:
+    try:
+        return int(list(torchvision.models.get_model_weights(name))[0].meta["num_params"])
+    except (ValueError, KeyError, IndexError):
+        return 0
+
+
+# The sweep keeps about six copies of a model (stock, converted, folded, timm-folded, pickled...): above this
+# size that is more than the 24 GiB the project's machines have, so these two builders are left out.
+MAX_PARAMS = 400_000_000
+
+
 def _params(names):
     return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
 
@@ -46,6 +58,9 @@ def test_fast_list_is_real():
 
 @pytest.mark.parametrize("name", _params(ALL))
 def test_torchvision_builder(name):
+    n = _num_params(name)
+    if n > MAX_PARAMS:
+        pytest.skip(f"{name} has {n / 1e6:.0f}M parameters: the sweep's copies need more than 24 GiB")
     build = functools.partial(torchvision.models.get_model, name, weights=None, num_classes=10, **KWARGS.get(name, {}))
     x = torch.randn(2, 3, _size(name), _size(name))
-    check_model(build, x)
+    check_model(build, x, check_pickle=n < 200_000_000)
