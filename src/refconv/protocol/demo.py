@@ -78,8 +78,8 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     # <= 10 minutes on a 2-core CPU: a class-stratified subset of Fashion-MNIST, 2 seeds.
     "quick": DemoProfile(
-        name="quick", models=("timm/mobilenetv3_small_100",), seeds=2, baseline_epochs=4, arm_epochs=2,
-        subset_train=6000, subset_test=2000, batch_size=128, warmup_epochs=1.0,
+        name="quick", models=("timm/mobilenetv3_small_100",), seeds=2, baseline_epochs=5, arm_epochs=2,
+        subset_train=10000, subset_test=2000, batch_size=128, warmup_epochs=1.0,
         analysis=dict(num_batches=2, resolution_1d=21, resolution_2d=9, eps=(0.0, 0.01, 0.03), pgd_steps=5,
                       attack_batches=4, latency_warmup=2, latency_repeats=10),
         latency_repeats=20,
