@@ -150,7 +150,7 @@ def plan_conversion(
         selected.append((name, conv))
 
     if not selected:
-        if refconv_names and not convs_selectable(convs, map_k, exc):
+        if refconv_names and not _convs_selectable(convs, map_k, exc):
             raise AlreadyConvertedError(
                 f"the model is already converted ({len(refconv_names)} RefConv layers, e.g. '{refconv_names[0]}') "
                 "and has no other eligible convolution. Train it, or fold it with refconv.reparameterize() "
@@ -184,7 +184,7 @@ def plan_conversion(
     return plans
 
 
-def convs_selectable(convs: list[tuple[str, nn.Module]], map_k: int, exc: list[str]) -> bool:
+def _convs_selectable(convs: list[tuple[str, nn.Module]], map_k: int, exc: list[str]) -> bool:
     """Whether any unconverted conv would be eligible by kernel size (used to tell 'already converted' apart)."""
     return any(
         all(k >= map_k for k in m.weight.shape[2:]) and not (exc and _matches(n, exc))
