@@ -43,6 +43,8 @@ HELP: dict[str, str] = {
     "init": "refconv: RT init, default (authors) or zeros (starts exactly at the pretrained model)",
     "include": "refconv: convert only modules matching this glob (repeatable)",
     "exclude": "refconv: leave modules matching this glob plain (repeatable)",
+    "layers": "which eligible convs to convert: all | depthwise | dense | no-stem (refconv only)",
+    "basis": "pretrained | random: re-initialise the converted kernels first (the prior ablation; refconv only)",
     "epochs": "training epochs (the budget)",
     "batch_size": "global batch size (split over torchrun processes)",
     "lr": "learning rate (default: base_lr * batch_size / lr_base_size)",
