@@ -267,10 +267,12 @@ def _check_keys(data: Mapping[str, Any], source: str) -> None:
             )
 
 
-def packaged_configs() -> dict[str, Path]:
-    """The recipes shipped in ``refconv/configs`` by name (file stem)."""
+def packaged_yaml(subdir: str = "") -> dict[str, Path]:
+    """The YAML files shipped in ``refconv/configs[/subdir]`` by name (file stem)."""
     root = resources.files("refconv") / "configs"
-    out = {}
+    if subdir:
+        root = root / subdir
+    out: dict[str, Path] = {}
     if root.is_dir():
         for entry in root.iterdir():
             if entry.name.endswith((".yaml", ".yml")):
@@ -278,19 +280,28 @@ def packaged_configs() -> dict[str, Path]:
     return out
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a packaged recipe (``fashion-mnist``, ``authors-imagenet``)."""
+def packaged_configs() -> dict[str, Path]:
+    """The recipes shipped in ``refconv/configs`` by name (file stem)."""
+    return packaged_yaml()
+
+
+def resolve_packaged(name_or_path: str | Path, shipped: dict[str, Path], kind: str, noun: str) -> Path:
+    """A YAML path, or the name of one of the ``shipped`` files; an error names the packaged ones otherwise."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = packaged_configs()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
     close = difflib.get_close_matches(str(name_or_path), list(shipped), n=2)
     raise ConfigError(
-        f"config {str(name_or_path)!r} is neither a file nor a packaged recipe. Packaged: "
+        f"{kind} {str(name_or_path)!r} is neither a file nor a packaged {noun}. Packaged: "
         f"{', '.join(sorted(shipped)) or '(none)'}" + (f"; did you mean {close[0]!r}?" if close else ".")
     )
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a packaged recipe (``fashion-mnist``, ``authors-imagenet``)."""
+    return resolve_packaged(name_or_path, packaged_configs(), "config", "recipe")
 
 
 def load_yaml(name_or_path: str | Path) -> dict[str, Any]:

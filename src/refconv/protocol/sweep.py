@@ -49,14 +49,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
-from ..engine.config import NON_RECIPE_KEYS, config_diff, config_hash, make_config
+from ..engine.config import NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged
 from ..errors import CheckpointError, ConfigError, ConversionError
 from ..stats import paired_difference, summarize, verdict
 from .cells import Arm, Cell, cell_config, run_cell, run_cells
@@ -187,28 +186,12 @@ class SweepResult:
 # ---------------------------------------------------------------------------------------------- loading
 def packaged_sweeps() -> dict[str, Path]:
     """The sweeps shipped in ``refconv/configs/sweeps`` by name (file stem)."""
-    root = resources.files("refconv") / "configs" / "sweeps"
-    out: dict[str, Path] = {}
-    if root.is_dir():
-        for entry in root.iterdir():
-            if entry.name.endswith((".yaml", ".yml")):
-                out[entry.name.rsplit(".", 1)[0]] = Path(str(entry))
-    return out
+    return packaged_yaml("sweeps")
 
 
 def resolve_sweep_path(name_or_path: str | os.PathLike) -> Path:
     """A sweep YAML path, or the name of a packaged sweep (``fashion-mnist-small``, ``ablations``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = packaged_sweeps()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
-    close = difflib.get_close_matches(str(name_or_path), list(shipped), n=2)
-    raise ConfigError(
-        f"sweep config {str(name_or_path)!r} is neither a file nor a packaged sweep. Packaged: "
-        f"{', '.join(sorted(shipped)) or '(none)'}" + (f"; did you mean {close[0]!r}?" if close else ".")
-    )
+    return resolve_packaged(name_or_path, packaged_sweeps(), "sweep config", "sweep")
 
 
 def load_sweep(name_or_path: str | os.PathLike) -> SweepSpec:
