@@ -17,7 +17,6 @@ Run:  python benchmarks/bench_core.py [--models mobilenet_v3_small resnet18] [--
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics

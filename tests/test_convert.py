@@ -69,7 +69,7 @@ def test_conv_semantics_preserved(kwargs):
 
 
 def test_timm_conv2d_same_dynamic_padding():
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.layers import Conv2dSame, MixedConv2d, StdConv2d
 
     model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), StdConv2d(8, 8, 3, padding=1), MixedConv2d(8, 8, [3, 5, 7]))

@@ -8,7 +8,6 @@ training and in eval alike. It is 2-D only and supports zero padding only. We ke
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -128,7 +128,7 @@ def _step(model: nn.Module, example_input: Tensor, regime: str) -> Iterator[Call
     try:
         yield run_train
     finally:
-        del work
+        work = None  # release the copy  # noqa: F841
 
 
 def _sync(device: torch.device) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..engine import RunConfig, RunResult, run
+from ..engine import RunConfig, RunResult
 from ..engine.config import make_config
 from ..errors import CheckpointError, ConfigError
 from .cells import Arm, Cell, arm_table, cell_config, run_cell, run_cells
