@@ -30,7 +30,8 @@ test: setup
 	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PYTHON) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+	# one process: two of the largest zoo models side by side exceed 24 GiB
+	$(PYTHON) -m pytest -p no:xdist -m slow $(PYTEST_ARGS)
 
 bench: setup
 	$(PYTHON) benchmarks/bench_core.py --out benchmarks/RESULTS.md
