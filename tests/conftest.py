@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -14,3 +15,22 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse every internet connection (loopback and Unix sockets still work): tests never download."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError("network disabled in tests")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

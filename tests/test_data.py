@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import socket
 import warnings
 from pathlib import Path
 
@@ -31,22 +30,8 @@ from refconv.errors import ConfigError, DataError, RefConvError
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
+def _isolated(monkeypatch, tmp_path, no_network):
     """No network, no system dataset, no user cache: every test sees only the files it writes."""
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise OSError("network disabled in tests")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "no-system-dataset")
     monkeypatch.delenv("REFCONV_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

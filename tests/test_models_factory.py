@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import time
 
 import numpy as np
@@ -27,22 +26,8 @@ from refconv.models import (
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
+def _offline(monkeypatch, tmp_path, no_network):
     """No network and empty hub caches: a test can neither download nor find weights fetched earlier."""
-
-    def no_network(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise OSError("network disabled in tests")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     try:
         import huggingface_hub.constants as hf
