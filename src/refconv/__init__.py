@@ -8,17 +8,9 @@ Convert a pretrained model, train it (Refocusing Learning), fold it back::
     model = refconv.reparameterize(model)   # plain model, original keys/classes/cost
 """
 
-from .convert import (
-    LayerPlan,
-    RefConvWarning,
-    conversion_config,
-    convert,
-    load_state_dict,
-    plan_conversion,
-    refconv_layers,
-    reparameterize,
-    state_dict_format,
-)
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 from .errors import (
     AlreadyConvertedError,
     CheckpointError,
@@ -30,8 +22,30 @@ from .errors import (
     RefConvError,
     StateDictFormatError,
 )
-from .layers import RefConv
-from .transform import capped_groups, default_groups, refocus
+
+if TYPE_CHECKING:
+    from .convert import (
+        LayerPlan,
+        RefConvWarning,
+        conversion_config,
+        convert,
+        load_state_dict,
+        plan_conversion,
+        refconv_layers,
+        reparameterize,
+        state_dict_format,
+    )
+    from .layers import RefConv
+    from .transform import capped_groups, default_groups, refocus
+
+# torch is imported on first use of these names, not by ``import refconv`` (the CLI answers --help at once).
+_EXPORTS = {
+    **dict.fromkeys(("LayerPlan", "RefConvWarning", "conversion_config", "convert", "load_state_dict",
+                     "plan_conversion", "refconv_layers", "reparameterize", "state_dict_format"), ".convert"),
+    "RefConv": ".layers",
+    **dict.fromkeys(("capped_groups", "default_groups", "refocus"), ".transform"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .errors import ConversionError, StateDictFormatError
 from .transform import check_groups, check_map_k, default_groups, num_kernels, refocus, refocus_weight_shape
 
-__all__ = ["RefConv", "INITS", "is_convertible_conv"]
+__all__ = ["RefConv", "INITS", "is_convertible_conv", "match_layout"]
 
 INITS = ("default", "zeros")
 
@@ -131,8 +131,9 @@ class RefConv(nn.Module):
         return self.conv.weight
 
     def transformed_weight(self) -> Tensor:
-        """``Wt = Wb + RT(Wb)``, differentiable w.r.t. ``refocus_weight`` only."""
-        return refocus(self.conv.weight.detach(), self.refocus_weight, self.refocus_groups)
+        """``Wt = Wb + RT(Wb)``, differentiable w.r.t. ``refocus_weight`` only, in the basis's memory layout."""
+        basis = self.conv.weight
+        return match_layout(refocus(basis.detach(), self.refocus_weight, self.refocus_groups), basis)
 
     @property
     def weight(self) -> Tensor:
@@ -175,7 +176,7 @@ class RefConv(nn.Module):
         """
         wb = self.conv.weight
         exact = torch.float32 if wb.device.type == "mps" else torch.float64
-        wt = refocus(wb.to(exact), self.refocus_weight.to(exact), self.refocus_groups).to(wb.dtype)
+        wt = match_layout(refocus(wb.to(exact), self.refocus_weight.to(exact), self.refocus_groups).to(wb.dtype), wb)
         folded_weight = nn.Parameter(wt, requires_grad=self.basis_requires_grad)
         # The memo makes deepcopy put the folded weight where the basis was, without copying the basis.
         return copy.deepcopy(self.conv, {id(wb): folded_weight})
@@ -185,6 +186,17 @@ class RefConv(nn.Module):
         self._cache = None
         self._cache_key = None
         return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RefConv:
+        # ``model.to(memory_format=torch.channels_last)`` would make ``Wr`` (N, N/G, k, k) NHWC too, and the
+        # transform reads it as an (N, N/G*k*k) matrix: a copy of the largest tensor of the model on every
+        # forward and backward. ``Wr`` is not an activation's operand: keep it in the default layout.
+        super()._apply(fn, recurse)
+        wr = self.refocus_weight
+        if not wr.is_contiguous():
+            wr.data = wr.data.contiguous()
+        self._cache = None
+        return self
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -224,6 +236,25 @@ class RefConv(nn.Module):
     def extra_repr(self) -> str:
         n = num_kernels(self.conv.weight.shape)
         return f"map_k={self.map_k}, refocus_groups={self.refocus_groups}, kernels={n}"
+
+
+def match_layout(weight: Tensor, like: Tensor) -> Tensor:
+    """``weight`` with the strides of ``like`` when ``like`` is a ``channels_last`` 4-D kernel.
+
+    The transform returns ``Wt`` in the default (NCHW) layout. After ``model.to(memory_format=channels_last)``
+    the basis is NHWC, and oneDNN picks its convolution path from the weight's strides: an NCHW ``Wt`` next to
+    NHWC activations cost 2-3x the plain model's step on CPU. A depthwise kernel ``(C, 1, k, k)`` is contiguous
+    in both layouts and differs only in the stride of its size-1 dim, which ``.contiguous(memory_format=...)``
+    does not change: hence the reshape through a 2-D view, which is free when that dim has size 1 and one
+    copy otherwise.
+    """
+    if like.dim() != 4 or weight.shape != like.shape:
+        return weight
+    o, i, h, w = like.shape
+    nhwc = (h * w * i, 1, w * i, i)
+    if like.stride() != nhwc or weight.stride() == nhwc or like.stride() == weight.stride():
+        return weight
+    return weight.permute(0, 2, 3, 1).reshape(o, -1).view(o, h, w, i).permute(0, 3, 1, 2)
 
 
 def _validate_conv(conv: nn.Module, where: str) -> None:

@@ -19,25 +19,64 @@ from ..errors import RefConvError
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
-# Modules under refconv.cli that provide a command (``register(subparsers)``), in help order.
-COMMAND_MODULES = ("demo", "train", "evaluate", "fold", "convert_info", "analyze", "sweep", "downstream")
+# Every command: the module under refconv.cli that registers it (``register(subparsers)``) and its one-line help,
+# in help order. The table lets ``refconv --help`` / ``--version`` / a bad command answer without importing any
+# command module (several import torch: seconds); only the invoked command's module is imported.
+# tests/test_cli_fast.py checks each summary against the help its module registers.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "run the paper's protocol (baseline, refconv vs continue/finetune, fold, analyses) and write a "
+                     "report"),
+    "train": ("train", "train one run: baseline, refconv, continue or finetune"),
+    "eval": ("evaluate", "evaluate a run directory, checkpoint or weights file"),
+    "fold": ("fold", "fold a RefConv run or checkpoint into plain deployable weights"),
+    "convert-info": ("convert_info", "show what refconv.convert would do to a model"),
+    "analyze": ("analyze", "channel redundancy, kernel skeleton, loss landscape, attacks and cost of a baseline vs "
+                           "RefConv pair"),
+    "sweep": ("sweep", "run RefConv settings and the controls over budgets and seeds from one baseline; report when "
+                       "RefConv pays"),
+    "detect": ("downstream", "train / fold / export an SSD detector with a RefConv backbone"),
+    "segment": ("downstream", "train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone"),
+}
+COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``refconv`` parser.
+
+    Args:
+        command: ``"*"`` registers every command's full parser; a command name only that command's (the others
+            appear in ``--help`` with their summary); None none (``--help``, ``--version``).
+    """
     parser = argparse.ArgumentParser(
         prog="refconv",
         description="RefConv: refocus a pretrained ConvNet's kernels, train, fold back to the original model.",
     )
     parser.add_argument("--version", action="version", version=f"refconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    wanted = set(COMMAND_MODULES) if command == "*" else {COMMANDS[command][0]} if command in COMMANDS else set()
+    registered: set[str] = set()
+    for name, (module, summary) in COMMANDS.items():
+        if module in wanted:
+            if module not in registered:
+                importlib.import_module(f"{__name__}.{module}").register(sub)
+                registered.add(module)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first argument that is not an option), if it is one."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``refconv`` console script; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -53,6 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refconv {args.command}: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        from ..engine.distributed import shutdown
-
-        shutdown()
+        distributed = sys.modules.get("refconv.engine.distributed")  # only a run that used it has a group to end
+        if distributed is not None:
+            distributed.shutdown()

@@ -69,6 +69,8 @@ class ArrayImageDataset(Dataset):
         classes: class names, index = label.
         transform: applied to each ``(C, H, W)`` uint8 image; returns the float tensor the model sees.
         source: where the data came from (file or directory), for messages and reports.
+        spec: the same pipeline as data (:class:`~refconv.data.transforms.SmallImageSpec`), when it has one:
+            it lets the engine keep the split resident and augment whole batches (:mod:`refconv.data.resident`).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class ArrayImageDataset(Dataset):
         classes: Sequence[str],
         transform: Callable[[Tensor], Tensor] | None = None,
         source: str = "",
+        spec: object | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
@@ -88,6 +91,7 @@ class ArrayImageDataset(Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.source = source
+        self.spec = spec
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -10,7 +10,14 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from . import cifar, fashion_mnist, imagefolder
 from .base import ArrayImageDataset, DatasetInfo, make_subset, normalize_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats, imagefolder_transform, small_image_transform
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SmallImageSpec,
+    channel_stats,
+    imagefolder_transform,
+    small_image_transform,
+)
 
 __all__ = ["DATASETS", "ALIASES", "dataset_names", "canonical_name", "build_dataset"]
 
@@ -137,7 +144,9 @@ def build_dataset(
             std=std,
             train=augment,
         )
-        dataset = ArrayImageDataset(images, targets, classes, transform, source=source)
+        pipeline = SmallImageSpec(native_size=native_size, image_size=size, src_chans=native_chans, out_chans=chans,
+                              mean=tuple(mean), std=tuple(std), train=augment)
+        dataset = ArrayImageDataset(images, targets, classes, transform, source=source, spec=pipeline)
 
     dataset = make_subset(dataset, subset, seed)
     info = DatasetInfo(

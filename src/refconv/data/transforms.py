@@ -9,6 +9,7 @@ training, ``Resize(size * 256 / 224)`` + ``CenterCrop(size)`` for evaluation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RandomPadCrop",
+    "SmallImageSpec",
+    "draw_pad_crop_flip",
+    "pad_crop_flip_batch",
+    "small_image_batch",
     "ScaleNormalize",
     "RepeatChannels",
     "channel_stats",
@@ -51,11 +56,12 @@ class RandomPadCrop(nn.Module):
         self.flip = flip
 
     def forward(self, image: Tensor) -> Tensor:
+        return self.apply(image, int(torch.randint(0, _draw_count(self.padding), (1,))))
+
+    def apply(self, image: Tensor, draw: int) -> Tensor:
+        """The crop and flip of outcome ``draw`` (what :func:`pad_crop_flip_batch` does to one item)."""
         p = self.padding
-        span = 2 * p + 1
-        v = int(torch.randint(0, span * span * 2, (1,)))
-        flip, v = v % 2, v // 2
-        sy, sx = v // span - p, v % span - p
+        sy, sx, flip = _decode_draw(draw, p)
         h, w = image.shape[-2:]
         out = torch.zeros_like(image)
         out[..., max(0, -sy) : h - max(0, sy), max(0, -sx) : w - max(0, sx)] = image[
@@ -67,6 +73,102 @@ class RandomPadCrop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"padding={self.padding}, flip={self.flip}"
+
+
+def _draw_count(padding: int) -> int:
+    """Number of equally likely (shift y, shift x, flip) outcomes of :class:`RandomPadCrop`."""
+    span = 2 * padding + 1
+    return span * span * 2
+
+
+def _decode_draw(v: int, padding: int) -> tuple[int, int, int]:
+    """One uniform draw in ``[0, _draw_count(padding))`` -> (shift y, shift x, flip): the per-item and the
+    batched crop share this decoding, so they have one distribution by construction."""
+    span = 2 * padding + 1
+    flip, v = v % 2, v // 2
+    return v // span - padding, v % span - padding, flip
+
+
+def draw_pad_crop_flip(n: int, padding: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws of :class:`RandomPadCrop`'s outcome (int64, decoded by :func:`pad_crop_flip_batch`)."""
+    return torch.randint(0, _draw_count(padding), (n,), generator=generator)
+
+
+def pad_crop_flip_batch(images: Tensor, draws: Tensor, padding: int, flip: bool = True) -> Tensor:
+    """:class:`RandomPadCrop` applied to a batch ``(B, C, H, W)`` at once, one outcome per item from ``draws``.
+
+    Item ``b`` equals ``RandomPadCrop`` of ``images[b]`` given the same draw: pixel ``(y, x)`` of the output
+    reads ``(y + sy, x + sx)`` of the input (zero outside), mirrored in ``x`` when flipped. One gather over the
+    zero-padded batch, on whatever device the batch lives.
+    """
+    b, _, h, w = images.shape
+    p = padding
+    draws = draws.to(images.device)
+    span = 2 * p + 1
+    flips, v = draws % 2, draws // 2
+    sy, sx = v // span - p, v % span - p
+    padded = torch.nn.functional.pad(images, (p, p, p, p))
+    rows = torch.arange(h, device=images.device).unsqueeze(0) + sy.unsqueeze(1) + p  # (B, H) in padded coords
+    cols = torch.arange(w, device=images.device).unsqueeze(0) + sx.unsqueeze(1) + p  # (B, W)
+    if flip:
+        cols = torch.where(flips.bool().unsqueeze(1), cols.flip(1), cols)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows.unsqueeze(2), cols.unsqueeze(1)]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class SmallImageSpec:
+    """What :func:`small_image_transform` does to one image, as data, so a whole batch can get the same
+    treatment with tensor ops (:func:`small_image_batch`)."""
+
+    native_size: int
+    image_size: int
+    src_chans: int
+    out_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: bool
+
+    @property
+    def padding(self) -> int:
+        return max(1, self.native_size // 8)
+
+
+def small_image_batch(
+    images: Tensor,
+    spec: SmallImageSpec,
+    *,
+    draws: Tensor | None = None,
+    channels_last: bool = False,
+) -> Tensor:
+    """:func:`small_image_transform` of a ``uint8`` batch ``(B, C, H, W)``: crop + flip (``spec.train``, from
+    ``draws``), resize, channel conversion and normalisation, as batch tensor ops on the batch's device.
+
+    The resize is torchvision's own (``v2.functional.resize`` on the ``uint8`` batch), so an evaluation batch
+    equals the per-item pipeline's items exactly; a training batch equals them given the same draws.
+    """
+    if spec.train:
+        if draws is None:
+            raise ValueError("a training batch needs its augmentation draws (draw_pad_crop_flip)")
+        images = pad_crop_flip_batch(images, draws, spec.padding)
+    if spec.image_size != spec.native_size:
+        images = v2.functional.resize(images.contiguous(), [spec.image_size, spec.image_size], antialias=True)
+    device = images.device
+    if spec.src_chans == 3 and spec.out_chans == 1:
+        x = v2.functional.rgb_to_grayscale(images.to(torch.float32) / 255.0)
+        mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    else:
+        c = spec.src_chans
+        shift = torch.tensor([255.0 * m for m in spec.mean[:c]], device=device).view(1, -1, 1, 1)
+        scale = torch.tensor([255.0 * s for s in spec.std[:c]], device=device).view(1, -1, 1, 1)
+        x = (images.to(torch.float32) - shift) / scale
+        if c != spec.out_chans:
+            x = x.expand(-1, spec.out_chans, -1, -1)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory_format)
 
 
 class ScaleNormalize(nn.Module):

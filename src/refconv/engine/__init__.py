@@ -12,9 +12,20 @@ folded model computes what the trained RefConv model computed. ::
     print(ref.final["top1"], ref.folded_path)
 """
 
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from .config import METHODS, RunConfig, config_diff, config_hash, load_yaml, make_config, packaged_configs
-from .loop import NonFiniteLossError, evaluate, train_one_epoch
-from .runner import RunInterrupted, RunResult, load_run_config, run
+
+if TYPE_CHECKING:
+    from .loop import NonFiniteLossError, evaluate, train_one_epoch
+    from .runner import RunInterrupted, RunResult, load_run_config, run
+
+# The config is plain data (no torch): the CLI builds its parser from it without importing torch.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **dict.fromkeys(("NonFiniteLossError", "evaluate", "train_one_epoch"), ".loop"),
+    **dict.fromkeys(("RunInterrupted", "RunResult", "load_run_config", "run"), ".runner"),
+}, globals())
 
 __all__ = [
     "RunConfig",

@@ -280,12 +280,33 @@ def _env_step(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _make_train_loader(dataset: Dataset, sampler: ResumableSampler, cfg: RunConfig, per_rank_batch: int,
-                       device: torch.device) -> DataLoader:
-    from ..data.loader import seed_worker
+def _make_loaders(train_ds: Dataset, test_ds: Dataset, sampler: ResumableSampler, cfg: RunConfig,
+                  per_rank_batch: int, info: dist_utils.DistInfo) -> tuple[Any, Any, str]:
+    """The training and test iterables and the name of the input path they use.
 
-    return DataLoader(
-        dataset,
+    ``input_pipeline="auto"`` keeps tensor datasets resident on the training device and augments whole
+    batches (:mod:`refconv.data.resident`: the per-item pipeline's distribution, a fraction of its cost);
+    other datasets, or ``"loader"``, go through a ``DataLoader`` item by item. Both take their order from
+    ``sampler``, so either resumes exactly.
+    """
+    from ..data.loader import seed_worker
+    from ..data.resident import ResidentLoader, resident_images
+
+    device = info.device
+    test_sampler = ShardSampler(len(test_ds), rank=info.rank, world_size=info.world_size)
+    if cfg.input_pipeline != "loader":
+        train_res = resident_images(train_ds, device=device, channels_last=cfg.channels_last)
+        test_res = resident_images(test_ds, device=device, channels_last=cfg.channels_last)
+        if train_res is not None and test_res is not None:
+            return (ResidentLoader(train_res, sampler, per_rank_batch, seed=cfg.seed, rank=info.rank),
+                    ResidentLoader(test_res, test_sampler, per_rank_batch), "resident")
+        if cfg.input_pipeline == "resident":
+            raise ConfigError(
+                f"input_pipeline='resident' needs a tensor dataset (fashion-mnist, cifar10, cifar100); {cfg.data} "
+                "is read item by item. Use --input-pipeline auto (or loader)."
+            )
+    train_loader = DataLoader(
+        train_ds,
         batch_size=per_rank_batch,
         sampler=sampler,
         num_workers=cfg.workers,
@@ -294,6 +315,9 @@ def _make_train_loader(dataset: Dataset, sampler: ResumableSampler, cfg: RunConf
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
+    test_loader = DataLoader(test_ds, batch_size=per_rank_batch, sampler=test_sampler, num_workers=cfg.workers,
+                             pin_memory=device.type == "cuda")
+    return train_loader, test_loader, "loader"
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:
@@ -390,9 +414,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training images: no full "
                           "batch. Lower --batch-size or use more data (--subset-train).")
-    train_loader = _make_train_loader(train_ds, sampler, cfg, per_rank_batch, device)
-    test_loader = DataLoader(test_ds, batch_size=per_rank_batch, sampler=ShardSampler(len(test_ds), rank=info.rank,
-                             world_size=info.world_size), num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    train_loader, test_loader, pipeline = _make_loaders(train_ds, test_ds, sampler, cfg, per_rank_batch, info)
 
     # ---- model (same init on every rank: seeded before building)
     seed_everything(cfg.seed)
@@ -417,6 +439,12 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     train_model = dist_utils.wrap_model(model, info, sync_bn=cfg.sync_bn)
     if cfg.sync_bn and info.distributed:
         model = dist_utils.unwrap_model(train_model)  # SyncBN conversion replaced the BN modules
+    eval_model: nn.Module = model
+    if cfg.compile:
+        # One compiled module for training and evaluation (Dynamo compiles a train and an eval graph once
+        # each); the uncompiled ``model`` shares its parameters and is what gets saved, folded and exported.
+        train_model = torch.compile(train_model, dynamic=False)
+        eval_model = train_model if not info.distributed else torch.compile(model, dynamic=False)
 
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
@@ -473,6 +501,12 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
             f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
         )
+        reporter.log(
+            f"input: {pipeline} ({'split held as uint8 on ' + device.type + ', batches augmented at once' if pipeline == 'resident' else f'DataLoader, {cfg.workers} workers'})"
+            f"; memory format {'channels_last' if cfg.channels_last else 'contiguous'}"
+            + ("; torch.compile: compiled once, on the first training and the first evaluation batch"
+               if cfg.compile else "")
+        )
 
     fail_at = _env_step(FAULT_ENV_FAIL)
     interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
@@ -515,7 +549,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         while epoch < cfg.epochs:
             sampler.set_epoch(epoch)
             sampler.set_start(step_in_epoch)
-            train_loader.generator.manual_seed(cfg.seed * 7919 + epoch)  # worker seeds: function of the epoch
+            if isinstance(train_loader, DataLoader):
+                train_loader.generator.manual_seed(cfg.seed * 7919 + epoch)  # worker seeds: function of the epoch
             meter = TrainMeter(device)
             if meter_state is not None:
                 meter.load_state_dict(meter_state)
@@ -575,7 +610,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
             train = meter.totals()
             dist_utils.sync_buffers(model)  # BN statistics drift per rank; evaluate (and save) rank 0's
-            test = evaluate(model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+            test = evaluate(eval_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
             row: dict[str, Any] = {
                 "epoch": ep + 1,
                 "global_step": global_step,
@@ -652,7 +687,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         folded_path=weights_path if cfg.method == "refconv" else None, folded_metrics=folded_metrics,
         fold_max_abs_err=fold_err, onnx=onnx_info, trainable_params=trainable, total_params=total,
         deploy_params=deploy_params, wall_time_s=time.perf_counter() - t_start,
-        extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch,
+        extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch, "input_pipeline": pipeline,
                "start_weights": start_weights},
     )
     if info.is_main:
