@@ -133,9 +133,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..engine.runner import load_run_config, run
-
     if args.resume:
+        from ..engine.runner import load_run_config
+
         if getattr(args, "out", None) and args.out != args.resume:
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs: give only --resume.")
         base = load_run_config(args.resume).replace(out=args.resume)
@@ -145,5 +145,7 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from ..engine.runner import run  # torch: only once the arguments are known to be good
+
     run(cfg, resume=bool(args.resume))
     return 0
