@@ -64,6 +64,17 @@ def test_peak_memory_grows_with_the_batch_and_leaves_the_model_alone():
         assert torch.equal(v, before[k]), k  # BN statistics untouched by the train-step regime
 
 
+def test_peak_memory_prints_no_profiler_noise(capfd):
+    """kineto writes USDT / gpuGetDeviceCount lines to fd 2: the measurement must keep them out of the terminal."""
+    import sys
+
+    peak_memory(_net(), torch.randn(2, 3, 8, 8))
+    print("still-here", file=sys.stderr)  # fd 2 is restored afterwards
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "gpuGetDeviceCount" not in err and "profiler_start" not in err
+    assert "still-here" in err
+
+
 def test_latency_is_interleaved_and_restores_modes():
     a, b = _net().train(), _net().eval()
     out = measure_latency({"a": a, "b": b}, torch.randn(1, 3, 8, 8), warmup=1, repeats=4)

@@ -53,3 +53,9 @@ def test_one_command_parser_equals_the_full_one(command):
 
     assert flags(cli.build_parser(command)) == flags(cli.build_parser())
     assert len(flags(cli.build_parser(command))) > 1
+
+
+def test_exports_survive_importing_a_submodule_of_the_same_name():
+    code = "import refconv.convert, refconv\nprint(callable(refconv.convert), refconv.convert.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "convert"]

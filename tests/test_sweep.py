@@ -367,6 +367,8 @@ def test_estimate_over_budget_asks_for_yes(tmp_path, sweep):
     assert not out.exists()  # nothing written
     est = run_sweep(spec, out, data_dir=str(sweep["data"]), estimate_only=True, log=quiet()).estimate
     assert est["steps_per_epoch"] == 6 and set(est["step_s"]) == {"plain", "authors", "zero-init"}
+    lo, hi = est["wall_s_range"]
+    assert 0 < lo <= est["wall_s"] <= hi and "median of" in est["method"]
     assert not out.exists()
     # two settings that resolve to the same layers of this model are flagged (its stem is its only dense 3x3 conv)
     twins = parse_sweep(tiny_sweep(settings=[{"name": "dw", "layers": "depthwise"}, {"name": "ns", "layers": "no-stem"}]))

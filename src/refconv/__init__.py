@@ -45,7 +45,7 @@ _EXPORTS = {
     "RefConv": ".layers",
     **dict.fromkeys(("capped_groups", "default_groups", "refocus"), ".transform"),
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 

@@ -38,6 +38,7 @@ import copy
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -184,16 +185,41 @@ def peak_memory(model: nn.Module, example_input: Tensor, *, regime: str = "infer
         }
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send the process's C-level stderr to /dev/null for the block.
+
+    The profiler's native library (kineto) logs ``USDT ... profiler_start`` and, on a machine without a GPU,
+    ``ERROR ... gpuGetDeviceCount failed with code 35`` straight to file descriptor 2, whatever Python's
+    ``sys.stderr`` is and whatever ``KINETO_LOG_LEVEL`` says: noise in the user's terminal about nothing
+    they asked for. Python-level errors still propagate as exceptions.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak_bytes(run: Callable[[], None]) -> int:
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415 - only needed here
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
     # The chrome trace is the public view of the allocator events (one "[memory]" event per alloc or free).
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:
-        prof.export_chrome_trace(path)
+        with _native_stderr_silenced():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                run()
+            prof.export_chrome_trace(path)
         with open(path, encoding="utf-8") as f:
             events = json.load(f).get("traceEvents", [])
     finally:

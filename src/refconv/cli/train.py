@@ -67,6 +67,7 @@ HELP: dict[str, str] = {
     "ema_decay": "EMA decay",
     "device": "auto | cpu | cuda",
     "amp": "mixed precision on CUDA: none | bf16 | fp16",
+    "fused_optimizer": "fused optimizer kernels (SGD, Adam, AdamW): same update, faster",
     "channels_last": "NHWC memory format (faster on CPU and tensor cores; --no-channels-last for NCHW)",
     "compile": "torch.compile the model once per run (worth its compile time on long runs)",
     "input_pipeline": "auto (tensor datasets resident, batches augmented at once) | resident | loader (per item)",

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from .runner import RunInterrupted, RunResult, load_run_config, run
 
 # The config is plain data (no torch): the CLI builds its parser from it without importing torch.
-__getattr__, __dir__ = lazy_exports(__name__, {
+lazy_exports(__name__, {
     **dict.fromkeys(("NonFiniteLossError", "evaluate", "train_one_epoch"), ".loop"),
     **dict.fromkeys(("RunInterrupted", "RunResult", "load_run_config", "run"), ".runner"),
-}, globals())
+})
 
 __all__ = [
     "RunConfig",

@@ -116,6 +116,7 @@ class RunConfig:
     opt: str = "momentum"  # timm optimizer name; "momentum" = SGD, momentum, no Nesterov (authors)
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    fused_optimizer: bool = True  # torch's fused kernels for SGD / Adam / AdamW (same update, one kernel)
     filter_bias_and_bn: bool = True  # no weight decay on biases and norm parameters (timm's default)
     sched: str = "cosine"  # timm scheduler name
     warmup_epochs: float = 5.0

@@ -45,6 +45,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -105,6 +106,11 @@ _RESERVED_NAMES = ("baseline",) + CONTROLS
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 DEFAULT_TIME_BUDGET_MIN = 60.0
+# The estimate's step timing: warm-up steps, then between MIN and MAX timed steps within a time budget.
+_WARMUP_STEPS = 2
+_TIMED_STEPS_MIN = 5
+_TIMED_STEPS_MAX = 15
+_TIMING_BUDGET_S = 3.0
 _RUN_OVERHEAD_S = 1.0  # per run: checkpoint and weight files, done.json (added to the measured model build time)
 
 
@@ -710,12 +716,14 @@ def _time_settings(spec: SweepSpec, base: RunConfig, plain: Any, plain_cpu: Any,
 
 def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, todo: Sequence[Cell],
                    parallel: int, cells_total: int | None = None) -> dict[str, Any]:
-    """Estimate the wall time of what is left to train, from one timed batch per distinct model.
+    """Estimate the wall time of what is left to train, from a few timed steps per distinct model.
 
     Nothing expensive is measured: the train and test splits are built (as the runs will build them), one
-    batch is loaded, and a training step on it (forward, backward, SGD update; the fastest of three after a
-    warm-up step) is timed for the plain model and for each distinct RefConv conversion of the sweep, plus
-    one evaluation forward. Building each conversion also checks every setting's grouping and layer
+    batch is made by the engine's input path, and training steps on it (forward, backward, the engine's
+    optimizer, its memory format) are timed for the plain model and for each distinct RefConv conversion of
+    the sweep: two warm-up steps, then 5-15 timed steps within about 3 s, whose **median** is used and whose
+    quartiles give the estimate's range (a single step on a loaded machine was once 10x too slow). Plus one
+    evaluation forward. Building each conversion also checks every setting's grouping and layer
     selection on the real model, so a bad setting fails here, before anything trains.
 
     Per run: ``epochs x (steps_per_epoch x (step + data) + eval_batches x eval)`` plus the measured model
@@ -732,6 +740,7 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
     from ..data import build_dataset
     from ..engine.loop import amp_dtype, autocast
     from ..engine.modeling import create_stock_model
+    from ..engine.optim import build_optimizer
 
     t_all = time.perf_counter()
     if base.device == "cuda" and not torch.cuda.is_available():
@@ -747,10 +756,24 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
                           "batch. Lower batch_size in base or use more data (subset_train).")
     bs = base.batch_size
     eval_batches = math.ceil(len(test_ds) / base.batch_size)
-    t = time.perf_counter()
-    x, y = default_collate([train_ds[i] for i in range(bs)])
-    data_s = time.perf_counter() - t
+    from ..data.resident import resident_images
+
+    resident = (resident_images(train_ds, device=device, channels_last=base.channels_last)
+                if base.input_pipeline != "loader" else None)
+    index = torch.arange(bs)
+    data_times = []
+    for _ in range(3):  # the engine's own input path; the first call pays one-off costs
+        t = time.perf_counter()
+        if resident is not None:
+            x, y = resident.batch(index, torch.Generator().manual_seed(0))
+        else:
+            x, y = default_collate([train_ds[i] for i in range(bs)])
+        data_times.append(time.perf_counter() - t)
+    data_s = statistics.median(data_times[1:])
     x, y = x.to(device), y.to(device)
+    if base.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    spreads: dict[str, tuple[float, float]] = {}
     num_classes = base.num_classes or info.num_classes
     amp = amp_dtype(base.amp, device)
 
@@ -760,7 +783,9 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
 
     def time_step(model: nn.Module) -> float:
         model.to(device).train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        if base.channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = build_optimizer(model, base.replace(lr=1e-4))  # the engine's optimizer (fused kernels...)
         loss_fn = nn.CrossEntropyLoss()
 
         def step() -> None:
@@ -771,13 +796,18 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
             opt.step()
             sync()
 
-        step()  # warm-up (allocations, lazy init)
-        times = []
-        for _ in range(3):  # the fastest of three: other load on the machine only ever adds time
+        for _ in range(_WARMUP_STEPS):  # allocations, oneDNN primitives, the allocator's thresholds settle
+            step()
+        times: list[float] = []
+        t_end = time.perf_counter() + _TIMING_BUDGET_S
+        while len(times) < _TIMED_STEPS_MIN or (len(times) < _TIMED_STEPS_MAX and time.perf_counter() < t_end):
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        return min(times)
+        # The median, not the minimum or one step: load spikes on a shared machine skew single steps by 10x.
+        q1, med, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+        spreads[str(len(spreads))] = (q1 / med, q3 / med)
+        return med
 
     def time_eval(model: nn.Module) -> float:
         model.to(device).eval()
@@ -827,8 +857,12 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
     else:
         cells_wall = cells_s
     wall = baseline_s + cells_wall
+    # The interquartile range of the steps, relative to their median, bounds the estimate (steps dominate it).
+    lo = min((a for a, _ in spreads.values()), default=1.0)
+    hi = max((b for _, b in spreads.values()), default=1.0)
     return {
-        "method": "one-batch timing",
+        "method": f"median of {_TIMED_STEPS_MIN}-{_TIMED_STEPS_MAX} timed steps after {_WARMUP_STEPS} warm-up steps",
+        "wall_s_range": (wall * lo, wall * hi),
         "device": str(device),
         "threads": threads,
         "cell_threads": cell_threads,
@@ -857,10 +891,12 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
 
 def _estimate_text(est: dict[str, Any]) -> str:
     todo = est["cells_todo"] + (1 if est["baseline_todo"] else 0)
+    lo, hi = est.get("wall_s_range", (est["wall_s"], est["wall_s"]))
     return (f"about {est['wall_s'] / 60:.1f} min for {todo} run(s) left to train "
             f"({'baseline + ' if est['baseline_todo'] else ''}{est['cells_todo']} of {est['cells_total']} cells), "
-            f"{est['parallel']} process(es) on {est['device']}; from a one-batch timing "
-            f"({est['steps_per_epoch']} steps/epoch, plain step {est['step_s']['plain'] * 1000:.0f} ms)")
+            f"{est['parallel']} process(es) on {est['device']}; {lo / 60:.1f}-{hi / 60:.1f} min at the quartiles of "
+            f"the {est['method']} ({est['steps_per_epoch']} steps/epoch, plain step "
+            f"{est['step_s']['plain'] * 1000:.0f} ms)")
 
 
 # ---------------------------------------------------------------------------------------------- running
