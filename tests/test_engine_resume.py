@@ -36,13 +36,14 @@ def _same_history(a, b):
         assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
 
 
-def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["resident", "loader"])
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, monkeypatch, pipeline):
     root, common, base = setup
     cfg = dict(method="refconv", weights=str(base.run_dir), epochs=2, ema=True, ema_decay=0.9, label_smoothing=0.1,
-               channels_last=True, **common)
-    ref = run(RunConfig(out=str(root / "uninterrupted"), **cfg))
+               channels_last=True, input_pipeline=pipeline, **common)
+    ref = run(RunConfig(out=str(root / f"uninterrupted-{pipeline}"), **cfg))
 
-    out = root / "killed"
+    out = root / f"killed-{pipeline}"
     monkeypatch.setenv(FAULT_ENV_FAIL, "9")  # 6 steps per epoch: dies at epoch 2, step 3
     with pytest.raises(RuntimeError, match="injected failure"):
         run(RunConfig(out=str(out), checkpoint_every_steps=4, **cfg))
