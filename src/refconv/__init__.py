@@ -6,6 +6,9 @@ Convert a pretrained model, train it (Refocusing Learning), fold it back::
     model = refconv.convert(model)          # eligible convs -> RefConv layers, basis frozen
     ...                                     # train as usual
     model = refconv.reparameterize(model)   # plain model, original keys/classes/cost
+
+Pretrained models made by this project (Fashion-MNIST, converged): ``refconv.pretrained.load("fmnist/...")``,
+``refconv.pretrained.list_pretrained()``; see :mod:`refconv.models.pretrained`.
 """
 
 from .convert import (
@@ -27,10 +30,14 @@ from .errors import (
     DataError,
     ModelError,
     NoEligibleConvError,
+    PretrainedError,
+    PretrainedNotShippedError,
     RefConvError,
     StateDictFormatError,
+    UnknownPretrainedError,
 )
 from .layers import RefConv
+from .models import pretrained
 from .transform import capped_groups, default_groups, refocus
 
 __version__ = "0.1.0"
@@ -58,5 +65,9 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "ConfigError",
+    "PretrainedError",
+    "UnknownPretrainedError",
+    "PretrainedNotShippedError",
+    "pretrained",
     "__version__",
 ]
