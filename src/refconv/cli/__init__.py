@@ -20,7 +20,8 @@ from ..errors import RefConvError
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
 # Modules under refconv.cli that provide a command (``register(subparsers)``), in help order.
-COMMAND_MODULES = ("demo", "train", "evaluate", "fold", "convert_info", "analyze", "sweep", "downstream")
+COMMAND_MODULES = ("demo", "train", "evaluate", "fold", "convert_info", "pretrained", "analyze", "sweep",
+                   "downstream")
 
 
 def build_parser() -> argparse.ArgumentParser:
