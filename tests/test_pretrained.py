@@ -280,3 +280,16 @@ def test_registry_root_is_overridable(tmp_path, monkeypatch):
     monkeypatch.setenv(reg.ROOT_ENV, str(tmp_path / "x"))
     assert reg.entry_files("fmnist/resnet18")["weights"] == tmp_path / "x" / "fmnist" / "resnet18.safetensors"
     assert not reg.is_pretrained_name("runs/fmnist") and reg.is_pretrained_name("fmnist/resnet18")
+
+
+def test_sweep_baseline_weights_take_a_registry_name(published):
+    from refconv.protocol.sweep import parse_sweep
+
+    entry, card, data_dir, result = published
+    base = {"model": "timm/test_resnet", "data": "fashion-mnist", "image_size": 32}
+    spec = parse_sweep({"base": base, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
+                        "settings": [{"name": "refconv"}], "controls": ["continue"]})
+    assert spec.baseline_weights == str(reg.entry_files(TINY)["weights"].resolve())
+    with pytest.raises(PretrainedError, match="What matches"):
+        parse_sweep({"base": {**base, "image_size": 28}, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
+                     "settings": [{"name": "refconv"}], "controls": ["continue"]})
