@@ -101,15 +101,30 @@ def test_shipped_weights_match_their_card(name):
     assert card["test"]["images"] == 10000 and card["full_data"] and card["recipe"]["matches"]
     assert card["epochs"] == len(card["curve"]) and card["test_top1"] == card["curve"][-1]["test_top1"]
 
+    # A few hundred real test images agree with the card within the sampling error (where the data is here).
+    from torch.utils.data import DataLoader
+
+    from refconv.data import build_dataset
+    from refconv.engine.loop import evaluate
+
+    try:
+        ds, _ = build_dataset(entry.data, "test", image_size=entry.image_size, in_chans=entry.in_chans,
+                              augment=False, subset=300, seed=0)
+    except refconv.DataError as exc:
+        pytest.skip(f"weights and card check passed; no {entry.data} test set here for the accuracy check ({exc})")
+    got = evaluate(model.eval(), DataLoader(ds, batch_size=100), device=torch.device("cpu"))["top1"]
+    p = card["test_top1"] / 100
+    assert abs(got / 100 - p) <= 4 * (p * (1 - p) / len(ds)) ** 0.5 + 1 / len(ds), (got, card["test_top1"])
+
 
 def test_wrong_name_lists_the_names(capsys):
-    with pytest.raises(UnknownPretrainedError, match="Did you mean 'fmnist/mobilenetv3_small_100'.*fmnist/resnet18"):
+    with pytest.raises(UnknownPretrainedError, match="Did you mean 'fmnist/mobilenetv3_small_100'.*fmnist/shufflenet_v2_x1_0"):
         reg.weights_path("fmnist/mobilenetv3_small")
     with pytest.raises(UnknownPretrainedError, match="registry has"):
         create_model("fmnist/nope")
-    assert main(["pretrained", "path", "fmnist/resnet"]) == 1
+    assert main(["pretrained", "path", "fmnist/shufflenet"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "fmnist/resnet18" in err
+    assert len(err.splitlines()) == 1 and "fmnist/shufflenet_v2_x1_0" in err
 
 
 def test_missing_weights_name_the_commands_that_make_them(monkeypatch, tmp_path, capsys):
@@ -119,8 +134,8 @@ def test_missing_weights_name_the_commands_that_make_them(monkeypatch, tmp_path,
     msg = str(info.value)
     assert "refconv train --config pretrained/fmnist-mobilenetv3_small_100 --out" in msg
     assert "refconv pretrained publish runs/pretrained/fmnist-mobilenetv3_small_100 --name fmnist/mobilenetv3_small_100" in msg
-    assert main(["eval", "--weights", "fmnist/resnet18"]) == 1
-    assert "refconv train --config pretrained/fmnist-resnet18" in capsys.readouterr().err
+    assert main(["eval", "--weights", "fmnist/shufflenet_v2_x1_0"]) == 1
+    assert "refconv train --config pretrained/fmnist-shufflenet_v2_x1_0" in capsys.readouterr().err
 
 
 def test_weights_that_do_not_fit_the_card_are_refused_before_training():
@@ -278,8 +293,11 @@ def test_registry_root_is_overridable(tmp_path, monkeypatch):
     assert reg.registry_root() == Path(refconv.__file__).parent / "weights"
     assert reg.registry_root(tmp_path) == tmp_path
     monkeypatch.setenv(reg.ROOT_ENV, str(tmp_path / "x"))
-    assert reg.entry_files("fmnist/resnet18")["weights"] == tmp_path / "x" / "fmnist" / "resnet18.safetensors"
-    assert not reg.is_pretrained_name("runs/fmnist") and reg.is_pretrained_name("fmnist/resnet18")
+    files = reg.entry_files("fmnist/shufflenet_v2_x1_0")
+    assert files["weights"] == tmp_path / "x" / "fmnist" / "shufflenet_v2_x1_0.safetensors"
+    assert not reg.is_pretrained_name("runs/fmnist") and reg.is_pretrained_name("fmnist/shufflenet_v2_x1_0")
+    with pytest.raises(PretrainedError, match="torchvision model"):
+        reg.timm_overlay("fmnist/shufflenet_v2_x1_0")
 
 
 def test_sweep_baseline_weights_take_a_registry_name(published):

@@ -117,11 +117,11 @@ ENTRIES: dict[str, PretrainedEntry] = {
             summary="the paper's family (depthwise convs); 64 px so the last stages see 2x2, not 1x1, maps",
         ),
         PretrainedEntry(
-            name="fmnist/resnet18",
-            model="timm/resnet18",
-            recipe="pretrained/fmnist-resnet18",
+            name="fmnist/shufflenet_v2_x1_0",
+            model="tv/shufflenet_v2_x1_0",
+            recipe="pretrained/fmnist-shufflenet_v2_x1_0",
             image_size=64,
-            summary="a dense (non-depthwise) family; 64 px so layer4 sees 2x2, not 1x1, maps",
+            summary="a second family, from torchvision (5 MB of weights); 64 px so the last stage sees 2x2, not 1x1, maps",
         ),
     )
 }
