@@ -311,3 +311,16 @@ def test_sweep_baseline_weights_take_a_registry_name(published):
     with pytest.raises(PretrainedError, match="What matches"):
         parse_sweep({"base": {**base, "image_size": 28}, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
                      "settings": [{"name": "refconv"}], "controls": ["continue"]})
+
+
+def test_card_machine_comes_from_the_training_host(tiny_run, registry, tmp_path):
+    import shutil
+
+    recipe, data_dir, result = tiny_run
+    root, add = registry
+    add(name=TINY, model="timm/test_resnet", recipe=str(recipe), image_size=32)
+    copy = shutil.copytree(result.run_dir, tmp_path / "copied", ignore=shutil.ignore_patterns("checkpoints"))
+    card = publish(copy, TINY, plot=False)  # publishing needs no checkpoints
+    assert "process(es) on cpu" in card["machine"] and "pass --machine" in card["machine"]
+    (copy / "machine.txt").write_text("1x NVIDIA H200, 16 CPU cores\n")
+    assert publish(copy, TINY, plot=False, overwrite=True)["machine"] == "1x NVIDIA H200, 16 CPU cores"

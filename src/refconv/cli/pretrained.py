@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("run_dir", metavar="RUN_DIR", help="the run directory `refconv train --out` wrote")
     pub.add_argument("--name", required=True, help="registry name, e.g. fmnist/mobilenetv3_small_100")
     _root_flag(pub)
-    pub.add_argument("--machine", help="what the run trained on, in words (default: this host, as detected)")
+    pub.add_argument("--machine", help="what the run trained on, in words (default: the run's machine.txt, else its recorded device)")
     pub.add_argument("--allow-subset", action="store_true",
                      help="publish a run on a training/test subset anyway (the card says so)")
     pub.add_argument("--allow-recipe-diff", action="store_true",
@@ -125,7 +125,7 @@ def publish_main(args: argparse.Namespace) -> int:
     pl = card["plateau"]
     gain = "n/a" if pl["gain_pt"] is None else f"{pl['gain_pt']:+.2f} pt"
     print(f"published {card['name']}: test top-1 {card['test_top1']:.2f}% after {card['epochs']} epochs "
-          f"(last {pl['last_epochs']} epochs: {gain}, {'converged' if pl['converged'] else 'NOT converged'}); "
+          f"(last {pl['last_epochs']} epoch(s): {gain}, {'converged' if pl['converged'] else 'NOT converged'}); "
           f"SHA-256 {card['sha256'][:16]}...")
     from ..models import pretrained
 

@@ -70,18 +70,26 @@ def _train_images(run_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def describe_machine(device: str, world_size: int) -> str:
-    """This host in words (GPU name when the run trained on CUDA and one is here), for the card."""
+MACHINE_FILE = "machine.txt"  # written into the run directory by tools/pretrain.sh on the training machine
+
+
+def describe_host() -> str:
+    """This host in words (GPU name when there is one, CPU cores, OS): what ``machine.txt`` holds."""
     import torch
 
-    parts = []
-    if device.startswith("cuda") and torch.cuda.is_available():
-        parts.append(f"{world_size}x {torch.cuda.get_device_name(0)}")
-    else:
-        parts.append(f"{world_size} process(es) on {device}")
-    parts.append(f"{os.cpu_count()} CPU cores")
-    parts.append(platform.platform(terse=True))
+    parts = [torch.cuda.get_device_name(0)] if torch.cuda.is_available() else []
+    parts += [f"{os.cpu_count()} CPU cores", platform.platform(terse=True)]
     return ", ".join(parts)
+
+
+def _machine(run_dir: Path, extra: dict[str, Any]) -> str:
+    """What the run trained on: the run's ``machine.txt`` when the training host wrote one, else what the run
+    itself recorded (device and process count). Never this host: publishing often happens elsewhere."""
+    path = run_dir / MACHINE_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    return (f"{extra.get('world_size', 1)} process(es) on {extra.get('device', '?')} (the run recorded no machine "
+            "description; pass --machine)")
 
 
 def _versions() -> dict[str, str]:
@@ -132,7 +140,7 @@ def _check_run(entry: registry.PretrainedEntry, cfg: Any, meta: dict[str, Any], 
     if diff and not allow_recipe_diff:
         shown = ", ".join(f"{k}: {a!r} in the recipe, {b!r} in the run" for k, (a, b) in list(diff.items())[:6])
         raise PretrainedError(
-            f"run {weights.parent} was not trained with {entry.name!r}'s recipe {entry.recipe} ({shown}). Train it with "
+            f"run {weights.parent} was not trained with the recipe of {entry.name!r}, {entry.recipe} ({shown}). Train it with "
             f"`{entry.train_command()}` (only --out, --workers, --data-dir and other non-recipe keys may differ), or "
             "pass --allow-recipe-diff to publish anyway (the card lists the differences)."
         )
@@ -198,7 +206,7 @@ def _markdown(card: dict[str, Any], plotted: bool) -> str:
         f"| epochs | {card['epochs']} |",
         f"| wall time | {_duration(card['wall_time_s'])} ({_duration(card['train_time_s'])} in training epochs) |",
         f"| machine | {card['machine']} |",
-        f"| **test top-1** (full test set) | **{t['top1']:.2f} %** ({t['correct']:,} / {t['images']:,}); top-5 {t['top5']:.2f} % |",
+        f"| **test top-1** ({'full test set' if card['full_data'] else 'a SUBSET of the data'}) | **{t['top1']:.2f} %** ({t['correct']:,} / {t['images']:,}); top-5 {t['top5']:.2f} % |",
         f"| best epoch | {card['best']['top1']:.2f} % at epoch {card['best']['epoch']} (the shipped weights are the last epoch's) |",
         f"| train top-1 | {card['train_top1']:.2f} % (running average over the last epoch, augmented, training mode) |",
         f"| converged | {conv}: the last {pl['last_epochs']} epoch(s) raised the best test top-1 by {gain} |",
@@ -250,7 +258,8 @@ def publish(
     Args:
         root: registry root to write into (default :func:`refconv.models.pretrained.registry_root`: the
             package's ``refconv/weights``, or ``$REFCONV_PRETRAINED_DIR``).
-        machine: what the run trained on, in words; default: this host as seen now (GPU name, cores, OS).
+        machine: what the run trained on, in words; default: the run's ``machine.txt`` (written on the
+            training host by ``tools/pretrain.sh``), else the device the run recorded.
         allow_subset / allow_recipe_diff: publish a run on a data subset / with another recipe anyway; the
             card records it.
         overwrite: replace weights the entry already has.
@@ -316,7 +325,7 @@ def publish(
         "wall_time_s": done.get("wall_time_s"),
         "wall_time_note": "the run's last process (a resumed run counts only its last segment); see train_time_s",
         "train_time_s": sum(r.get("epoch_time_s") or 0.0 for r in history),
-        "machine": machine or describe_machine(str(extra.get("device", "cpu")), int(extra.get("world_size", 1))),
+        "machine": machine or _machine(run_dir, extra),
         "train_device": extra.get("device"),
         "world_size": extra.get("world_size"),
         "source_run": str(run_dir),
