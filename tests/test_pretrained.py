@@ -176,6 +176,13 @@ def test_publish_writes_weights_and_card(published, capsys):
     assert main(["pretrained"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(TINY))
     assert f"{card['test_top1']:.2f}%" in line and "yes" in line
+    assert main(["pretrained", "show", TINY]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# {TINY}") and "weights: ok" in out
+    assert main(["pretrained", "show", TINY, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == card["sha256"]
+    assert main(["pretrained", "path", TINY]) == 0
+    assert capsys.readouterr().out.strip() == str(files["weights"])
 
     with pytest.raises(PretrainedError, match="--overwrite"):
         publish(result.run_dir, TINY)
