@@ -6,6 +6,9 @@ Convert a pretrained model, train it (Refocusing Learning), fold it back::
     model = refconv.convert(model)          # eligible convs -> RefConv layers, basis frozen
     ...                                     # train as usual
     model = refconv.reparameterize(model)   # plain model, original keys/classes/cost
+
+Pretrained models made by this project (Fashion-MNIST, converged): ``refconv.pretrained.load("fmnist/...")``,
+``refconv.pretrained.list_pretrained()``; see :mod:`refconv.models.pretrained`.
 """
 
 from typing import TYPE_CHECKING
@@ -19,8 +22,11 @@ from .errors import (
     DataError,
     ModelError,
     NoEligibleConvError,
+    PretrainedError,
+    PretrainedNotShippedError,
     RefConvError,
     StateDictFormatError,
+    UnknownPretrainedError,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
         state_dict_format,
     )
     from .layers import RefConv
+    from .models import pretrained
     from .transform import capped_groups, default_groups, refocus
 
 # torch is imported on first use of these names, not by ``import refconv`` (the CLI answers --help at once).
@@ -43,6 +50,7 @@ _EXPORTS = {
     **dict.fromkeys(("LayerPlan", "RefConvWarning", "conversion_config", "convert", "load_state_dict",
                      "plan_conversion", "refconv_layers", "reparameterize", "state_dict_format"), ".convert"),
     "RefConv": ".layers",
+    "pretrained": ".models.pretrained",  # the module: refconv.pretrained.load("fmnist/..."), list_pretrained()
     **dict.fromkeys(("capped_groups", "default_groups", "refocus"), ".transform"),
 }
 lazy_exports(__name__, _EXPORTS)
@@ -72,5 +80,9 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "ConfigError",
+    "PretrainedError",
+    "UnknownPretrainedError",
+    "PretrainedNotShippedError",
+    "pretrained",
     "__version__",
 ]

@@ -25,7 +25,9 @@ class _LazyPackage(types.ModuleType):
         module = self._lazy_exports.get(name)
         if module is None:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, self.__name__), name)
+        imported = importlib.import_module(module, self.__name__)
+        # ``name`` is either an attribute of the submodule or the submodule itself (``refconv.pretrained``).
+        value = imported if imported.__name__.rsplit(".", 1)[-1] == name else getattr(imported, name)
         super().__setattr__(name, value)
         return value
 

@@ -17,6 +17,9 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "ConfigError",
+    "PretrainedError",
+    "UnknownPretrainedError",
+    "PretrainedNotShippedError",
 ]
 
 
@@ -57,3 +60,17 @@ class CheckpointError(RefConvError, ValueError):
 
 class ConfigError(RefConvError, ValueError):
     """A configuration file or option that is invalid (unknown keys, bad values)."""
+
+
+class PretrainedError(CheckpointError):
+    """A pretrained model of the registry (``fmnist/...``) that cannot be used as asked: weights whose SHA-256
+    does not match the card, a card that does not fit the model or input size asked for."""
+
+
+class UnknownPretrainedError(PretrainedError, LookupError):
+    """A name that is not in the registry of pretrained models (the message lists the names)."""
+
+
+class PretrainedNotShippedError(PretrainedError):
+    """A registry entry whose weights have not been trained and published yet (the message names the commands
+    that do it)."""

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "evaluate a run directory, checkpoint or weights file"),
     "fold": ("fold", "fold a RefConv run or checkpoint into plain deployable weights"),
     "convert-info": ("convert_info", "show what refconv.convert would do to a model"),
+    "pretrained": ("pretrained", "list the pretrained models made here; publish a run as one"),
     "analyze": ("analyze", "channel redundancy, kernel skeleton, loss landscape, attacks and cost of a baseline vs "
                            "RefConv pair"),
     "sweep": ("sweep", "run RefConv settings and the controls over budgets and seeds from one baseline; report when "

@@ -1,4 +1,4 @@
-"""``refconv eval``: test-set loss, top-1 and top-5 of a run, a checkpoint or a weights file.
+"""``refconv eval``: test-set loss, top-1 and top-5 of a run, a checkpoint, a weights file or a pretrained model.
 
 The model is rebuilt from what the artefact records (run config, checkpoint, or the ``.json`` beside a
 ``.safetensors``); data settings default to the run's. Foreign weights need ``--model``.
@@ -19,7 +19,8 @@ __all__ = ["register", "main"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run directory, checkpoint or weights file", description=__doc__)
     p.add_argument("--weights", required=True, metavar="PATH",
-                   help="run directory, checkpoints/*.pt, folded.safetensors / model.safetensors, or a foreign file")
+                   help="run directory, checkpoints/*.pt, folded.safetensors / model.safetensors, a foreign file, or "
+                   "a pretrained model (fmnist/mobilenetv3_small_100; `refconv pretrained` lists them)")
     p.add_argument("--checkpoint", choices=("last", "best"), default=None,
                    help="for a run directory: evaluate this training checkpoint instead of the deployable weights")
     p.add_argument("--model", help="architecture (needed for weights that do not record it)")
@@ -41,7 +42,11 @@ def main(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..engine.artifacts import load_model
     from ..engine.loop import evaluate
+    from ..models import pretrained
 
+    if pretrained.is_pretrained_name(args.weights):  # a registry name: what is asked for must fit its card
+        pretrained.check_compatible(args.weights, model=args.model, data=args.data, image_size=args.image_size,
+                                    in_chans=args.in_chans, num_classes=args.num_classes, native_defaults=False)
     loaded = load_model(args.weights, which=args.checkpoint, model_name=args.model, num_classes=args.num_classes,
                         in_chans=args.in_chans, use_ema=not args.no_ema)
     cfg = loaded.config

@@ -26,7 +26,8 @@ HELP: dict[str, str] = {
     "num_classes": "classifier width (default: the dataset's)",
     "in_chans": "input channels, 1 or 3 (default: the dataset's; grayscale is replicated for RGB models)",
     "pretrained": "start from the hub's pretrained weights (needs network)",
-    "weights": "starting weights: .safetensors, .pth, timm/torchvision checkpoint, or a finished run directory",
+    "weights": "starting weights: .safetensors, .pth, timm/torchvision checkpoint, a finished run directory, or a "
+    "pretrained model (fmnist/mobilenetv3_small_100; `refconv pretrained` lists them)",
     "data": "fashion-mnist | cifar10 | cifar100 | imagefolder | imagenet",
     "data_dir": "where the data is (default: $REFCONV_DATA_DIR and the usual places)",
     "image_size": "input size (default: native 28/32; 224 for image folders)",

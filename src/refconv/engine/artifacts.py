@@ -77,8 +77,8 @@ def load_model(
     """Rebuild the model an artefact holds, on the CPU, in eval mode.
 
     Args:
-        source: a run directory, a checkpoint ``.pt`` of this engine, a ``.safetensors`` (sidecar JSON or header
-            metadata name the model), or any weights file :func:`refconv.models.read_state_dict` reads together
+        source: a registry name (``fmnist/...``), a run directory, a checkpoint ``.pt`` of this engine, a
+            ``.safetensors`` (sidecar JSON or header metadata name the model), or any weights file :func:`refconv.models.read_state_dict` reads together
             with ``model_name``.
         which: for a run directory: ``None`` = its deployable weights when finished (else ``last``), or
             ``"last"`` / ``"best"`` for a training checkpoint.
@@ -90,8 +90,12 @@ def load_model(
         StateDictFormatError: a state_dict whose format cannot be rebuilt (RefConv weights without their
             conversion record).
     """
-    from ..models import read_state_dict
+    from ..models import pretrained, read_state_dict
 
+    if pretrained.is_pretrained_name(source):
+        pretrained.check_compatible(str(source), model=model_name, in_chans=in_chans, num_classes=num_classes,
+                                    native_defaults=False)
+        source = pretrained.weights_path(str(source))  # SHA-256 checked; its card is the sidecar naming the model
     src = Path(source)
     if not src.exists():
         raise CheckpointError(f"{src} does not exist. Pass a run directory, a checkpoint or a weights file.")

@@ -38,6 +38,7 @@ __all__ = [
     "config_hash",
     "config_diff",
     "packaged_configs",
+    "packaged_pretraining_recipes",
     "resolve_config_path",
 ]
 
@@ -202,7 +203,19 @@ class RunConfig:
                 f"method '{self.method}' trains on from a trained model, but no weights were given. Pass "
                 "--weights PATH|RUN_DIR (e.g. the baseline run directory) or --pretrained."
             )
+        if self.weights and "/" in self.weights and not Path(self.weights).expanduser().exists():
+            _check_pretrained_start(self)
         return self
+
+
+def _check_pretrained_start(cfg: RunConfig) -> None:
+    """``--weights fmnist/...``: the name must be in the registry and its card must fit the run's model, input
+    size, channels and classes; checked here, before any data is read or directory written."""
+    from ..models import pretrained
+
+    if pretrained.is_pretrained_name(cfg.weights):
+        pretrained.check_compatible(cfg.weights, model=cfg.model, data=cfg.data, image_size=cfg.image_size,
+                                    in_chans=cfg.in_chans, num_classes=cfg.num_classes)
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -306,9 +319,16 @@ def resolve_packaged(name_or_path: str | Path, shipped: dict[str, Path], kind: s
     )
 
 
+def packaged_pretraining_recipes() -> dict[str, Path]:
+    """The recipes of the pretrained-model registry (``refconv/configs/pretrained``), named ``pretrained/<stem>``."""
+    return {f"pretrained/{name}": path for name, path in packaged_yaml("pretrained").items()}
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a packaged recipe (``fashion-mnist``, ``authors-imagenet``)."""
-    return resolve_packaged(name_or_path, packaged_configs(), "config", "recipe")
+    """A YAML path, or the name of a packaged recipe (``fashion-mnist``, ``authors-imagenet``,
+    ``pretrained/fmnist-mobilenetv3_small_100``...)."""
+    shipped = {**packaged_configs(), **packaged_pretraining_recipes()}
+    return resolve_packaged(name_or_path, shipped, "config", "recipe")
 
 
 def load_yaml(name_or_path: str | Path) -> dict[str, Any]:

@@ -201,7 +201,8 @@ def resolve_run_weights(run_dir: str | Path) -> Path:
 def load_start_weights(model: nn.Module, weights: str | Path) -> str:
     """Load the starting weights of a run into the (plain) ``model``; returns the file loaded, for the log.
 
-    Accepts a finished run directory of this engine (its deployable weights), any file or run directory
+    Accepts a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, SHA-256 checked), a finished
+    run directory of this engine (its deployable weights), any file or run directory
     :func:`refconv.models.read_state_dict` reads (``.safetensors``, ``.pth``, timm / torchvision / refconv
     checkpoints).
 
@@ -209,9 +210,10 @@ def load_start_weights(model: nn.Module, weights: str | Path) -> str:
         StateDictFormatError: a RefConv (unfolded) checkpoint where plain weights are needed.
         CheckpointError: missing or corrupt file, unfinished run, weights that do not fit (classes, keys).
     """
-    from ..models import read_state_dict
+    from ..models import pretrained, read_state_dict
 
-    path = Path(weights)
+    # A registry name (fmnist/...) becomes its verified weights file; its card's fit was checked by the config.
+    path = pretrained.weights_path(str(weights)) if pretrained.is_pretrained_name(weights) else Path(weights)
     if path.is_dir() and ((path / RUN_DONE_FILE).exists() or (path / CHECKPOINT_DIR / "last.pt").exists()):
         path = resolve_run_weights(path)
     state = read_state_dict(path)

@@ -5,12 +5,15 @@
     model = create_model("tv/mobilenet_v3_small", num_classes=10, in_chans=1, weights="mnv3s_in1k.pth")
     load_weights(model, "runs/exp1")            # a run directory: folded.safetensors or checkpoints/best.pt
 
+    model = create_model("fmnist/mobilenetv3_small_100")  # a pretrained model of refconv's registry
+
 Weights never load silently: a classifier of another size, missing or unexpected keys, or a RefConv
 (unfolded) checkpoint for a plain model raise a :class:`~refconv.errors.CheckpointError` saying what to do.
 """
 
 from __future__ import annotations
 
+from . import pretrained
 from .factory import create_model, list_models, resolve_model_name
 from .surgery import adapt_input_weight, classifier_names, first_conv_names, replace_classifier, replace_first_conv
 from .weights import (
@@ -22,6 +25,7 @@ from .weights import (
 )
 
 __all__ = [
+    "pretrained",
     "create_model",
     "list_models",
     "resolve_model_name",

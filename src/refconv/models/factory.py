@@ -219,7 +219,9 @@ def create_model(
     """Build a timm or torchvision classifier, optionally with hub or local weights.
 
     Args:
-        name: ``"timm/<name>"``, ``"tv/<name>"`` or a bare name (timm first); see the module docstring.
+        name: ``"timm/<name>"``, ``"tv/<name>"`` or a bare name (timm first); see the module docstring. A
+            pretrained model of refconv's registry (``"fmnist/mobilenetv3_small_100"``) is built with its
+            verified weights, in eval mode (:func:`refconv.models.pretrained.load`).
         num_classes: classifier width; None keeps the architecture's default (1000). With pretrained or
             local weights the backbone is kept and a new head of this width is initialised (fine-tuning).
         in_chans: input channels; None keeps 3. Pretrained stem kernels are adapted (summed over RGB for one
@@ -227,7 +229,7 @@ def create_model(
             replaced by a copy of the same class and arguments.
         pretrained: hub weights (timm's default pretrained tag, torchvision's ``DEFAULT``). Offline, the local
             caches are used; failing that, a ModelError says to pass a weights file.
-        weights: a local weights file or run directory (see :func:`~refconv.models.load_weights`), loaded
+        weights: a local weights file, run directory or registry name (see :func:`~refconv.models.load_weights`), loaded
             strictly except for the head and stem when ``num_classes``/``in_chans`` ask for a change. Use it
             in place of ``pretrained`` where there is no network.
         **kwargs: passed to the builder (``drop_rate``, ``drop_path_rate``...).
@@ -239,6 +241,13 @@ def create_model(
     """
     if pretrained and weights is not None:
         raise ModelError("pass either pretrained=True (hub weights) or weights=FILE (local weights), not both.")
+    from . import pretrained as registry
+
+    if registry.is_pretrained_name(name):
+        if pretrained or weights is not None:
+            raise ModelError(f"{name!r} is a pretrained model of refconv's registry: it brings its own weights, so "
+                             "pass neither pretrained=True nor weights=.")
+        return registry.load(str(name), num_classes=num_classes, in_chans=in_chans, **kwargs)
     for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < (0 if arg == "num_classes" else 1)

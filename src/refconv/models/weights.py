@@ -1,6 +1,6 @@
 """Reading weights files in the formats people actually have, and loading them without silent surprises.
 
-Accepted: ``.safetensors``; ``torch.save`` files (``.pth``/``.pt``/``.bin``/``.ckpt``...) holding a raw state_dict
+Accepted: a registry name (``fmnist/...``, :mod:`refconv.models.pretrained`); ``.safetensors``; ``torch.save`` files (``.pth``/``.pt``/``.bin``/``.ckpt``...) holding a raw state_dict
 or a training checkpoint with a ``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema`` entry (timm's
 and torchvision's training scripts, and ours); a run directory (``folded.safetensors``, then
 ``checkpoints/best.pt``, then ``checkpoints/last.pt``). The format is recognised from the file's first bytes,
@@ -67,11 +67,17 @@ def _safe_globals() -> list[Any]:
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """The weights file ``path`` refers to: itself, or the best file of a run directory.
+    """The weights file ``path`` refers to: itself, the best file of a run directory, or the verified weights of
+    a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, see :mod:`refconv.models.pretrained`).
 
     Raises:
         CheckpointError: nothing at ``path``, or a directory with none of :data:`RUN_DIR_FILES`.
+        PretrainedError: a registry name that is unknown, not trained yet, or whose file fails its SHA-256.
     """
+    from . import pretrained
+
+    if pretrained.is_pretrained_name(path):
+        return pretrained.weights_path(str(path))
     p = Path(path).expanduser()
     if p.is_dir():
         for rel in RUN_DIR_FILES:

@@ -342,9 +342,15 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
         if not isinstance(w, (str, os.PathLike)) or not str(w):
             raise ConfigError(f"baseline.weights must be a path, got {w!r}.")
         path = Path(w).expanduser()
+        from ..models import pretrained
+
+        if pretrained.is_pretrained_name(w):  # fmnist/...: its card must fit 'base'; its SHA-256 is checked
+            pretrained.check_compatible(str(w), model=base_cfg.model, data=base_cfg.data, image_size=base_cfg.image_size,
+                                        in_chans=base_cfg.in_chans, num_classes=base_cfg.num_classes)
+            path = pretrained.weights_path(str(w))
         if not path.exists():
-            raise ConfigError(f"baseline.weights {str(w)!r} does not exist. Give a weights file or a finished run "
-                              "directory.")
+            raise ConfigError(f"baseline.weights {str(w)!r} does not exist. Give a weights file, a finished run "
+                              "directory or a pretrained model (`refconv pretrained` lists them).")
         baseline = {"weights": str(path.resolve())}
     else:
         _check_run_keys(baseline, "baseline", {
