@@ -501,10 +501,12 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
             f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
         )
+        source = (f"split held as uint8 on {device.type}, batches augmented at once" if pipeline == "resident"
+                  else f"DataLoader, {cfg.workers} workers")
         reporter.log(
-            f"input: {pipeline} ({'split held as uint8 on ' + device.type + ', batches augmented at once' if pipeline == 'resident' else f'DataLoader, {cfg.workers} workers'})"
-            f"; memory format {'channels_last' if cfg.channels_last else 'contiguous'}"
-            + ("; torch.compile: compiled once, on the first training and the first evaluation batch"
+            f"input: {pipeline} ({source}); memory format {'channels_last' if cfg.channels_last else 'contiguous'}; "
+            f"{'fused' if cfg.fused_optimizer else 'unfused'} optimizer"
+            + ("; torch.compile: compiles once on the first training batch and once on the first evaluation batch"
                if cfg.compile else "")
         )
 
@@ -687,8 +689,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         folded_path=weights_path if cfg.method == "refconv" else None, folded_metrics=folded_metrics,
         fold_max_abs_err=fold_err, onnx=onnx_info, trainable_params=trainable, total_params=total,
         deploy_params=deploy_params, wall_time_s=time.perf_counter() - t_start,
-        extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch, "input_pipeline": pipeline,
-               "start_weights": start_weights},
+        extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch,
+               "input_pipeline": pipeline, "start_weights": start_weights},
     )
     if info.is_main:
         atomic_write_bytes(run_dir / RUN_DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
