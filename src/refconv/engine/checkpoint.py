@@ -71,6 +71,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             "permissions."
         ) from None
     try:
+        _chmod_as_open(fd)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -84,6 +85,35 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _current_umask() -> int:
+    """The process umask. Read from ``/proc`` where possible: ``os.umask`` can only read it by setting it, which
+    for an instant gives other threads (data loader threads, a logging thread) a umask of 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_open(fd: int) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode ``open()`` would have: ``0o666 & ~umask``.
+
+    Without this every run artefact (weights, config, done.json, checkpoints) was private to its creator while
+    ``log.txt`` was not, so other users and containers sharing a results directory could not read a run.
+    """
+    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes
+        return
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..convert import conversion_config, state_dict_format
 from ..errors import CheckpointError, ConfigError, RefConvError
 from . import distributed as dist_utils
+from . import rundir
 from .artifacts import fold_model
 from .checkpoint import (
     atomic_copy,
@@ -176,6 +176,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
     Raises the errors that refuse to touch an existing run.
     """
     done = _done_record(run_dir)
+    rundir.remove_orphan_temps(run_dir)  # half-written files of a killed process (we hold the lock)
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no config.yaml). "
@@ -192,7 +193,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
         if not (run_dir / CHECKPOINT_DIR / "last.pt").is_file():
             raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
         return None
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if not rundir.is_empty(run_dir):
         if done is not None and not cfg.overwrite:
             if done.get("config_hash") == config_hash(cfg):
                 return done
@@ -212,7 +213,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
                 f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
                 "with --overwrite. Choose another --out."
             )
-        shutil.rmtree(run_dir)
+        rundir.clear(run_dir)  # keeps .lock: this process still owns the directory
     _check_writable(run_dir)
     return None
 
@@ -332,20 +333,34 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
     if not info.is_main:
         reporter.enabled = False
     run_dir = cfg.run_dir()
+    # Rank 0 owns the directory from its first look until the last file is written (folding, export, done.json).
+    lock = rundir.RunDirLock(run_dir)
 
-    cached = _rank0_decides(info, lambda: _prepare_run_dir(cfg, run_dir, resume))
-    if cached is not None:
-        result = RunResult.from_dict(cached, cached=True)
-        reporter.log(f"{run_dir}: finished run with this config found; returning its result without training.")
-        reporter.summary(f"refconv {cfg.method}: {run_dir} (cached)", summary_rows(result))
-        return result
+    def _own_and_prepare() -> dict[str, Any] | None:
+        lock.acquire()
+        return _prepare_run_dir(cfg, run_dir, resume)
 
-    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    failed = True
     try:
-        return _train(cfg, info, run_dir, resume, reporter, t_start)
+        cached = _rank0_decides(info, _own_and_prepare)
+        if cached is not None:
+            failed = False
+            result = RunResult.from_dict(cached, cached=True)
+            reporter.log(f"{run_dir}: finished run with this config found; returning its result without training.")
+            reporter.summary(f"refconv {cfg.method}: {run_dir} (cached)", summary_rows(result))
+            return result
+
+        deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+        try:
+            result = _train(cfg, info, run_dir, resume, reporter, t_start)
+            failed = False
+            return result
+        finally:
+            reporter.close()
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave as found
     finally:
-        reporter.close()
-        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave the process as found
+        lock.release(remove_if_empty=failed)  # a run that failed validation leaves no empty directory
 
 
 def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: bool, reporter: Reporter,
