@@ -14,6 +14,7 @@ __all__ = [
     "NoEligibleConvError",
     "StateDictFormatError",
     "DataError",
+    "CorruptImageError",
     "ModelError",
     "CheckpointError",
     "ConfigError",
@@ -45,6 +46,22 @@ class StateDictFormatError(RefConvError, KeyError):
 
 class DataError(RefConvError, FileNotFoundError):
     """A dataset is missing, truncated or malformed."""
+
+
+class CorruptImageError(DataError):
+    """An image file of an image folder cannot be decoded.
+
+    The run stops (it does not skip): a skipped image silently changes the dataset and, under DDP, the ranks'
+    step counts. When raised in a data loader worker, PyTorch re-raises it in the main process as
+    ``CorruptImageError(<worker traceback text>)``; the constructor then keeps only the original message, so
+    the command line still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
 
 
 class ModelError(RefConvError, ValueError):

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 __all__ = ["register", "add_config_flags", "config_from_args", "HELP"]
 
 HELP: dict[str, str] = {
-    "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/mobilenet_v3_small)",
+    "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/resnet18); required "
+             "unless a --config recipe sets it",
     "num_classes": "classifier width (default: the dataset's)",
     "in_chans": "input channels, 1 or 3 (default: the dataset's; grayscale is replicated for RGB models)",
     "pretrained": "start from the hub's pretrained weights (needs network)",
@@ -112,6 +113,26 @@ def config_from_args(args: argparse.Namespace, *, base: Any = None) -> RunConfig
     return make_config(base, *(getattr(args, "config", None) or []), overrides, source="command line")
 
 
+EXAMPLE = "refconv train --config fashion-mnist --model timm/mobilenetv3_small_100 --out runs/fm-baseline"
+
+
+def _require_model(args: argparse.Namespace) -> None:
+    """Refuse to pick an architecture for the user.
+
+    ``RunConfig``'s default model (kept for Python callers) is one the FAQ says stays at chance on short runs:
+    a bare ``refconv train`` silently training it would be the worst first experience. The model must come
+    from ``--model`` or a ``--config`` recipe.
+    """
+    from ..engine.config import load_yaml
+
+    if getattr(args, "model", None):
+        return
+    if any("model" in load_yaml(c) for c in (getattr(args, "config", None) or [])):
+        return
+    raise ConfigError(f"no model given: pass --model NAME (timm/<name> or tv/<name>) or a --config recipe that sets "
+                      f"one. Example: {EXAMPLE}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -139,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
         base = load_run_config(args.resume).replace(out=args.resume)
         cfg = config_from_args(args, base=base)
     else:
+        _require_model(args)
         cfg = config_from_args(args)
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

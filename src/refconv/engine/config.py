@@ -198,6 +198,21 @@ class RunConfig:
         return self
 
 
+
+def warmup_warning(warmup_epochs: float, epochs: int, *, where: str = "", budget: str | None = None,
+                   fix: str = "Pass --warmup-epochs 0 (or fewer than --epochs), or train for more epochs.") -> str | None:
+    """The warning for a warm-up at least as long as the training, or None.
+
+    Linear warm-up over ``warmup_epochs`` with only ``epochs <= warmup_epochs`` of training never reaches the
+    peak learning rate the recipe (and the start-up line) announces: a short run then silently trains at a
+    fraction of its lr. One place for the rule, used by ``refconv train`` and the sweep.
+    """
+    if warmup_epochs < epochs:
+        return None
+    budget = budget or f"the {epochs} training epoch(s)"
+    return (f"warmup_epochs={warmup_epochs:g}{where} is >= {budget}: the learning rate never leaves warm-up, so "
+            f"it never reaches the peak it was set to. {fix}")
+
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)

@@ -43,6 +43,24 @@ LOCK_FILE = ".lock"
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
+# Lock descriptors this process holds. A forked child (a DataLoader worker) would share the open file and so
+# keep the flock alive after this process releases it or dies: children close them at once.
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class RunDirBusyError(CheckpointError):
     """Another live process owns the run directory."""
 
@@ -173,6 +191,7 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def release(self, *, remove_if_empty: bool = False) -> None:
@@ -181,6 +200,7 @@ class RunDirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD_FDS.discard(fd)
         if remove_if_empty and self._created_dir and is_empty(self.run_dir):
             self._remove_dir_if_created()  # unlink while still locked: a waiter retries on the new file
         os.close(fd)

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..convert import conversion_config, state_dict_format
-from ..errors import CheckpointError, ConfigError, RefConvError
+from ..errors import CheckpointError, ConfigError, CorruptImageError, DataError, RefConvError
 from . import distributed as dist_utils
 from . import rundir
 from .artifacts import fold_model
@@ -49,7 +49,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import RunConfig, config_diff, config_hash, make_config
+from .config import RunConfig, config_diff, config_hash, make_config, warmup_warning
 from .export import export_onnx, save_weights
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
 from .modeling import (
@@ -57,6 +57,7 @@ from .modeling import (
     RUN_DONE_FILE,
     apply_conversion,
     convert_kwargs,
+    check_input_size,
     count_params,
     create_stock_model,
     load_format_checked,
@@ -297,6 +298,50 @@ def _make_train_loader(dataset: Dataset, sampler: ResumableSampler, cfg: RunConf
     )
 
 
+def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gstep: int, meter: TrainMeter,
+                              info: dist_utils.DistInfo, save_last: Callable[..., Path], run_dir: Path,
+                              steps_per_epoch: int, reporter: Reporter) -> DataError:
+    """The error for an unreadable image mid-epoch, after saving a checkpoint at the last finished step.
+
+    The steps before the bad batch are kept (single process: the state is consistent between steps); once the
+    file is replaced, ``--resume`` continues exactly there. Under DDP the other ranks cannot be told to save
+    in step, so the last periodic checkpoint is what is kept.
+    """
+    step = meter.steps  # the meter counts every step of this epoch, including those before a resume
+    saved = None
+    if not info.distributed and step > start_step and meter.finite():
+        saved = save_last(ep, step, start_gstep + step - start_step, meter)
+    last = run_dir / CHECKPOINT_DIR / "last.pt"
+    where = (f"saved {saved} at epoch {ep + 1}, step {step}/{steps_per_epoch}" if saved else
+             f"the last checkpoint {last} is kept" if last.is_file() else "no checkpoint had been written yet")
+    msg = (f"{exc} Training stopped; {where}. After replacing the file, `refconv train --resume {run_dir}` continues "
+           "from there (after deleting it: the data changed, so start over with --overwrite).")
+    reporter.log(msg)
+    return CorruptImageError(msg)
+
+
+def _check_data_means_something(cfg: RunConfig, info: Any, train_ds: Dataset, test_ds: Dataset) -> list[str]:
+    """Refuse data a classifier learns nothing from; return warnings for a subset larger than the data.
+
+    A 1-class image folder trains to "100 %" top-1 and exits 0: a result that means nothing, so refuse it.
+    ``--subset-train 100000`` on a 60,000-image set silently used 60,000: say so (the run is still valid).
+    """
+    if info.num_classes < 2:
+        names = ", ".join(repr(c) for c in info.class_names[:3]) or "none"
+        raise DataError(
+            f"{cfg.data} has {info.num_classes} class ({names}): a classifier cannot learn anything from it and its "
+            "top-1 would be a meaningless 100%. Add at least one more class (for an image folder: another "
+            "class folder under train/ and val/)."
+        )
+    warnings = []
+    for key, ds, split in (("subset_train", train_ds, "training"), ("subset_test", test_ds, "test")):
+        asked, have = getattr(cfg, key), len(ds)  # type: ignore[arg-type]
+        if asked is not None and asked > have:
+            warnings.append(f"--{key.replace('_', '-')} {asked:,} is more than the {have:,} {split} images of "
+                            f"{cfg.data}: using all {have:,}.")
+    return warnings
+
+
 def _fmt_metrics(m: dict[str, Any]) -> str:
     return f"loss {m['loss']:.4f}  top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%"
 
@@ -389,6 +434,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     else:
         dist_utils.barrier()
         (train_ds, data_info), (test_ds, _) = _datasets()
+    warnings = _check_data_means_something(cfg, data_info, train_ds, test_ds)
     num_classes = cfg.num_classes or data_info.num_classes
     if num_classes < data_info.num_classes:
         raise ConfigError(
@@ -414,6 +460,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     # On resume the checkpoint holds every weight: the starting weights need not exist any more.
     model = create_stock_model(cfg.model, num_classes=num_classes, in_chans=data_info.in_chans,
                                pretrained=cfg.pretrained and not resume)
+    check_input_size(model, cfg.model, in_chans=data_info.in_chans, image_size=data_info.image_size)
     deploy_params = count_params(model)[1]
     start_weights = cfg.weights
     if cfg.weights and not resume:
@@ -488,6 +535,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
             f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
         )
+        for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs)]:
+            if warning:
+                reporter.log("warning: " + warning)
 
     fail_at = _env_step(FAULT_ENV_FAIL)
     interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
@@ -580,6 +630,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                        "instead of fp16, and start again (new --out or --overwrite).")
                 reporter.log(msg)
                 raise NonFiniteLossError(msg) from None
+            except CorruptImageError as exc:
+                raise _stopped_on_corrupt_image(exc, ep, step_in_epoch, global_step, meter, info, save_last,
+                                                run_dir, steps_per_epoch, reporter) from None
             global_step = outcome.global_step
             if outcome.stopped:
                 path = save_last(ep, outcome.step_in_epoch, global_step, meter)

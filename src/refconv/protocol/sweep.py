@@ -55,7 +55,8 @@ from typing import Any
 import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
-from ..engine.config import NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged
+from ..engine.config import (NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged,
+                             warmup_warning)
 from ..errors import CheckpointError, ConfigError, ConversionError
 from ..stats import paired_difference, summarize, verdict
 from .cells import Arm, Cell, cell_config, run_cell, run_cells
@@ -440,11 +441,10 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     if ci == "bootstrap" and len(seeds) < 10:
         warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
                         "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
-    warmup = base_cfg.warmup_epochs
-    if warmup >= budgets[0]:
-        warnings.append(f"warmup_epochs={warmup:g} in base is >= the budget E={budgets[0]}: the arms' learning rate "
-                        "never leaves warm-up. Set warmup_epochs in base (e.g. 0) and the baseline's own under "
-                        "'baseline'.")
+    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
+                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
+    if warmup:
+        warnings.append(warmup)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
