@@ -298,6 +298,24 @@ def _make_train_loader(dataset: Dataset, sampler: ResumableSampler, cfg: RunConf
     )
 
 
+def _resumed_meter_state(ckpt: dict[str, Any], info: dist_utils.DistInfo) -> dict[str, Any] | None:
+    """This rank's share of the interrupted epoch's training sums.
+
+    Each rank saved its own meter ("meters"); on the same number of processes each takes its own back. On a
+    different number (or from a checkpoint that only kept rank 0's "meter"), rank 0 takes the sum of all saved
+    meters and the others start at zero: the epoch's totals (a sum over ranks) are the same either way.
+    """
+    meters = [m for m in (ckpt.get("meters") or []) if m is not None]
+    if len(meters) == info.world_size and len(ckpt.get("meters") or []) == info.world_size:
+        return ckpt["meters"][info.rank]
+    if not info.is_main:
+        return None
+    if not meters:
+        return ckpt.get("meter")
+    total = {key: sum(m[key] for m in meters) for key in ("loss_sum", "correct1", "images")}
+    return {**total, "steps": meters[0]["steps"], "seconds": meters[0]["seconds"]}
+
+
 def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gstep: int, meter: TrainMeter,
                               info: dist_utils.DistInfo, save_last: Callable[..., Path], run_dir: Path,
                               steps_per_epoch: int, reporter: Reporter) -> DataError:
@@ -512,8 +530,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             ema.module.load_state_dict(ckpt["state_dict_ema"])
         epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         history, best = list(ckpt["history"]), dict(ckpt["best"])
-        if info.is_main and step_in_epoch:
-            meter_state = ckpt["meter"]
+        if step_in_epoch:
+            meter_state = _resumed_meter_state(ckpt, info)
         rngs = ckpt["rng"]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
@@ -544,6 +562,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
     def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
         rngs = dist_utils.all_gather_object(rng_state())
+        meters = dist_utils.all_gather_object(meter.state_dict() if meter is not None else None)
         return {
             "arch": cfg.model,
             "model_kwargs": {"num_classes": num_classes, "in_chans": data_info.in_chans},
@@ -559,7 +578,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             "epoch": ep,
             "step_in_epoch": step,
             "global_step": gstep,
-            "meter": meter.state_dict() if meter is not None else None,
+            "meter": meters[0],  # rank 0's (what checkpoints before per-rank meters held)
+            "meters": meters,  # every rank's share of the epoch so far: the epoch's metrics need them all
             "history": history,
             "best": best,
             "rng": rngs,
