@@ -7,6 +7,8 @@ fix. They subclass the builtin exception a caller would already catch (``ValueEr
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "RefConvError",
     "ConversionError",
@@ -18,6 +20,7 @@ __all__ = [
     "ModelError",
     "CheckpointError",
     "ConfigError",
+    "short_reason",
 ]
 
 
@@ -74,3 +77,16 @@ class CheckpointError(RefConvError, ValueError):
 
 class ConfigError(RefConvError, ValueError):
     """A configuration file or option that is invalid (unknown keys, bad values)."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """``"TypeName: first sentence"`` of an exception, cut at a word, for a one-line message.
+
+    Library errors (torch.load, PIL, zipfile) are often several lines or paragraphs long; quoting them whole
+    breaks the one-line contract, and cutting at a fixed width leaves half a sentence.
+    """
+    text = " ".join(str(exc).split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0] if text else ""
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -165,6 +165,9 @@ class _Progress:
 
 
 def _check_out_dir(out: Path, p: DemoProfile, overwrite: bool) -> None:
+    from ..engine.rundir import check_out_path
+
+    check_out_path(out)
     marker = out / DEMO_FILE
     if marker.is_file():
         saved = json.loads(marker.read_text())

@@ -55,6 +55,7 @@ from typing import Any
 import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
+from ..engine.rundir import check_out_path, is_empty
 from ..engine.config import (NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged,
                              warmup_warning)
 from ..errors import CheckpointError, ConfigError, ConversionError
@@ -560,7 +561,7 @@ def _run_status(cfg: RunConfig) -> tuple[str, str]:
     """``(done|partial|new|mismatch, diff text)`` of a run directory against the config meant for it."""
     run_dir = cfg.run_dir()
     if not (run_dir / "config.yaml").is_file():
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if not is_empty(run_dir):  # a lock file alone (a run killed before writing anything) is not content
             return "mismatch", "not a run directory"
         return "new", ""
     try:
@@ -983,6 +984,7 @@ def run_sweep(
     if progress is None and "progress" not in spec.base:
         progress = "plain"  # per-run lines, not bars: a sweep's log is read afterwards
     base = spec.base_config(data_dir=data_dir, workers=workers, progress=progress)
+    check_out_path(out)
     plan = _plan(spec, out, base, overwrite)
     todo = [c for c in plan.cells if plan.status[_cell_key(c)] != "done"]
     n_par = _resolve_parallel(parallel if parallel is not None else spec.parallel, len(todo))
