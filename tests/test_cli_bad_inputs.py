@@ -186,3 +186,11 @@ def test_analyze_one_section_ignores_other_sections_options(env, capsys):
                  "--subset", "16", "--out", str(out), "--no-plots"]) == 0
     assert (out / "analysis.json").is_file()
     assert "channel_diversity" in capsys.readouterr().out
+
+
+def test_convert_info_takes_in_chans(capsys):
+    import json
+
+    assert main(["convert-info", "--model", MODEL, "--in-chans", "1", "--json"]) == 0
+    stem = json.loads(capsys.readouterr().out)["layers"][0]
+    assert stem["shape"][1] == 1  # the 1-channel stem a Fashion-MNIST model has, not the 3-channel default

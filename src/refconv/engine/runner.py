@@ -305,9 +305,10 @@ def _resumed_meter_state(ckpt: dict[str, Any], info: dist_utils.DistInfo) -> dic
     different number (or from a checkpoint that only kept rank 0's "meter"), rank 0 takes the sum of all saved
     meters and the others start at zero: the epoch's totals (a sum over ranks) are the same either way.
     """
-    meters = [m for m in (ckpt.get("meters") or []) if m is not None]
-    if len(meters) == info.world_size and len(ckpt.get("meters") or []) == info.world_size:
-        return ckpt["meters"][info.rank]
+    saved = ckpt.get("meters") or []
+    meters = [m for m in saved if m is not None]
+    if len(saved) == info.world_size and len(meters) == len(saved):
+        return saved[info.rank]
     if not info.is_main:
         return None
     if not meters:
