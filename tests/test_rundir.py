@@ -111,3 +111,19 @@ def test_run_outputs_are_readable_by_others(common, tmp_path):
         os.umask(old)
     for name in ("config.yaml", "done.json", "model.safetensors", "metrics.jsonl", "checkpoints/last.pt"):
         assert stat.S_IMODE((res.run_dir / name).stat().st_mode) == 0o644, name
+
+
+def test_sweep_and_demo_directories_have_one_owner(tmp_path):
+    from refconv.protocol.demo import profile, run_demo
+    from refconv.protocol.sweep import parse_sweep, run_sweep
+
+    spec = parse_sweep({"name": "s", "base": {"model": "timm/test_resnet", "warmup_epochs": 0}, "baseline": {"epochs": 1},
+                        "seeds": 1, "budgets": [1], "settings": [{"name": "a"}], "controls": ["continue"]})
+    out = tmp_path / "study"
+    with RunDirLock(out):
+        with pytest.raises(RunDirBusyError, match=rf"PID {os.getpid()}"):
+            run_sweep(spec, out, log=lambda s: None)
+        with pytest.raises(RunDirBusyError, match=rf"PID {os.getpid()}"):
+            run_demo(profile("tiny"), out, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="existing file, not a directory"):
+        run_demo(profile("tiny"), tmp_path / "study" / LOCK_FILE, log=lambda s: None)

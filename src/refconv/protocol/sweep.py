@@ -55,7 +55,8 @@ from typing import Any
 import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
-from ..engine.rundir import check_out_path, is_empty
+from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import clear as clear_dir
 from ..engine.config import (NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged,
                              warmup_warning)
 from ..errors import CheckpointError, ConfigError, ConversionError
@@ -625,7 +626,7 @@ def _plan(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> _Plan
                     "): its runs cannot be reused. Use another --out, or pass --overwrite to recompute everything there."
                 )
             clear_all = True
-    elif out.exists() and any(out.iterdir()):
+    elif not is_empty(out):
         raise CheckpointError(f"{out} exists, is not empty and is not a sweep directory (no {SWEEP_FILE}): refusing to "
                               "write into it, even with --overwrite. Choose another --out.")
     runs = out / "runs"
@@ -979,12 +980,29 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec)
     out = Path(out) if out is not None else Path("sweeps") / spec.name
+    check_out_path(out)
+    if estimate_only:  # writes nothing: no need to own the directory
+        return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
+                          workers=workers, progress=progress, estimate_only=True, on_cell_done=on_cell_done,
+                          command=command)
+    lock = RunDirLock(out).acquire()  # one sweep per directory; each cell's run also locks its own
+    try:
+        return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
+                          workers=workers, progress=progress, estimate_only=False, on_cell_done=on_cell_done,
+                          command=command)
+    finally:
+        lock.release(remove_if_empty=True)
+
+
+def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float, *, data_dir: str | None,
+               parallel: int | str | None, yes: bool, overwrite: bool, workers: int | None, progress: str | None,
+               estimate_only: bool, on_cell_done: Callable[[Cell, RunResult], None] | None,
+               command: str | None) -> SweepResult:
     for w in spec.warnings:
         log(f"[sweep] warning: {w}")
     if progress is None and "progress" not in spec.base:
         progress = "plain"  # per-run lines, not bars: a sweep's log is read afterwards
     base = spec.base_config(data_dir=data_dir, workers=workers, progress=progress)
-    check_out_path(out)
     plan = _plan(spec, out, base, overwrite)
     todo = [c for c in plan.cells if plan.status[_cell_key(c)] != "done"]
     n_par = _resolve_parallel(parallel if parallel is not None else spec.parallel, len(todo))
@@ -1008,7 +1026,7 @@ def run_sweep(
     # ---- from here on the output directory is written
     if plan.clear_all and out.exists():
         log(f"[sweep] --overwrite: {out} held another recipe or baseline; removing it.")
-        shutil.rmtree(out)
+        clear_dir(out)  # keeps the lock this sweep holds
     for key in plan.mismatch:
         cell = next(c for c in plan.cells if _cell_key(c) == key)
         log(f"[sweep] --overwrite: recomputing {key} (its directory held another configuration).")
