@@ -127,3 +127,36 @@ def test_sweep_and_demo_directories_have_one_owner(tmp_path):
             run_demo(profile("tiny"), out, log=lambda s: None)
     with pytest.raises(CheckpointError, match="existing file, not a directory"):
         run_demo(profile("tiny"), tmp_path / "study" / LOCK_FILE, log=lambda s: None)
+
+
+def test_two_trains_into_one_out_then_kill_and_resume(common, tmp_path, capsys):
+    """The reported race: a second `refconv train --out SAME` while the first runs is refused naming the first's PID;
+    after the first is SIGKILLed its lock is stale and `--resume` finishes the run."""
+    import signal
+    import time
+
+    from refconv.cli import main
+
+    out = tmp_path / "race"
+    args = ["train", "--model", common["model"], "--data-dir", common["data_dir"], "--batch-size", "16",
+            "--warmup-epochs", "0", "--epochs", "20", "--log-every-steps", "1", "--checkpoint-every-steps", "1",
+            "--progress", "plain", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "refconv.cli", *args], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = first.stderr.readline()
+            if " step " in line or not line:
+                break
+        assert main([*args[:-2], "--lr", "0.3", "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"refconv train: error: run directory {out} is in use by another refconv process (PID "
+                       f"{first.pid}); two runs must not write one directory. Wait for it to finish (or stop it), or "
+                       "choose another --out.")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert main(["train", "--resume", str(out), "--epochs", "20", "--progress", "none"]) == 0
+    assert (out / "done.json").is_file()
