@@ -73,3 +73,22 @@ def test_export_converted_and_folded(converted):
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), folded(x), rtol=0, atol=0)
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fx_graph_mode_quantisation_runs(converted):
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    model = copy.deepcopy(converted).eval()
+    x = _x()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices
+        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
+        with torch.no_grad():
+            prepared(x)  # calibrate
+            quantised = convert_fx(prepared)
+            out, ref = quantised(x), model(x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.25 * ref.abs().max()  # int8: close, not equal

@@ -95,7 +95,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = HELP.get(f.name, f.name) + f" [{default}]"
+        help_text = HELP.get(f.name, f.name) + ("" if f.name == "model" else f" [{default}]")  # model: no default
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
