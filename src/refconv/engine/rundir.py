@@ -161,6 +161,9 @@ class RunDirLock:
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # a previous owner removed its empty directory just now: recreate it
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                continue
             except OSError as exc:
                 self._remove_dir_if_created()
                 raise CheckpointError(
