@@ -134,6 +134,14 @@ def _cases(env):
         (["analyze", "--baseline", str(r / "base"), "--refconv", str(r / "ref"), "--sections", "bogus"], "bogus"),
         (["analyze", "--baseline", str(r / "base"), "--refconv", str(r / "ref"), "--sections", "landscape",
           "--num-batches", "3", "--subset", "16", "--out", str(r / "an")], "--num-batches 1"),
+        # ---- detect / segment (validated before any data is generated or read)
+        (["detect", "--data", "voc", "--data-dir", str(r / "nowhere"), "--out", str(r / "det")], "does not exist"),
+        (["detect", "--arch", "ssd300_vgg16", "--image-size", "100", "--out", str(r / "det")], "too small"),
+        (["detect", "--arch", "bogus", "--out", str(r / "det")], "unknown architecture 'bogus'"),
+        (["detect", "--out", str(r / "a-file"), "--data", "voc", "--data-dir", str(r / "nowhere")],
+         "existing file, not a directory"),
+        (["segment", "--data", "cityscapes", "--data-dir", str(r / "nowhere"), "--out", str(r / "seg")],
+         "not a Cityscapes root"),
         # ---- sweep / demo
         (["sweep", str(r / "missing-sweep.yaml")], "missing-sweep.yaml"),
         (["sweep", str(r / "unknown-key.yaml"), "--estimate"], "epoch"),
