@@ -59,3 +59,10 @@ def test_exports_survive_importing_a_submodule_of_the_same_name():
     code = "import refconv.convert, refconv\nprint(callable(refconv.convert), refconv.convert.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "convert"]
+
+
+@pytest.mark.parametrize("first", ["refconv.layers", "refconv.engine.runner", "refconv.transform"])
+def test_exports_resolve_to_the_function_whatever_was_imported_first(first):
+    code = f"import {first}, refconv\nprint(callable(refconv.convert), refconv.pretrained.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "refconv.models.pretrained"]

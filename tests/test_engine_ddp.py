@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from _datagen import write_fashion_mnist
 
 from refconv.engine import RunConfig, run
@@ -48,3 +49,33 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
     # RefConv under DDP (frozen bases, RT trained) folds on every rank to an ordinary stock-model file
     assert done["folded_metrics"]["correct1"] == done["final"]["correct1"]
     assert done["fold_max_abs_err"] < 1e-4 and (tmp_path / "ddp" / "folded.safetensors").is_file()
+
+
+def test_ddp_mid_epoch_resume_keeps_every_ranks_share_of_the_epoch(tmp_path):
+    """Interrupted in epoch 2 under 2 processes and resumed: the epoch's train loss/top-1 must count the steps
+    both ranks did before the interrupt (once only rank 0's meter was saved, and rank 1's share was lost)."""
+    data_dir = write_fashion_mnist(tmp_path / "data", n_train=96, n_test=40)
+    flags = dict(model="timm/test_efficientnet_gn", data_dir=str(data_dir), batch_size=16, lr=0.05, warmup_epochs=0,
+                 epochs=2, augment=False, progress="plain", log_every_steps=3)
+    single = run(RunConfig(out=str(tmp_path / "single"), **flags))
+
+    argv = []
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                "refconv.cli", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # 6 steps per epoch: stop requested after global step 8 (epoch 2, step 2), taken at the next sync (step 3)
+    proc = subprocess.run([*torchrun, *argv, "--out", str(out)], capture_output=True, text=True, timeout=240,
+                          env={**env, "REFCONV_TEST_INTERRUPT_AFTER_STEPS": "8"})
+    assert "interrupted at epoch 2, step 3/6" in proc.stderr, proc.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert len(ckpt["meters"]) == 2 and all(m["images"] == 24 for m in ckpt["meters"])  # 3 steps x 8 per rank
+    proc = subprocess.run([*torchrun, "--resume", str(out)], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads((out / "done.json").read_text())
+    for a, b in zip(single.history, done["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+        assert a["train_top1"] == pytest.approx(b["train_top1"], abs=1e-9)

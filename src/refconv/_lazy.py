@@ -26,8 +26,12 @@ class _LazyPackage(types.ModuleType):
         if module is None:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
         imported = importlib.import_module(module, self.__name__)
-        # ``name`` is either an attribute of the submodule or the submodule itself (``refconv.pretrained``).
-        value = imported if imported.__name__.rsplit(".", 1)[-1] == name else getattr(imported, name)
+        # ``name`` is an attribute of the submodule (``refconv.convert``: the function in ``refconv/convert.py``)
+        # or, when the submodule has no such attribute, the submodule itself (``refconv.pretrained``).
+        if hasattr(imported, name) or imported.__name__.rsplit(".", 1)[-1] != name:
+            value = getattr(imported, name)
+        else:
+            value = imported
         super().__setattr__(name, value)
         return value
 

@@ -7,6 +7,8 @@ fix. They subclass the builtin exception a caller would already catch (``ValueEr
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "RefConvError",
     "ConversionError",
@@ -14,12 +16,14 @@ __all__ = [
     "NoEligibleConvError",
     "StateDictFormatError",
     "DataError",
+    "CorruptImageError",
     "ModelError",
     "CheckpointError",
     "ConfigError",
     "PretrainedError",
     "UnknownPretrainedError",
     "PretrainedNotShippedError",
+    "short_reason",
 ]
 
 
@@ -50,6 +54,22 @@ class DataError(RefConvError, FileNotFoundError):
     """A dataset is missing, truncated or malformed."""
 
 
+class CorruptImageError(DataError):
+    """An image file of an image folder cannot be decoded.
+
+    The run stops (it does not skip): a skipped image silently changes the dataset and, under DDP, the ranks'
+    step counts. When raised in a data loader worker, PyTorch re-raises it in the main process as
+    ``CorruptImageError(<worker traceback text>)``; the constructor then keeps only the original message, so
+    the command line still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
+
+
 class ModelError(RefConvError, ValueError):
     """An unknown model name or weights that do not fit the model."""
 
@@ -74,3 +94,14 @@ class UnknownPretrainedError(PretrainedError, LookupError):
 class PretrainedNotShippedError(PretrainedError):
     """A registry entry whose weights have not been trained and published yet (the message names the commands
     that do it)."""
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """``"TypeName: first sentence"`` of an exception, cut at a word, for a one-line message.
+
+    Library errors (torch.load, PIL, zipfile) are often several lines or paragraphs long; quoting them whole
+    breaks the one-line contract, and cutting at a fixed width leaves half a sentence.
+    """
+    text = " ".join(str(exc).split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0] if text else ""
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

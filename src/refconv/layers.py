@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .errors import ConversionError, StateDictFormatError
 from .transform import check_groups, check_map_k, default_groups, num_kernels, refocus, refocus_weight_shape
 
-__all__ = ["RefConv", "INITS", "is_convertible_conv", "match_layout"]
+__all__ = ["RefConv", "INITS", "is_convertible_conv", "match_layout", "refocused_weight"]
 
 INITS = ("default", "zeros")
 
@@ -46,6 +46,30 @@ _DELEGATED = frozenset(
         "output_padding",
     }
 )
+
+
+def refocused_weight(basis: Tensor, refocus_weight: Tensor, groups: int) -> Tensor:
+    """``Wt = Wb + RT(Wb)`` with the basis detached: the one function the layer computes its kernel with.
+
+    Registered with ``torch.fx.wrap``, so symbolic tracing (``torch.fx.symbolic_trace``, torchvision's
+    ``create_feature_extractor``, FX graph-mode quantisation) records it as a single ``call_function`` node
+    instead of tracing into it: the transform reads tensor shapes at run time (kernel counts, spatial size),
+    which a shape-less FX ``Proxy`` cannot answer ("Proxy object cannot be iterated"). Eager mode,
+    ``torch.compile`` and ``torch.export`` see real (or fake) tensors and run the transform itself.
+    The result has the basis's memory layout (:func:`match_layout`).
+    """
+    return match_layout(refocus(basis.detach(), refocus_weight, groups), basis)
+
+
+torch.fx.wrap("refocused_weight")
+
+
+def _fx_tracing() -> bool:
+    """Whether an FX symbolic trace is running (module attributes are then ``Proxy`` objects)."""
+    from torch.fx import _symbolic_trace
+
+    check = getattr(_symbolic_trace, "is_fx_symbolic_tracing", None) or getattr(_symbolic_trace, "is_fx_tracing", None)
+    return bool(check()) if check is not None else False
 
 
 def is_convertible_conv(module: nn.Module) -> bool:
@@ -132,8 +156,7 @@ class RefConv(nn.Module):
 
     def transformed_weight(self) -> Tensor:
         """``Wt = Wb + RT(Wb)``, differentiable w.r.t. ``refocus_weight`` only, in the basis's memory layout."""
-        basis = self.conv.weight
-        return match_layout(refocus(basis.detach(), self.refocus_weight, self.refocus_groups), basis)
+        return refocused_weight(self.conv.weight, self.refocus_weight, self.refocus_groups)
 
     @property
     def weight(self) -> Tensor:
@@ -145,6 +168,7 @@ class RefConv(nn.Module):
         if (
             self.training
             or torch.compiler.is_compiling()
+            or _fx_tracing()  # a traced graph must compute Wt from its inputs, not capture a cached tensor
             or (torch.is_grad_enabled() and wr.requires_grad)
         ):
             return self.transformed_weight()

@@ -221,7 +221,9 @@ def analyze(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fixed = take_batches(held_out, config.num_batches) if held_out is not None else None
+    # Only the landscape uses held-out batches: their count is checked only when it was asked for.
+    fixed = (take_batches(held_out, config.num_batches)
+             if held_out is not None and "landscape" in config.sections else None)
     test_batches = None
     if test is not None:
         test_batches = []

@@ -83,7 +83,8 @@ def take_batches(batches: Iterable[Batch], num_batches: int) -> list[Batch]:
     if len(taken) < num_batches:
         raise ConfigError(
             f"num_batches={num_batches} is out of range: only {len(taken)} batch(es) are available, "
-            f"expected an integer in [1, {len(taken)}]"
+            f"expected an integer in [1, {len(taken)}]. Pass --num-batches {max(len(taken), 1)} (python: "
+            "num_batches=...), or give more data (a larger --subset or a smaller --batch-size)"
         )
     return taken
 

@@ -50,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis import AnalysisConfig, analyze
     from ..data import build_dataset
     from ..engine.artifacts import load_model
+    from ..errors import ConfigError
     from torch.utils.data import DataLoader
 
     options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k) is not None}
@@ -73,6 +74,10 @@ def main(args: argparse.Namespace) -> int:
             batches.append(b)
         else:
             break
+    if not batches:
+        raise ConfigError(f"the {data} test set selected holds no images: drop --subset or give a larger one.")
+    if "num_batches" not in options and len(batches) < config.num_batches:  # a small --subset: use what there is
+        config = AnalysisConfig.from_dict({**options, "num_batches": len(batches)})
     result = analyze(base.model, ref.model, args.out, held_out=batches[: config.num_batches],
                      test=batches if config.attack_batches is None else batches[: config.attack_batches],
                      example_input=batches[0][0][:32], mean=info.mean, std=info.std, config=config,

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 __all__ = ["register", "add_config_flags", "config_from_args", "HELP"]
 
 HELP: dict[str, str] = {
-    "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/mobilenet_v3_small)",
+    "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/resnet18); required "
+             "unless a --config recipe sets it",
     "num_classes": "classifier width (default: the dataset's)",
     "in_chans": "input channels, 1 or 3 (default: the dataset's; grayscale is replicated for RGB models)",
     "pretrained": "start from the hub's pretrained weights (needs network)",
@@ -98,7 +99,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = HELP.get(f.name, f.name) + f" [{default}]"
+        help_text = HELP.get(f.name, f.name) + ("" if f.name == "model" else f" [{default}]")  # model: no default
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
@@ -114,6 +115,26 @@ def config_from_args(args: argparse.Namespace, *, base: Any = None) -> RunConfig
     names = {f.name for f in dataclasses.fields(RunConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names}
     return make_config(base, *(getattr(args, "config", None) or []), overrides, source="command line")
+
+
+EXAMPLE = "refconv train --config fashion-mnist --model timm/mobilenetv3_small_100 --out runs/fm-baseline"
+
+
+def _require_model(args: argparse.Namespace) -> None:
+    """Refuse to pick an architecture for the user.
+
+    ``RunConfig``'s default model (kept for Python callers) is one the FAQ says stays at chance on short runs:
+    a bare ``refconv train`` silently training it would be the worst first experience. The model must come
+    from ``--model`` or a ``--config`` recipe.
+    """
+    from ..engine.config import load_yaml
+
+    if getattr(args, "model", None):
+        return
+    if any("model" in load_yaml(c) for c in (getattr(args, "config", None) or [])):
+        return
+    raise ConfigError(f"no model given: pass --model NAME (timm/<name> or tv/<name>) or a --config recipe that sets "
+                      f"one. Example: {EXAMPLE}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -143,6 +164,7 @@ def main(args: argparse.Namespace) -> int:
         base = load_run_config(args.resume).replace(out=args.resume)
         cfg = config_from_args(args, base=base)
     else:
+        _require_model(args)
         cfg = config_from_args(args)
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from ..errors import DataError
+from ..errors import CorruptImageError, DataError
 from .base import env_data_dir
 
-__all__ = ["HiddenSkippingImageFolder", "SPLIT_DIRS", "resolve_root", "split_dir", "class_dirs", "load_imagefolder"]
+__all__ = ["CorruptImageError", "HiddenSkippingImageFolder", "SPLIT_DIRS", "resolve_root", "split_dir", "class_dirs", "load_imagefolder"]
 
 # Directory names tried for each split, in order.
 SPLIT_DIRS = {"train": ("train",), "test": ("val", "test", "validation")}
@@ -59,6 +59,16 @@ class HiddenSkippingImageFolder(ImageFolder):
         if not classes:
             raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
         return classes, {name: i for i, name in enumerate(classes)}
+
+    def __getitem__(self, index: int) -> tuple:
+        try:
+            return super().__getitem__(index)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL: UnidentifiedImageError (an OSError), truncation
+            path = self.samples[index][0]
+            raise CorruptImageError(
+                f"image {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                "). Replace that file (e.g. re-extract it from the dataset archive) or delete it, and run again."
+            ) from None
 
 
 def _check_consistent(train_dir: Path, test_dir: Path) -> None:

@@ -55,6 +55,7 @@ from ..convert import (
 )
 from ..engine.checkpoint import atomic_copy, atomic_write, atomic_write_bytes
 from ..engine.export import save_weights
+from ..engine.rundir import check_out_path
 from ..errors import CheckpointError, ConfigError, ConversionError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
@@ -631,6 +632,7 @@ def run_downstream(
     say = log or _log.info
     cfg = DownstreamConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
     run_dir = Path(cfg.out)
+    check_out_path(run_dir)  # --out naming a file: one line, not FileExistsError from mkdir
     last_path = run_dir / CHECKPOINT_DIR / "last.pt"
     ckpt = None
     if resume:

@@ -129,6 +129,7 @@ def load_model(
         if cfg is None and ckpt.get("config"):
             cfg = make_config(ckpt["config"])
     else:
+        state = read_state_dict(src)  # first: an unreadable file must say so, not ask for --model
         meta = read_sidecar(src)
         arch = model_name or meta.get("model")
         n_cls = num_classes or meta.get("num_classes")
@@ -137,8 +138,7 @@ def load_model(
             arch = arch or cfg.model
         if arch is None:
             raise CheckpointError(f"{src} does not say which model it belongs to: pass --model NAME (e.g. "
-                                  "tv/mobilenet_v3_small) and --num-classes / --in-chans.")
-        state = read_state_dict(src)
+                                  "timm/mobilenetv3_small_100) and --num-classes / --in-chans.")
         conversion = None
         if n_cls is None:
             n_cls = _infer_num_classes(state)
@@ -232,6 +232,9 @@ def fold_checkpoint(
     if out is None:
         run_dir = src.parent.parent if src.parent.name == CHECKPOINT_DIR else src.parent
         out = run_dir / ("folded.safetensors" if which == "last" else f"folded-{which}.safetensors")
+    elif Path(out).is_dir():
+        raise CheckpointError(f"--out {out} is a directory; it must name the weights file to write. Use e.g. "
+                              f"--out {Path(out) / 'folded.safetensors'}.")
     meta = {"model": loaded.arch, "num_classes": loaded.num_classes, "in_chans": loaded.in_chans,
             "image_size": size, "format": "plain", "folded_from": str(src), "fold_max_abs_err": err,
             "method": loaded.meta.get("method")}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_reason
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -63,6 +63,11 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         CheckpointError: the directory is not writable (the message names it and the fix).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"cannot write {path}: it is an existing directory, not a file. Give a file path instead, or remove "
+            "the directory."
+        )
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -71,6 +76,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             "permissions."
         ) from None
     try:
+        _chmod_as_open(fd)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -84,6 +90,35 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _current_umask() -> int:
+    """The process umask. Read from ``/proc`` where possible: ``os.umask`` can only read it by setting it, which
+    for an instant gives other threads (data loader threads, a logging thread) a umask of 0."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_open(fd: int) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode ``open()`` would have: ``0o666 & ~umask``.
+
+    Without this every run artefact (weights, config, done.json, checkpoints) was private to its creator while
+    ``log.txt`` was not, so other users and containers sharing a results directory could not read a run.
+    """
+    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes
+        return
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -110,9 +145,14 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError / UnpicklingError / EOFError / zipfile errors
+        if "Weights only load failed" in str(exc):
+            reason = ("not loadable with torch.load(weights_only=True): not a PyTorch file, or one holding Python "
+                      "objects beyond tensors and plain data")
+        else:
+            reason = short_reason(exc)
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
-            "Use another checkpoint of the run (best.pt / last.pt) or retrain with --overwrite."
+            f"checkpoint {path} is truncated or corrupt ({reason}). Use another checkpoint of the run "
+            "(best.pt / last.pt) or retrain with --overwrite."
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict.")

@@ -218,6 +218,20 @@ def _check_pretrained_start(cfg: RunConfig) -> None:
                                     in_chans=cfg.in_chans, num_classes=cfg.num_classes)
 
 
+def warmup_warning(warmup_epochs: float, epochs: int, *, where: str = "", budget: str | None = None,
+                   fix: str = "Pass --warmup-epochs 0 (or fewer than --epochs), or train for more epochs.") -> str | None:
+    """The warning for a warm-up at least as long as the training, or None.
+
+    Linear warm-up over ``warmup_epochs`` with only ``epochs <= warmup_epochs`` of training never reaches the
+    peak learning rate the recipe (and the start-up line) announces: a short run then silently trains at a
+    fraction of its lr. One place for the rule, used by ``refconv train`` and the sweep.
+    """
+    if warmup_epochs < epochs:
+        return None
+    budget = budget or f"the {epochs} training epoch(s)"
+    return (f"warmup_epochs={warmup_epochs:g}{where} is >= {budget}: the learning rate never leaves warm-up, so "
+            f"it never reaches the peak it was set to. {fix}")
+
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -337,7 +351,11 @@ def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML ({problem}{where}). Fix the syntax there (e.g. "
+                          "an unclosed bracket or quote, or tabs used for indentation).") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}.") from None
     if data is None:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..convert import conversion_config, convert, load_state_dict, plan_conversion, refconv_layers, state_dict_format
-from ..errors import CheckpointError, NoEligibleConvError, StateDictFormatError
+from ..errors import CheckpointError, ConfigError, NoEligibleConvError, StateDictFormatError
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
 
@@ -36,6 +36,7 @@ __all__ = [
     "RUN_DONE_FILE",
     "CHECKPOINT_DIR",
     "check_format",
+    "check_input_size",
 ]
 
 RUN_DONE_FILE = "done.json"
@@ -47,6 +48,45 @@ def create_stock_model(name: str, *, num_classes: int, in_chans: int, pretrained
     from ..models import create_model
 
     return create_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+
+
+_TRY_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224)
+
+
+def _forward_fails(model: nn.Module, in_chans: int, size: int) -> str | None:
+    """The first line of the error a forward pass at ``size`` raises, or None when it runs."""
+    try:
+        model(torch.zeros(1, in_chans, size, size))
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return None
+
+
+@torch.no_grad()
+def check_input_size(model: nn.Module, name: str, *, in_chans: int, image_size: int) -> None:
+    """Run one eval-mode forward pass on a zero image, so an input too small for the architecture is refused
+    before training starts (not as ``Output size is too small`` from deep inside the first step).
+
+    On failure the smallest working size from a short list is named in the fix (only tried then: the
+    check costs one forward pass of a single image when the size is fine).
+
+    Raises:
+        ConfigError: the model cannot take ``in_chans x image_size x image_size`` inputs.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        reason = _forward_fails(model, in_chans, image_size)
+        if reason is None:
+            return
+        works = next((s for s in _TRY_SIZES if s > image_size and _forward_fails(model, in_chans, s) is None), None)
+    finally:
+        model.train(was_training)
+    hint = f"use --image-size {works} or larger" if works else "use a larger --image-size (ImageNet models expect 224)"
+    raise ConfigError(
+        f"{name} cannot take {in_chans}x{image_size}x{image_size} inputs: a forward pass fails ({reason}). The image "
+        f"is too small for the architecture's downsampling: {hint}, or choose a model for small images."
+    )
 
 
 def convert_kwargs(cfg: RunConfig) -> dict[str, Any]:

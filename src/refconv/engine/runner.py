@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -37,8 +36,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..convert import conversion_config, state_dict_format
-from ..errors import CheckpointError, ConfigError, RefConvError
+from ..errors import CheckpointError, ConfigError, CorruptImageError, DataError, RefConvError
 from . import distributed as dist_utils
+from . import rundir
 from .artifacts import fold_model
 from .checkpoint import (
     atomic_copy,
@@ -49,7 +49,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import RunConfig, config_diff, config_hash, make_config
+from .config import RunConfig, config_diff, config_hash, make_config, warmup_warning
 from .export import export_onnx, save_weights
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
 from .modeling import (
@@ -57,6 +57,7 @@ from .modeling import (
     RUN_DONE_FILE,
     apply_conversion,
     convert_kwargs,
+    check_input_size,
     count_params,
     create_stock_model,
     load_format_checked,
@@ -176,6 +177,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
     Raises the errors that refuse to touch an existing run.
     """
     done = _done_record(run_dir)
+    rundir.remove_orphan_temps(run_dir)  # half-written files of a killed process (we hold the lock)
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no config.yaml). "
@@ -192,7 +194,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
         if not (run_dir / CHECKPOINT_DIR / "last.pt").is_file():
             raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
         return None
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if not rundir.is_empty(run_dir):
         if done is not None and not cfg.overwrite:
             if done.get("config_hash") == config_hash(cfg):
                 return done
@@ -212,7 +214,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, A
                 f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
                 "with --overwrite. Choose another --out."
             )
-        shutil.rmtree(run_dir)
+        rundir.clear(run_dir)  # keeps .lock: this process still owns the directory
     _check_writable(run_dir)
     return None
 
@@ -320,6 +322,69 @@ def _make_loaders(train_ds: Dataset, test_ds: Dataset, sampler: ResumableSampler
     return train_loader, test_loader, "loader"
 
 
+def _resumed_meter_state(ckpt: dict[str, Any], info: dist_utils.DistInfo) -> dict[str, Any] | None:
+    """This rank's share of the interrupted epoch's training sums.
+
+    Each rank saved its own meter ("meters"); on the same number of processes each takes its own back. On a
+    different number (or from a checkpoint that only kept rank 0's "meter"), rank 0 takes the sum of all saved
+    meters and the others start at zero: the epoch's totals (a sum over ranks) are the same either way.
+    """
+    saved = ckpt.get("meters") or []
+    meters = [m for m in saved if m is not None]
+    if len(saved) == info.world_size and len(meters) == len(saved):
+        return saved[info.rank]
+    if not info.is_main:
+        return None
+    if not meters:
+        return ckpt.get("meter")
+    total = {key: sum(m[key] for m in meters) for key in ("loss_sum", "correct1", "images")}
+    return {**total, "steps": meters[0]["steps"], "seconds": meters[0]["seconds"]}
+
+
+def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gstep: int, meter: TrainMeter,
+                              info: dist_utils.DistInfo, save_last: Callable[..., Path], run_dir: Path,
+                              steps_per_epoch: int, reporter: Reporter) -> DataError:
+    """The error for an unreadable image mid-epoch, after saving a checkpoint at the last finished step.
+
+    The steps before the bad batch are kept (single process: the state is consistent between steps); once the
+    file is replaced, ``--resume`` continues exactly there. Under DDP the other ranks cannot be told to save
+    in step, so the last periodic checkpoint is what is kept.
+    """
+    step = meter.steps  # the meter counts every step of this epoch, including those before a resume
+    saved = None
+    if not info.distributed and step > start_step and meter.finite():
+        saved = save_last(ep, step, start_gstep + step - start_step, meter)
+    last = run_dir / CHECKPOINT_DIR / "last.pt"
+    where = (f"saved {saved} at epoch {ep + 1}, step {step}/{steps_per_epoch}" if saved else
+             f"the last checkpoint {last} is kept" if last.is_file() else "no checkpoint had been written yet")
+    msg = (f"{exc} Training stopped; {where}. After replacing the file, `refconv train --resume {run_dir}` continues "
+           "from there (after deleting it: the data changed, so start over with --overwrite).")
+    reporter.log(msg)
+    return CorruptImageError(msg)
+
+
+def _check_data_means_something(cfg: RunConfig, info: Any, train_ds: Dataset, test_ds: Dataset) -> list[str]:
+    """Refuse data a classifier learns nothing from; return warnings for a subset larger than the data.
+
+    A 1-class image folder trains to "100 %" top-1 and exits 0: a result that means nothing, so refuse it.
+    ``--subset-train 100000`` on a 60,000-image set silently used 60,000: say so (the run is still valid).
+    """
+    if info.num_classes < 2:
+        names = ", ".join(repr(c) for c in info.class_names[:3]) or "none"
+        raise DataError(
+            f"{cfg.data} has {info.num_classes} class ({names}): a classifier cannot learn anything from it and its "
+            "top-1 would be a meaningless 100%. Add at least one more class (for an image folder: another "
+            "class folder under train/ and val/)."
+        )
+    warnings = []
+    for key, ds, split in (("subset_train", train_ds, "training"), ("subset_test", test_ds, "test")):
+        asked, have = getattr(cfg, key), len(ds)  # type: ignore[arg-type]
+        if asked is not None and asked > have:
+            warnings.append(f"--{key.replace('_', '-')} {asked:,} is more than the {have:,} {split} images of "
+                            f"{cfg.data}: using all {have:,}.")
+    return warnings
+
+
 def _fmt_metrics(m: dict[str, Any]) -> str:
     return f"loss {m['loss']:.4f}  top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%"
 
@@ -356,20 +421,34 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
     if not info.is_main:
         reporter.enabled = False
     run_dir = cfg.run_dir()
+    # Rank 0 owns the directory from its first look until the last file is written (folding, export, done.json).
+    lock = rundir.RunDirLock(run_dir)
 
-    cached = _rank0_decides(info, lambda: _prepare_run_dir(cfg, run_dir, resume))
-    if cached is not None:
-        result = RunResult.from_dict(cached, cached=True)
-        reporter.log(f"{run_dir}: finished run with this config found; returning its result without training.")
-        reporter.summary(f"refconv {cfg.method}: {run_dir} (cached)", summary_rows(result))
-        return result
+    def _own_and_prepare() -> dict[str, Any] | None:
+        lock.acquire()
+        return _prepare_run_dir(cfg, run_dir, resume)
 
-    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    failed = True
     try:
-        return _train(cfg, info, run_dir, resume, reporter, t_start)
+        cached = _rank0_decides(info, _own_and_prepare)
+        if cached is not None:
+            failed = False
+            result = RunResult.from_dict(cached, cached=True)
+            reporter.log(f"{run_dir}: finished run with this config found; returning its result without training.")
+            reporter.summary(f"refconv {cfg.method}: {run_dir} (cached)", summary_rows(result))
+            return result
+
+        deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled())
+        try:
+            result = _train(cfg, info, run_dir, resume, reporter, t_start)
+            failed = False
+            return result
+        finally:
+            reporter.close()
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave as found
     finally:
-        reporter.close()
-        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave the process as found
+        lock.release(remove_if_empty=failed)  # a run that failed validation leaves no empty directory
 
 
 def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: bool, reporter: Reporter,
@@ -398,6 +477,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     else:
         dist_utils.barrier()
         (train_ds, data_info), (test_ds, _) = _datasets()
+    warnings = _check_data_means_something(cfg, data_info, train_ds, test_ds)
     num_classes = cfg.num_classes or data_info.num_classes
     if num_classes < data_info.num_classes:
         raise ConfigError(
@@ -421,6 +501,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     # On resume the checkpoint holds every weight: the starting weights need not exist any more.
     model = create_stock_model(cfg.model, num_classes=num_classes, in_chans=data_info.in_chans,
                                pretrained=cfg.pretrained and not resume)
+    check_input_size(model, cfg.model, in_chans=data_info.in_chans, image_size=data_info.image_size)
     deploy_params = count_params(model)[1]
     start_weights = cfg.weights
     if cfg.weights and not resume:
@@ -478,8 +559,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             ema.module.load_state_dict(ckpt["state_dict_ema"])
         epoch, step_in_epoch, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         history, best = list(ckpt["history"]), dict(ckpt["best"])
-        if info.is_main and step_in_epoch:
-            meter_state = ckpt["meter"]
+        if step_in_epoch:
+            meter_state = _resumed_meter_state(ckpt, info)
         rngs = ckpt["rng"]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank])
@@ -509,12 +590,16 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             + ("; torch.compile: compiles once on the first training batch and once on the first evaluation batch"
                if cfg.compile else "")
         )
+        for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs)]:
+            if warning:
+                reporter.log("warning: " + warning)
 
     fail_at = _env_step(FAULT_ENV_FAIL)
     interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
 
     def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
         rngs = dist_utils.all_gather_object(rng_state())
+        meters = dist_utils.all_gather_object(meter.state_dict() if meter is not None else None)
         return {
             "arch": cfg.model,
             "model_kwargs": {"num_classes": num_classes, "in_chans": data_info.in_chans},
@@ -530,7 +615,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             "epoch": ep,
             "step_in_epoch": step,
             "global_step": gstep,
-            "meter": meter.state_dict() if meter is not None else None,
+            "meter": meters[0],  # rank 0's (what checkpoints before per-rank meters held)
+            "meters": meters,  # every rank's share of the epoch so far: the epoch's metrics need them all
             "history": history,
             "best": best,
             "rng": rngs,
@@ -602,6 +688,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                        "instead of fp16, and start again (new --out or --overwrite).")
                 reporter.log(msg)
                 raise NonFiniteLossError(msg) from None
+            except CorruptImageError as exc:
+                raise _stopped_on_corrupt_image(exc, ep, step_in_epoch, global_step, meter, info, save_last,
+                                                run_dir, steps_per_epoch, reporter) from None
             global_step = outcome.global_step
             if outcome.stopped:
                 path = save_last(ep, outcome.step_in_epoch, global_step, meter)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_reason
 from .surgery import adapt_input_weight, classifier_names, first_conv_names
 
 __all__ = [
@@ -101,8 +101,10 @@ def _sniff(path: Path) -> str:
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"  # u64 header length, then the JSON header
     if len(head) < 9:
-        raise CheckpointError(f"{path}: truncated or empty weights file ({len(head)} bytes).")
-    raise CheckpointError(f"{path}: not a weights file refconv can read (expected safetensors or a torch.save file).")
+        raise CheckpointError(f"{path}: truncated or empty weights file ({len(head)} bytes). Use another copy of the "
+                              "weights, or the run's checkpoints/last.pt.")
+    raise CheckpointError(f"{path}: not a weights file refconv can read (expected safetensors or a torch.save file). "
+                          "Pass a .safetensors/.pth/.pt file or a run directory.")
 
 
 def _strip_wrappers(key: str) -> str:
@@ -156,7 +158,8 @@ def read_state_dict(path: str | os.PathLike, *, use_ema: bool = False) -> dict[s
         try:
             raw: Any = load_file(str(file), device="cpu")
         except Exception as e:  # SafetensorError, OSError
-            raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({e}).") from e
+            raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({short_reason(e)}). Use another "
+                                  "copy of the weights, or the run's checkpoints/last.pt.") from e
     else:
         try:
             with torch.serialization.safe_globals(_safe_globals()):
@@ -168,7 +171,8 @@ def read_state_dict(path: str | os.PathLike, *, use_ema: bool = False) -> dict[s
                     "unpickle (a weights file must not be able to run code). If you trust it, re-save just the "
                     "weights: torch.save(torch.load(FILE, weights_only=False)['state_dict'], 'weights.pth')."
                 ) from e
-            raise CheckpointError(f"{file}: truncated or corrupt torch file ({type(e).__name__}: {e}).") from e
+            raise CheckpointError(f"{file}: truncated or corrupt torch file ({short_reason(e)}). Use another copy "
+                                  "of the weights, or the run's checkpoints/last.pt.") from e
     state = _extract(raw, file, use_ema)
     out: dict[str, Tensor] = {}
     for key, value in state.items():

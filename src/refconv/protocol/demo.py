@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,8 @@ import torch
 
 from ..engine import RunConfig, RunResult
 from ..engine.config import make_config
+from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import clear as clear_dir
 from ..errors import CheckpointError, ConfigError
 from .cells import Arm, Cell, arm_table, cell_config, run_cell, run_cells
 
@@ -177,13 +178,13 @@ def _check_out_dir(out: Path, p: DemoProfile, overwrite: bool) -> None:
                     f"{out} holds a demo with a different configuration ({shown}). Use another --out, or pass "
                     "--overwrite to recompute it there."
                 )
-            shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+            clear_dir(out)  # keeps the lock this demo holds
+    elif not is_empty(out) and not overwrite:
         raise CheckpointError(
             f"{out} exists, is not empty and is not a demo directory. Choose another --out (or --overwrite)."
         )
-    elif out.exists() and overwrite and any(out.iterdir()):
-        shutil.rmtree(out)
+    elif overwrite and not is_empty(out):
+        clear_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"profile": p.to_dict()}, indent=2))
 
@@ -200,9 +201,20 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the whole protocol for profile ``p`` into ``out``; see the module docstring."""
+    out = Path(out)
+    check_out_path(out)
+    lock = RunDirLock(out).acquire()  # one demo per directory; each of its runs also locks its own
+    try:
+        return _run_demo(p, out, data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
+                         download=download, log=log)
+    finally:
+        lock.release(remove_if_empty=True)
+
+
+def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: bool, workers: int, progress: str,
+              download: bool, log: Callable[[str], None] | None) -> DemoResult:
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
-    out = Path(out)
     # Fail on bad input before any work: data present, model names known.
     from ..data import build_dataset
     from ..models import create_model

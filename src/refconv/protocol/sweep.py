@@ -56,7 +56,10 @@ from typing import Any
 import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
-from ..engine.config import NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged
+from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import clear as clear_dir
+from ..engine.config import (NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged,
+                             warmup_warning)
 from ..errors import CheckpointError, ConfigError, ConversionError
 from ..stats import paired_difference, summarize, verdict
 from .cells import Arm, Cell, cell_config, run_cell, run_cells
@@ -452,11 +455,10 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     if ci == "bootstrap" and len(seeds) < 10:
         warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
                         "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
-    warmup = base_cfg.warmup_epochs
-    if warmup >= budgets[0]:
-        warnings.append(f"warmup_epochs={warmup:g} in base is >= the budget E={budgets[0]}: the arms' learning rate "
-                        "never leaves warm-up. Set warmup_epochs in base (e.g. 0) and the baseline's own under "
-                        "'baseline'.")
+    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
+                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
+    if warmup:
+        warnings.append(warmup)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
@@ -572,7 +574,7 @@ def _run_status(cfg: RunConfig) -> tuple[str, str]:
     """``(done|partial|new|mismatch, diff text)`` of a run directory against the config meant for it."""
     run_dir = cfg.run_dir()
     if not (run_dir / "config.yaml").is_file():
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if not is_empty(run_dir):  # a lock file alone (a run killed before writing anything) is not content
             return "mismatch", "not a run directory"
         return "new", ""
     try:
@@ -636,7 +638,7 @@ def _plan(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> _Plan
                     "): its runs cannot be reused. Use another --out, or pass --overwrite to recompute everything there."
                 )
             clear_all = True
-    elif out.exists() and any(out.iterdir()):
+    elif not is_empty(out):
         raise CheckpointError(f"{out} exists, is not empty and is not a sweep directory (no {SWEEP_FILE}): refusing to "
                               "write into it, even with --overwrite. Choose another --out.")
     runs = out / "runs"
@@ -1020,6 +1022,24 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec)
     out = Path(out) if out is not None else Path("sweeps") / spec.name
+    check_out_path(out)
+    if estimate_only:  # writes nothing: no need to own the directory
+        return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
+                          workers=workers, progress=progress, estimate_only=True, on_cell_done=on_cell_done,
+                          command=command)
+    lock = RunDirLock(out).acquire()  # one sweep per directory; each cell's run also locks its own
+    try:
+        return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
+                          workers=workers, progress=progress, estimate_only=False, on_cell_done=on_cell_done,
+                          command=command)
+    finally:
+        lock.release(remove_if_empty=True)
+
+
+def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float, *, data_dir: str | None,
+               parallel: int | str | None, yes: bool, overwrite: bool, workers: int | None, progress: str | None,
+               estimate_only: bool, on_cell_done: Callable[[Cell, RunResult], None] | None,
+               command: str | None) -> SweepResult:
     for w in spec.warnings:
         log(f"[sweep] warning: {w}")
     if progress is None and "progress" not in spec.base:
@@ -1048,7 +1068,7 @@ def run_sweep(
     # ---- from here on the output directory is written
     if plan.clear_all and out.exists():
         log(f"[sweep] --overwrite: {out} held another recipe or baseline; removing it.")
-        shutil.rmtree(out)
+        clear_dir(out)  # keeps the lock this sweep holds
     for key in plan.mismatch:
         cell = next(c for c in plan.cells if _cell_key(c) == key)
         log(f"[sweep] --overwrite: recomputing {key} (its directory held another configuration).")
