@@ -36,6 +36,7 @@ test-slow: setup
 bench: setup
 	$(PYTHON) benchmarks/bench_core.py --out benchmarks/RESULTS.md
 	$(PYTHON) benchmarks/bench_engine.py
+	$(PYTHON) benchmarks/bench_throughput.py --in-chans 1
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache demo-out

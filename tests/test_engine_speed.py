@@ -113,3 +113,12 @@ def test_compiled_run_trains_and_folds(data, tmp_path):
                         method="refconv", weights=str(base.run_dir), compile=True, progress="none",
                         out=str(tmp_path / "c")))
     assert res.folded_metrics["correct1"] == res.final["correct1"]
+
+
+def test_a_run_leaves_the_determinism_settings_as_found(data, tmp_path):
+    import torch.utils.deterministic as det
+
+    before = (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+    run(RunConfig(model="timm/test_efficientnet", data_dir=data, batch_size=16, epochs=1, warmup_epochs=0,
+                  progress="none", out=str(tmp_path / "d")))
+    assert (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == before

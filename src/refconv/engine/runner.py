@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.deterministic
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -439,7 +440,8 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
             return result
 
         deterministic = (torch.are_deterministic_algorithms_enabled(),
-                         torch.is_deterministic_algorithms_warn_only_enabled())
+                         torch.is_deterministic_algorithms_warn_only_enabled(),
+                         torch.utils.deterministic.fill_uninitialized_memory)
         try:
             result = _train(cfg, info, run_dir, resume, reporter, t_start)
             failed = False
@@ -447,6 +449,7 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
         finally:
             reporter.close()
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # leave as found
+            torch.utils.deterministic.fill_uninitialized_memory = deterministic[2]
     finally:
         lock.release(remove_if_empty=failed)  # a run that failed validation leaves no empty directory
 
@@ -458,6 +461,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     device = info.device
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also NaN-fills every new uninitialised tensor (a debugging aid that changes no
+        # result of correct code): 1,200 fills per step of a converted MobileNetV3-Small, ~8 % of its time.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     amp = amp_dtype(cfg.amp, device)
     if cfg.amp != "none" and amp is None:
