@@ -129,6 +129,16 @@ def test_sweep_and_demo_directories_have_one_owner(tmp_path):
         run_demo(profile("tiny"), tmp_path / "study" / LOCK_FILE, log=lambda s: None)
 
 
+def test_detect_and_segment_runs_have_one_owner(tmp_path):
+    from refconv.downstream.train import DownstreamConfig, run_downstream
+
+    out = tmp_path / "det"
+    with RunDirLock(out):
+        for task in ("detection", "segmentation"):
+            with pytest.raises(RunDirBusyError, match=rf"PID {os.getpid()}"):
+                run_downstream(DownstreamConfig(task=task, out=str(out)))
+
+
 def test_two_trains_into_one_out_then_kill_and_resume(common, tmp_path, capsys):
     """The reported race: a second `refconv train --out SAME` while the first runs is refused naming the first's PID;
     after the first is SIGKILLed its lock is stale and `--resume` finishes the run."""

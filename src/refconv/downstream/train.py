@@ -55,7 +55,7 @@ from ..convert import (
 )
 from ..engine.checkpoint import atomic_copy, atomic_write, atomic_write_bytes
 from ..engine.export import save_weights
-from ..engine.rundir import check_out_path
+from ..engine.rundir import RunDirLock, check_out_path
 from ..errors import CheckpointError, ConfigError, ConversionError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
@@ -627,7 +627,18 @@ def run_downstream(
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad settings, data, weights or checkpoints.
+        RunDirBusyError: another process is writing to ``config.out`` (one owner per run directory).
     """
+    out = config.get("out") if isinstance(config, dict) else config.out
+    if not out:
+        return _run_downstream(config, resume=resume, overwrite=overwrite, log=log)  # validation names the problem
+    check_out_path(Path(out))
+    with RunDirLock(out):
+        return _run_downstream(config, resume=resume, overwrite=overwrite, log=log)
+
+
+def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, overwrite: bool,
+                    log: Callable[[str], None] | None) -> DownstreamResult:
     t0 = time.perf_counter()
     say = log or _log.info
     cfg = DownstreamConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
