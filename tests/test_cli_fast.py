@@ -17,7 +17,7 @@ def _imports_torch(code: str) -> bool:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["no-such-command"], ["train", "--help"],
-                                  ["train", "--epochs", "x"]])
+                                  ["train", "--epochs", "x"], ["pretrained"], ["pretrained", "list"]])
 def test_help_version_and_argument_errors_do_not_import_torch(argv):
     code = (f"import refconv.cli\ntry:\n    refconv.cli.main({argv!r})\nexcept SystemExit:\n    pass")
     assert not _imports_torch(code)

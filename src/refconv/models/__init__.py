@@ -13,16 +13,35 @@ Weights never load silently: a classifier of another size, missing or unexpected
 
 from __future__ import annotations
 
-from . import pretrained
-from .factory import create_model, list_models, resolve_model_name
-from .surgery import adapt_input_weight, classifier_names, first_conv_names, replace_classifier, replace_first_conv
-from .weights import (
-    is_refconv_state_dict,
-    load_state_dict_checked,
-    load_weights,
-    read_state_dict,
-    resolve_weights_path,
-)
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+from . import pretrained  # the registry is plain data (no torch): `refconv pretrained` lists it at once
+
+if TYPE_CHECKING:
+    from .factory import create_model, list_models, resolve_model_name
+    from .surgery import (
+        adapt_input_weight,
+        classifier_names,
+        first_conv_names,
+        replace_classifier,
+        replace_first_conv,
+    )
+    from .weights import (
+        is_refconv_state_dict,
+        load_state_dict_checked,
+        load_weights,
+        read_state_dict,
+        resolve_weights_path,
+    )
+
+lazy_exports(__name__, {
+    **dict.fromkeys(("create_model", "list_models", "resolve_model_name"), ".factory"),
+    **dict.fromkeys(("adapt_input_weight", "classifier_names", "first_conv_names", "replace_classifier",
+                     "replace_first_conv"), ".surgery"),
+    **dict.fromkeys(("is_refconv_state_dict", "load_state_dict_checked", "load_weights", "read_state_dict",
+                     "resolve_weights_path"), ".weights"),
+})
 
 __all__ = [
     "pretrained",
