@@ -56,7 +56,7 @@ def test_train_batch_equals_per_item_crop_given_the_same_draws():
         out = pad_crop_flip_batch(images, draws, padding)
         crop = RandomPadCrop(padding)
         for b in range(50):
-            assert torch.equal(out[b], crop.apply(images[b], int(draws[b]))), (padding, b)
+            assert torch.equal(out[b], crop.crop(images[b], int(draws[b]))), (padding, b)
 
 
 def _marker_positions(augment, n: int) -> np.ndarray:

@@ -56,9 +56,9 @@ class RandomPadCrop(nn.Module):
         self.flip = flip
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.apply(image, int(torch.randint(0, _draw_count(self.padding), (1,))))
+        return self.crop(image, int(torch.randint(0, _draw_count(self.padding), (1,))))
 
-    def apply(self, image: Tensor, draw: int) -> Tensor:
+    def crop(self, image: Tensor, draw: int) -> Tensor:
         """The crop and flip of outcome ``draw`` (what :func:`pad_crop_flip_batch` does to one item)."""
         p = self.padding
         sy, sx, flip = _decode_draw(draw, p)
