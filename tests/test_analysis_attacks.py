@@ -14,7 +14,6 @@ import refconv
 from refconv.analysis import compare_robustness, fgsm, pgd, robust_accuracy
 from refconv.errors import CheckpointError, ConfigError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
 MEAN, STD = [0.5, 0.4], [0.25, 0.2]
 
 
@@ -190,7 +189,6 @@ def test_compare_robustness_uses_the_same_samples():
         compare_robustness(model, wider, [(x, y)])
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_refconv_model_is_attacked_folded():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))

@@ -24,7 +24,6 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = dict(
     num_batches=2, resolution_1d=3, resolution_2d=2, latency_warmup=0, latency_repeats=2, pgd_steps=2,
@@ -177,7 +176,6 @@ def test_each_plot_is_written_from_plain_data(tmp_path):
         _assert_png(tmp_path / f"{name}.png")
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_analyze_a_training_time_refconv_model(tmp_path):
     base = _net()
     ref = refconv.convert(copy.deepcopy(base))
@@ -192,7 +190,6 @@ def test_analyze_a_training_time_refconv_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_analyze_torchvision_mobilenet_v3_small(tmp_path):
     torchvision = pytest.importorskip("torchvision")
     base = torchvision.models.mobilenet_v3_small(num_classes=10).eval()

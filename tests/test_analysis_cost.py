@@ -12,8 +12,6 @@ import refconv
 from refconv.analysis import compare_cost, cost_report, count_flops, count_parameters, measure_latency, peak_memory
 from refconv.errors import ConfigError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -98,7 +96,6 @@ def test_compare_cost_of_a_folded_pair():
     assert "train_step" not in only["models"]["m"] and only["models"]["m"]["inference"]["latency"] is None
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_compare_cost_shows_training_time_overhead_and_equal_folded_cost():
     base = _net()
     ref = refconv.convert(copy.deepcopy(base))

@@ -21,8 +21,6 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -179,7 +177,6 @@ def test_compare_landscape_structure():
     assert len(out["surface_2d"]["refconv"]["loss"]) == 2
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_interpolation_from_baseline_to_zero_init_refconv_is_flat():
     base = _net()
     ref = refconv.convert(copy.deepcopy(base), init="zeros")  # folds to exactly the baseline

@@ -22,9 +22,6 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, ConversionError, NoEligibleConvError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
-needs_core = pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -185,7 +182,6 @@ def test_unfoldable_refconv_layers_raise_instead_of_analysing_the_basis():
         fold_for_analysis(nn.Sequential(_FakeRefConv()))
 
 
-@needs_core
 def test_refconv_model_is_folded_on_a_copy():
     base = _net()
     model = refconv.convert(copy.deepcopy(base), init="zeros")

@@ -20,8 +20,6 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
-HAS_CORE = hasattr(refconv, "convert") and hasattr(refconv, "reparameterize")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -147,7 +145,6 @@ def test_compare_and_errors():
         skeleton_report(a, stages={"0": "s"})
 
 
-@pytest.mark.skipif(not HAS_CORE, reason="refconv.convert / reparameterize not available yet")
 def test_refconv_model_is_analysed_folded():
     base = _staged_net()
     model = refconv.convert(copy.deepcopy(base), init="zeros")

@@ -130,3 +130,134 @@ def test_logits_and_bad_values() -> None:
         confusion_matrix(torch.tensor([0]), torch.tensor([7]), 3)
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]), 3)
+
+
+@pytest.mark.parametrize(
+    "shift,iou,matched_thresholds",
+    [
+        (3, 70 / 130, 1),  # IoU 0.538: a true positive at 0.50 only
+        (1, 90 / 110, 7),  # IoU 0.818: at 0.50 ... 0.80
+        (5, 50 / 150, 0),  # IoU 0.333 < 0.5: a miss at every threshold (and a false positive)
+    ],
+)
+def test_shifted_box_with_known_iou(shift, iou, matched_thresholds) -> None:
+    # a 10x10 box shifted right by `shift`: intersection 10*(10-shift), union 200 - intersection
+    assert iou == pytest.approx(10 * (10 - shift) / (200 - 10 * (10 - shift)))
+    thresholds = [0.5 + 0.05 * i for i in range(10)]
+    assert sum(iou >= t for t in thresholds) == matched_thresholds
+    r = _map([_p([[shift, 0, 10 + shift, 10]], [0.9], [1])], [_t([[0, 0, 10, 10]], [1])])
+    # one object, one detection: AP is 1 at a threshold where they match, 0 where they do not
+    assert r["map"] == pytest.approx(matched_thresholds / 10, abs=1e-6)
+    assert r["map_50"] == pytest.approx(1.0 if matched_thresholds >= 1 else 0.0)
+    assert r["map_75"] == pytest.approx(1.0 if matched_thresholds >= 6 else 0.0)
+    assert r["mar_100"] == pytest.approx(matched_thresholds / 10, abs=1e-6)
+
+
+def test_missed_object_and_false_positive_by_hand() -> None:
+    # 3 objects; detections by score: TP (0.9), FP far away (0.8), TP (0.7); the third object is missed.
+    # Precision/recall after each: (1, 1/3), (1/2, 1/3), (2/3, 2/3). Interpolated precision (max to the right):
+    # 1 for r <= 1/3 (34 of COCO's 101 recall points, r = 0.00..0.33), 2/3 for 1/3 < r <= 2/3 (r = 0.34..0.66,
+    # 33 points), 0 above.
+    r = _map([_p([[0, 0, 10, 10], [80, 80, 90, 90], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [1, 1, 1])],
+             [_t([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [1, 1, 1])])
+    expected = (34 * 1.0 + 33 * 2 / 3) / 101
+    assert r["map_50"] == pytest.approx(expected, abs=1e-6)
+    assert r["map"] == pytest.approx(expected, abs=1e-6)  # both TPs are exact boxes
+    assert r["mar_100"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def _pycocotools_stats(preds, targets):
+    """COCO mAP straight from pycocotools (xywh boxes, crowd flags), independent of torchmetrics' wrapper."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, anns, dets = [], [], []
+    for img_id, (p, t) in enumerate(zip(preds, targets), start=1):
+        images.append({"id": img_id, "width": 200, "height": 200})
+        crowd = t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool))
+        for box, label, c in zip(t["boxes"].tolist(), t["labels"].tolist(), crowd.tolist()):
+            x0, y0, x1, y1 = box
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": label, "iscrowd": int(c),
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+        for box, score, label in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()):
+            x0, y0, x1, y1 = box
+            dets.append({"image_id": img_id, "category_id": label, "score": score,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+    labels = sorted({a["category_id"] for a in anns} | {d["category_id"] for d in dets})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in labels]}
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map": ev.stats[0], "map_50": ev.stats[1], "map_75": ev.stats[2], "mar_100": ev.stats[8]}
+
+
+def test_agrees_with_pycocotools_on_noisy_detections() -> None:
+    pytest.importorskip("pycocotools")
+    gen = torch.Generator().manual_seed(3)
+    preds, targets = [], []
+    for _ in range(6):
+        n = int(torch.randint(1, 5, (1,), generator=gen))
+        xy = torch.rand(n, 2, generator=gen) * 120
+        wh = 10 + torch.rand(n, 2, generator=gen) * 60
+        gt = torch.cat([xy, xy + wh], 1).round()
+        labels = torch.randint(1, 4, (n,), generator=gen)
+        difficult = torch.rand(n, generator=gen) < 0.15
+        # detections: each object jittered (IoUs spread over 0.3..1), some with a wrong label, plus clutter
+        jitter = (torch.rand(n, 4, generator=gen) - 0.5) * wh.repeat(1, 2) * 0.5
+        found = torch.rand(n, generator=gen) < 0.8
+        det = (gt + jitter)[found]
+        det_labels = torch.where(torch.rand(n, generator=gen) < 0.85, labels,
+                                 torch.randint(1, 4, (n,), generator=gen))[found]
+        m = int(torch.randint(0, 3, (1,), generator=gen))
+        cxy = torch.rand(m, 2, generator=gen) * 150
+        clutter = torch.cat([cxy, cxy + 5 + torch.rand(m, 2, generator=gen) * 40], 1)
+        boxes = torch.cat([det, clutter]).round()
+        scores = torch.rand(len(boxes), generator=gen)
+        preds.append(_p(boxes.tolist(), scores.tolist(), torch.cat([det_labels, torch.randint(1, 4, (m,),
+                                                                                            generator=gen)]).tolist()))
+        targets.append(_t(gt.tolist(), labels.tolist(), difficult=difficult.tolist()))
+    ours = _map(preds, targets)
+    ref = _pycocotools_stats(preds, targets)
+    assert 0.05 < ref["map"] < 0.95 and ref["map_50"] > ref["map_75"]  # a case that exercises the thresholds
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        assert ours[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_miou_against_loops_and_torchmetrics() -> None:
+    gen = torch.Generator().manual_seed(0)
+    c = 5
+    target = torch.randint(0, c, (3, 17, 13), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < 0.1] = 255
+    pred = torch.where(torch.rand(target.shape, generator=gen) < 0.6, target.clamp(max=c - 1),
+                       torch.randint(0, c, target.shape, generator=gen))
+    # confusion matrix and IoU with plain loops over pixels and classes
+    cm = [[0] * c for _ in range(c)]
+    for t, p in zip(target.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            cm[t][p] += 1
+    assert confusion_matrix(pred, target, c).tolist() == cm
+    ious = []
+    for k in range(c):
+        tp = cm[k][k]
+        fp = sum(cm[r][k] for r in range(c)) - tp
+        fn = sum(cm[k]) - tp
+        ious.append(tp / (tp + fp + fn))
+    m = SegmentationMetric(c)
+    m.update(pred[:2], target[:2])
+    m.update(pred[2:], target[2:])
+    r = m.compute()
+    assert r["iou_per_class"] == pytest.approx(ious, abs=1e-12)
+    assert r["miou"] == pytest.approx(sum(ious) / c, abs=1e-12)
+    assert r["pixel_acc"] == pytest.approx(sum(cm[k][k] for k in range(c)) / sum(map(sum, cm)), abs=1e-12)
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    tm = MulticlassJaccardIndex(num_classes=c, average=None, ignore_index=255)
+    assert tm(pred, target).tolist() == pytest.approx(ious, abs=1e-6)

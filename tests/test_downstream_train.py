@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _datagen import write_fashion_mnist
 from safetensors.torch import load_file
 
@@ -21,6 +22,8 @@ from refconv.downstream import (
     run_downstream,
 )
 from refconv.downstream.cli import add_detect_parser, add_segment_parser, register
+from refconv.downstream.metrics import DetectionMetric, SegmentationMetric
+from refconv.downstream.train import build_datasets
 from refconv.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::refconv.convert.RefConvWarning")
@@ -49,8 +52,27 @@ def _stock_keys(arch: str, num_classes: int) -> list[str]:
     return list(build_model(arch, num_classes).state_dict())
 
 
+def _reevaluate(model: torch.nn.Module, cfg: DownstreamConfig) -> dict:
+    """Score ``model`` on the run's val split with a loop of this test's own (metrics from refconv.downstream.metrics,
+    which test_downstream_metrics checks against hand-computed cases and pycocotools)."""
+    _, val, _, num_classes = build_datasets(cfg)
+    model.eval()
+    metric = DetectionMetric() if cfg.task == "detection" else SegmentationMetric(num_classes)
+    with torch.no_grad():
+        for i in range(len(val)):
+            image, target = val[i]
+            if cfg.task == "detection":
+                metric.update(model([image]), [target])
+            else:
+                logits = model(image[None])["out"]
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+                metric.update(logits[0].argmax(0), target)
+    return {**metric.compute(), "images": len(val)}
+
+
 def test_detection_end_to_end_refconv(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
-    res = run_downstream(_cfg(fmnist, data_root, tmp_path / "run", onnx=True))
+    cfg = _cfg(fmnist, data_root, tmp_path / "run", onnx=True)
+    res = run_downstream(cfg)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "folded.safetensors",
                                                 "folded.json", "model.onnx", "done.json"}
@@ -60,6 +82,11 @@ def test_detection_end_to_end_refconv(fmnist: Path, data_root: Path, tmp_path: P
     assert sorted(weights) == sorted(_stock_keys("ssdlite320_mobilenet_v3_large", 11))
     stock = build_model("ssdlite320_mobilenet_v3_large", 11, image_size=48)
     stock.load_state_dict(weights, strict=True)
+    # scored from scratch, the strict-loaded file gets the run's recorded mAP
+    again = _reevaluate(stock, cfg)
+    assert again["images"] == res.final["images"] == 2
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        assert again[key] == pytest.approx(res.final[key], abs=1e-6, nan_ok=True), key
     assert res.fold["rel_err"] < 1e-5 and res.fold["detections"]["unmatched"] == 0
     assert res.folded_metrics["map_50"] == pytest.approx(res.final["map_50"], abs=1e-6)
     assert res.onnx["unmatched"] == 0 and res.onnx["max_abs_err"] < 1e-3
@@ -89,6 +116,15 @@ def test_segmentation_end_to_end_refconv(fmnist: Path, data_root: Path, tmp_path
     assert res.fold["rel_err"] < 1e-5
     weights = load_file(tmp_path / "run" / "folded.safetensors")
     assert sorted(weights) == sorted(_stock_keys(arch, n_cls))
+    stock = build_model(arch, n_cls)
+    stock.load_state_dict(weights, strict=True)
+    # scored from scratch, the strict-loaded file gets the run's recorded mIoU and per-class IoU
+    again = _reevaluate(stock, cfg)
+    assert again["miou"] == pytest.approx(res.final["miou"], abs=1e-6)
+    assert again["iou_per_class"] == pytest.approx(res.final["iou_per_class"], abs=1e-6, nan_ok=True)
+    assert again["pixel_acc"] == pytest.approx(res.final["pixel_acc"], abs=1e-6)
+    present = [v for v in res.final["iou_per_class"] if v is not None and v == v]  # mean over classes that occur
+    assert res.final["miou"] == pytest.approx(sum(present) / len(present), abs=1e-9)
     if res.onnx:
         assert res.onnx["max_abs_err"] < 1e-4
     if data == "synthetic-cityscapes":

@@ -16,7 +16,9 @@ import sys
 
 import pytest
 import torch
+from _artifacts import reevaluate
 from _datagen import write_fashion_mnist
+from safetensors.torch import load_file
 
 from refconv.engine import RunConfig, run
 
@@ -40,7 +42,6 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
     assert done["extra"]["world_size"] == 2 and done["extra"]["steps_per_epoch"] == single.extra["steps_per_epoch"]
     assert proc.stderr.count("epoch 2/2:") == 1  # rank 0 logs, rank 1 stays quiet
-    assert done["final"]["correct1"] == done["history"][-1]["test_correct"]
     assert done["history"][-1]["test_images"] == 40  # every test image evaluated exactly once across ranks
     for a, b in zip(single.history, done["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
@@ -49,6 +50,20 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
     # RefConv under DDP (frozen bases, RT trained) folds on every rank to an ordinary stock-model file
     assert done["folded_metrics"]["correct1"] == done["final"]["correct1"]
     assert done["fold_max_abs_err"] < 1e-4 and (tmp_path / "ddp" / "folded.safetensors").is_file()
+    # the deployable weights of both runs are the same network: same keys, every tensor equal up to the float
+    # noise of the all-reduce summation order compounded over 12 steps (measured ~7e-5 of the tensor's max)...
+    a = load_file(str(single.run_dir / "folded.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "folded.safetensors"))
+    assert a.keys() == b.keys()
+    rel = {k: float((b[k].double() - a[k].double()).abs().max() / a[k].double().abs().max().clamp_min(1e-12))
+           for k in a if a[k].is_floating_point()}
+    assert max(rel.values()) < 1e-3, sorted(rel.items(), key=lambda kv: -kv[1])[:8]
+    assert all(torch.equal(a[k], b[k]) for k in a if not a[k].is_floating_point())
+    # ...and the DDP file, loaded strict into a fresh stock model and scored in this process, gets exactly the
+    # correct count both runs recorded
+    again = reevaluate(tmp_path / "ddp", "folded.safetensors")
+    assert again["images"] == 40
+    assert again["correct1"] == done["final"]["correct1"] == single.final["correct1"]
 
 
 def test_ddp_mid_epoch_resume_keeps_every_ranks_share_of_the_epoch(tmp_path):

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from _artifacts import reevaluate
 from _datagen import write_cifar, write_fashion_mnist, write_image_folder
 from safetensors.torch import load_file
 
@@ -45,7 +46,7 @@ def baseline(request, tmp_path_factory):
 
 
 def test_baseline_run_directory(baseline):
-    root, _, res = baseline
+    root, common, res = baseline
     d = res.run_dir
     for name in ("config.yaml", "metrics.jsonl", "log.txt", "done.json", "checkpoints/last.pt", "checkpoints/best.pt",
                  "model.safetensors", "model.json"):
@@ -56,6 +57,13 @@ def test_baseline_run_directory(baseline):
         assert all(key in r for r in rows), key
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
     assert res.final["top1"] == rows[-1]["test_top1"]
+    # the deployable file, loaded strict into a fresh stock model and scored on the test split from scratch,
+    # gets exactly the correct count the run recorded (and every test image is counted once)
+    again = reevaluate(d, "model.safetensors")
+    assert again["images"] == {"fashion-mnist": 48, "cifar10": 40, "imagefolder": 3 * 12}[common["data"]]
+    assert again["correct1"] == res.final["correct1"]
+    assert again["top1"] == pytest.approx(res.final["top1"], abs=1e-9)
+    assert again["loss"] == pytest.approx(res.final["loss"], rel=1e-5)
     assert res.trainable_params == res.total_params == res.deploy_params
     sidecar = json.loads((d / "model.json").read_text())
     assert sidecar["model"] == MODEL and sidecar["num_classes"] in (3, 10) and sidecar["format"] == "plain"
@@ -85,11 +93,10 @@ def test_methods_from_the_same_checkpoint(baseline, method, capsys):
     assert res.folded_path == out / "folded.safetensors"
     assert res.fold_max_abs_err < 1e-4
     assert res.folded_metrics["correct1"] == res.final["correct1"]  # exactly the same accuracy
-    # the folded file loads strict into a freshly built stock model...
-    meta = json.loads((out / "folded.json").read_text())
-    stock = create_model(MODEL, num_classes=meta["num_classes"], in_chans=meta["in_chans"])
-    stock.load_state_dict(load_file(str(res.folded_path)), strict=True)
-    assert not refconv.refconv_layers(stock)
+    # the folded file loads strict into a freshly built stock model and, scored from scratch, gets exactly
+    # the correct count the RefConv model got in the run
+    again = reevaluate(out, "folded.safetensors")
+    assert again["correct1"] == res.final["correct1"] == res.folded_metrics["correct1"]
     # ...and the RefConv checkpoint evaluates to the same correct count as the folded weights
     assert main(["eval", "--weights", str(out), "--checkpoint", "last", "--json"]) == 0
     ck = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -126,3 +133,4 @@ def test_torchvision_model_end_to_end(tmp_path):
     stock = create_model("tv/mobilenet_v3_small", num_classes=10, in_chans=1)
     stock.load_state_dict(load_file(str(res.folded_path)), strict=True)
     assert sum(p.numel() for p in stock.parameters()) == res.deploy_params
+    assert reevaluate(res.run_dir, "folded.safetensors")["correct1"] == res.final["correct1"]

@@ -162,8 +162,12 @@ def test_fewer_classes_than_the_data(env):
 def test_start_weights_in_every_format(env, fmt, tmp_path):
     from safetensors.torch import load_file
 
+    from refconv.engine.modeling import load_start_weights
+    from refconv.models import create_model
+
     _, _, base, _ = env
     sd = load_file(str(base.weights_path))
+    source = sd  # the tensors the file holds
     if fmt == "pth":
         weights = tmp_path / "w.pth"
         torch.save(sd, weights)
@@ -172,9 +176,30 @@ def test_start_weights_in_every_format(env, fmt, tmp_path):
         torch.save({"epoch": 3, "arch": "test_resnet", "state_dict": sd}, weights)
     elif fmt == "engine-checkpoint":
         weights = base.run_dir / "checkpoints" / "last.pt"
+        source = torch.load(weights, weights_only=True)["state_dict"]
     elif fmt == "safetensors":
         weights = base.weights_path
     else:
         weights = base.run_dir
-    res = run(_cfg(env, f"fmt-{fmt}", method="continue", weights=str(weights), epochs=1))
+    assert source.keys() == sd.keys() and all(torch.equal(source[k], sd[k]) for k in sd)  # last.pt = deployed (no EMA)
+
+    # the loader puts exactly the file's tensors into a fresh model (every key, every value)
+    model = create_model("timm/test_resnet", num_classes=10, in_chans=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_start_weights(model, weights)
+    got = model.state_dict()
+    assert got.keys() == source.keys()
+    for k in source:
+        assert torch.equal(got[k], source[k]), k
+    assert any(not torch.equal(before[k], source[k]) for k in source)  # the fresh init differed: a real load
+
+    # and a run started from it trains from those weights: with a negligible lr the saved parameters are the
+    # file's (BatchNorm running statistics do move in one epoch of training, so buffers are not compared)
+    res = run(_cfg(env, f"fmt-{fmt}", method="continue", weights=str(weights), epochs=1, lr=1e-12, min_lr=0.0,
+                   warmup_lr=0.0))
     assert res.history[0]["epoch"] == 1
+    out = load_file(str(res.weights_path))
+    params = {name for name, _ in model.named_parameters()}
+    assert out.keys() == source.keys()
+    for k in params:
+        torch.testing.assert_close(out[k], source[k], rtol=0, atol=1e-6, msg=k)

@@ -270,7 +270,15 @@ def test_resume_does_not_redo_finished_cells(sweep):
 def test_table_numbers_equal_the_runs_own_metrics(sweep):
     out, results = sweep["out"], sweep["res"].results
     saved = json.loads((out / "results.json").read_text())
-    assert saved["budgets"] == json.loads(json.dumps(results["budgets"]))
+    assert set(saved["cells"]) == set(results["cells"]) and len(saved["cells"]) == 8
+    # every cell record in results.json carries its run directory's own done.json numbers
+    for key, cell in saved["cells"].items():
+        run_dir = out / cell["run_dir"]
+        assert run_dir == out / "runs" / key
+        done = json.loads((run_dir / "done.json").read_text())
+        assert cell["final"] == done["final"] and cell["history"] == done["history"], key
+        assert cell["seed"] == done["config"]["seed"] and cell["method"] == done["config"]["method"], key
+        assert cell["folded_top1"] == (done["folded_metrics"] or {}).get("top1"), key
     (table,) = saved["budgets"]
     rows = {r["arm"]: r for r in table["rows"]}
     assert list(rows) == ["authors", "zero-init", "continue", "finetune"]
@@ -284,21 +292,35 @@ def test_table_numbers_equal_the_runs_own_metrics(sweep):
             done = json.loads((run_dir / "done.json").read_text())
             assert done["config"]["method"] == ("refconv" if row["kind"] == "setting" else arm)
             assert done["config"]["seed"] == seed and done["config"]["epochs"] == 1
-            top1.append(metrics[-1]["test_top1"])
-            top5.append(metrics[-1]["test_top5"])
+            assert done["final"]["top1"] == metrics[-1]["test_top1"]  # no EMA: the deployed model's last eval
+            top1.append(done["final"]["top1"])
+            top5.append(done["final"]["top5"])
             times += [m["epoch_time_s"] for m in metrics]
             assert row["cost"]["trainable_params"] == done["trainable_params"]
             assert row["cost"]["deploy_params"] == done["deploy_params"]
         assert row["values"] == top1 and row["values_top5"] == top5
-        assert row["summary"]["mean"] == pytest.approx(np.mean(top1))
-        assert row["summary"]["std"] == pytest.approx(np.std(top1, ddof=1))
+        assert row["summary"]["mean"] == pytest.approx((top1[0] + top1[1]) / 2)
+        assert row["summary"]["std"] == pytest.approx(abs(top1[0] - top1[1]) / math.sqrt(2))  # n=2, ddof=1
         assert row["cost"]["epoch_time_s"] == pytest.approx(np.mean(times))
         per_arm[arm] = top1
     best = max(["continue", "finetune"], key=lambda c: np.mean(per_arm[c]))
     assert table["best_control"] == best
     for arm in ("authors", "zero-init"):
-        d = paired_difference(per_arm[arm], per_arm[best]).to_dict()
-        assert rows[arm]["vs_best"] == pytest.approx(d, nan_ok=True)
+        # the paired difference recomputed by hand from the done.json values: 2 seeds, t with 1 dof
+        diffs = [a - b for a, b in zip(per_arm[arm], per_arm[best])]
+        mean = (diffs[0] + diffs[1]) / 2
+        std = abs(diffs[0] - diffs[1]) / math.sqrt(2)
+        vs = rows[arm]["vs_best"]
+        assert vs["mean"] == pytest.approx(mean, abs=1e-9) and vs["n"] == 2
+        assert vs["std"] == pytest.approx(std, abs=1e-9)
+        if std > 0:
+            half = T_975_DF1 * std / math.sqrt(2)
+            assert vs["ci_low"] == pytest.approx(mean - half, abs=1e-6)
+            assert vs["ci_high"] == pytest.approx(mean + half, abs=1e-6)
+        else:
+            assert vs["ci_low"] == vs["ci_high"] == pytest.approx(mean, abs=1e-9)
+        assert vs == pytest.approx(paired_difference(per_arm[arm], per_arm[best]).to_dict(), nan_ok=True)
+        assert rows[arm]["vs"][best] == vs
         assert rows[arm]["cost"]["trainable_params"] > rows[arm]["cost"]["deploy_params"]
     assert rows["continue"]["cost"]["trainable_params"] == rows["continue"]["cost"]["deploy_params"]
     base_done = json.loads((out / "runs" / "baseline" / "done.json").read_text())
