@@ -8,8 +8,10 @@ training, ``Resize(size * 256 / 224)`` + ``CenterCrop(size)`` for evaluation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -81,9 +83,10 @@ def _draw_count(padding: int) -> int:
     return span * span * 2
 
 
-def _decode_draw(v: int, padding: int) -> tuple[int, int, int]:
-    """One uniform draw in ``[0, _draw_count(padding))`` -> (shift y, shift x, flip): the per-item and the
-    batched crop share this decoding, so they have one distribution by construction."""
+def _decode_draw(v: Any, padding: int) -> tuple[Any, Any, Any]:
+    """Uniform draws in ``[0, _draw_count(padding))`` -> (shift y, shift x, flip), for one int or a tensor of
+    them: the per-item and the batched crop share this decoding, so they have one distribution by
+    construction."""
     span = 2 * padding + 1
     flip, v = v % 2, v // 2
     return v // span - padding, v % span - padding, flip
@@ -103,10 +106,7 @@ def pad_crop_flip_batch(images: Tensor, draws: Tensor, padding: int, flip: bool 
     """
     b, _, h, w = images.shape
     p = padding
-    draws = draws.to(images.device)
-    span = 2 * p + 1
-    flips, v = draws % 2, draws // 2
-    sy, sx = v // span - p, v % span - p
+    sy, sx, flips = _decode_draw(draws.to(images.device), p)
     padded = torch.nn.functional.pad(images, (p, p, p, p))
     rows = torch.arange(h, device=images.device).unsqueeze(0) + sy.unsqueeze(1) + p  # (B, H) in padded coords
     cols = torch.arange(w, device=images.device).unsqueeze(0) + sx.unsqueeze(1) + p  # (B, W)
@@ -154,21 +154,33 @@ def small_image_batch(
         images = pad_crop_flip_batch(images, draws, spec.padding)
     if spec.image_size != spec.native_size:
         images = v2.functional.resize(images.contiguous(), [spec.image_size, spec.image_size], antialias=True)
-    device = images.device
+    shift, scale = _batch_stats(spec, images.device)
     if spec.src_chans == 3 and spec.out_chans == 1:
-        x = v2.functional.rgb_to_grayscale(images.to(torch.float32) / 255.0)
-        mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = (v2.functional.rgb_to_grayscale(images.to(torch.float32) / 255.0) - shift) / scale
     else:
-        c = spec.src_chans
-        shift = torch.tensor([255.0 * m for m in spec.mean[:c]], device=device).view(1, -1, 1, 1)
-        scale = torch.tensor([255.0 * s for s in spec.std[:c]], device=device).view(1, -1, 1, 1)
         x = (images.to(torch.float32) - shift) / scale
-        if c != spec.out_chans:
+        if spec.src_chans != spec.out_chans:
             x = x.expand(-1, spec.out_chans, -1, -1)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)
+
+
+@functools.lru_cache(maxsize=32)
+def _batch_stats(spec: SmallImageSpec, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(shift, scale)`` of :func:`small_image_batch` as ``(1, C, 1, 1)`` tensors on ``device``, made once per
+    pipeline and device rather than per batch: luma output is normalised from [0, 1] (as the per-item path's
+    ``ToDtype(scale=True)`` + ``Normalize``), other outputs from ``uint8`` values (as :class:`ScaleNormalize`)."""
+    if spec.src_chans == 3 and spec.out_chans == 1:
+        shift, scale = spec.mean, spec.std
+    else:
+        shift, scale = _uint8_stats(spec.mean[: spec.src_chans], spec.std[: spec.src_chans])
+    return (torch.tensor(shift, device=device).view(1, -1, 1, 1),
+            torch.tensor(scale, device=device).view(1, -1, 1, 1))
+
+
+def _uint8_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Mean and std on the ``uint8`` scale: normalising raw values by them equals scaling to [0, 1] first."""
+    return [255.0 * float(m) for m in mean], [255.0 * float(s) for s in std]
 
 
 class ScaleNormalize(nn.Module):
@@ -182,8 +194,9 @@ class ScaleNormalize(nn.Module):
         super().__init__()
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self._shift = torch.tensor([255.0 * m for m in self.mean]).view(-1, 1, 1)
-        self._scale = torch.tensor([255.0 * s for s in self.std]).view(-1, 1, 1)
+        shift, scale = _uint8_stats(self.mean, self.std)
+        self._shift = torch.tensor(shift).view(-1, 1, 1)
+        self._scale = torch.tensor(scale).view(-1, 1, 1)
 
     def forward(self, image: Tensor) -> Tensor:
         return (image.to(torch.float32) - self._shift) / self._scale
