@@ -50,7 +50,7 @@ _EXPORTS = {
     **dict.fromkeys(("LayerPlan", "RefConvWarning", "conversion_config", "convert", "load_state_dict",
                      "plan_conversion", "refconv_layers", "reparameterize", "state_dict_format"), ".convert"),
     "RefConv": ".layers",
-    "pretrained": ".models.pretrained",  # the module: refconv.pretrained.load("fmnist/..."), list_pretrained()
+    "pretrained": ".models",  # the registry module: refconv.pretrained.load("fmnist/..."), list_pretrained()
     **dict.fromkeys(("capped_groups", "default_groups", "refocus"), ".transform"),
 }
 lazy_exports(__name__, _EXPORTS)

@@ -25,13 +25,7 @@ class _LazyPackage(types.ModuleType):
         module = self._lazy_exports.get(name)
         if module is None:
             raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        imported = importlib.import_module(module, self.__name__)
-        # ``name`` is an attribute of the submodule (``refconv.convert``: the function in ``refconv/convert.py``)
-        # or, when the submodule has no such attribute, the submodule itself (``refconv.pretrained``).
-        if hasattr(imported, name) or imported.__name__.rsplit(".", 1)[-1] != name:
-            value = getattr(imported, name)
-        else:
-            value = imported
+        value = getattr(importlib.import_module(module, self.__name__), name)
         super().__setattr__(name, value)
         return value
 

@@ -64,12 +64,15 @@ def refocused_weight(basis: Tensor, refocus_weight: Tensor, groups: int) -> Tens
 torch.fx.wrap("refocused_weight")
 
 
-def _fx_tracing() -> bool:
-    """Whether an FX symbolic trace is running (module attributes are then ``Proxy`` objects)."""
-    from torch.fx import _symbolic_trace
+# Whether an FX symbolic trace is running (module attributes are then ``Proxy`` objects); resolved once here,
+# not on every eval forward. The name moved between torch releases.
+_FX_TRACING_CHECK = (getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+                     or getattr(torch.fx._symbolic_trace, "is_fx_tracing", None))
 
-    check = getattr(_symbolic_trace, "is_fx_symbolic_tracing", None) or getattr(_symbolic_trace, "is_fx_tracing", None)
-    return bool(check()) if check is not None else False
+
+def _fx_tracing() -> bool:
+    """Whether an FX symbolic trace is running."""
+    return bool(_FX_TRACING_CHECK()) if _FX_TRACING_CHECK is not None else False
 
 
 def is_convertible_conv(module: nn.Module) -> bool:
@@ -276,7 +279,7 @@ def match_layout(weight: Tensor, like: Tensor) -> Tensor:
         return weight
     o, i, h, w = like.shape
     nhwc = (h * w * i, 1, w * i, i)
-    if like.stride() != nhwc or weight.stride() == nhwc or like.stride() == weight.stride():
+    if like.stride() != nhwc or weight.stride() == nhwc:
         return weight
     return weight.permute(0, 2, 3, 1).reshape(o, -1).view(o, h, w, i).permute(0, 3, 1, 2)
 

@@ -781,7 +781,7 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
     x, y = x.to(device), y.to(device)
     if base.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    spreads: dict[str, tuple[float, float]] = {}
+    spreads: list[tuple[float, float]] = []  # per timed model: (first quartile, third quartile) / median
     num_classes = base.num_classes or info.num_classes
     amp = amp_dtype(base.amp, device)
 
@@ -814,7 +814,7 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
             times.append(time.perf_counter() - t0)
         # The median, not the minimum or one step: load spikes on a shared machine skew single steps by 10x.
         q1, med, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
-        spreads[str(len(spreads))] = (q1 / med, q3 / med)
+        spreads.append((q1 / med, q3 / med))
         return med
 
     def time_eval(model: nn.Module) -> float:
@@ -866,8 +866,8 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
         cells_wall = cells_s
     wall = baseline_s + cells_wall
     # The interquartile range of the steps, relative to their median, bounds the estimate (steps dominate it).
-    lo = min((a for a, _ in spreads.values()), default=1.0)
-    hi = max((b for _, b in spreads.values()), default=1.0)
+    lo = min((a for a, _ in spreads), default=1.0)
+    hi = max((b for _, b in spreads), default=1.0)
     return {
         "method": f"median of {_TIMED_STEPS_MIN}-{_TIMED_STEPS_MAX} timed steps after {_WARMUP_STEPS} warm-up steps",
         "wall_s_range": (wall * lo, wall * hi),
