@@ -134,3 +134,21 @@ def test_torchvision_model_end_to_end(tmp_path):
     stock.load_state_dict(load_file(str(res.folded_path)), strict=True)
     assert sum(p.numel() for p in stock.parameters()) == res.deploy_params
     assert reevaluate(res.run_dir, "folded.safetensors")["correct1"] == res.final["correct1"]
+
+
+def test_eval_every_and_snapshots(tmp_path):
+    """``eval_every_epochs`` skips the test pass between evaluations (the last epoch is always evaluated, and
+    is the run's ``final``); ``snapshot_epochs`` keeps that epoch's full checkpoint beside ``last.pt``."""
+    data_dir = write_fashion_mnist(tmp_path / "data", n_train=64, n_test=24)
+    cfg = RunConfig(model=MODEL, data="fashion-mnist", data_dir=str(data_dir), batch_size=32, lr=0.1, epochs=3,
+                    warmup_epochs=0, progress="none", eval_every_epochs=2, snapshot_epochs=[1],
+                    out=str(tmp_path / "run"))
+    res = run(cfg)
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert ["test_top1" in r for r in rows] == [False, True, True]
+    assert res.final["correct1"] == rows[-1]["test_correct"]
+    snap = torch.load(res.run_dir / "checkpoints" / "epoch-1.pt", map_location="cpu", weights_only=False)
+    last = torch.load(res.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert snap["epoch"] == 1 and last["epoch"] == 3
+    assert not all(torch.equal(snap["state_dict"][k], last["state_dict"][k]) for k in last["state_dict"])
+    assert reevaluate(res.run_dir, "model.safetensors")["correct1"] == res.final["correct1"]

@@ -78,6 +78,8 @@ HELP: dict[str, str] = {
     "deterministic": "deterministic algorithms (CPU runs repeat bit for bit)",
     "out": "run directory (default: runs/<data>-<model>-<method>-s<seed>)",
     "overwrite": "replace an existing run directory",
+    "eval_every_epochs": "evaluate the test split every N epochs (always after the last; short study cells)",
+    "snapshot_epochs": "also keep checkpoints/epoch-<N>.pt after epoch N (repeatable; an under-trained start)",
     "checkpoint_every_steps": "also save checkpoints/last.pt every N steps (mid-epoch resume)",
     "log_every_steps": "log a line / refresh the bar every N steps",
     "progress": "auto (bars on a terminal) | bar | plain | none",
@@ -104,7 +106,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, dest=f.name, action="append", metavar="GLOB", default=argparse.SUPPRESS,
+            metavar = "N" if typing.get_args(hint)[0] is int else "GLOB"
+            parser.add_argument(flag, dest=f.name, action="append", metavar=metavar, default=argparse.SUPPRESS,
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)

@@ -60,6 +60,8 @@ NON_RECIPE_KEYS = frozenset(
         "progress",
         "log_every_steps",
         "checkpoint_every_steps",
+        "snapshot_epochs",
+        "eval_every_epochs",
         "export_onnx",
         "onnx_opset",
     }
@@ -139,6 +141,8 @@ class RunConfig:
     out: str | None = None  # run directory; default runs/<data>-<model>-<method>-s<seed>
     overwrite: bool = False
     checkpoint_every_steps: int = 0  # 0: checkpoint at epoch ends only
+    eval_every_epochs: int = 1  # evaluate the test split every N epochs (and always after the last)
+    snapshot_epochs: list[int] = field(default_factory=list)  # keep checkpoints/epoch-<N>.pt (under-trained starts)
     log_every_steps: int = 20
     progress: str = "auto"  # auto | bar | plain | none
     export_onnx: bool = False
@@ -176,7 +180,7 @@ class RunConfig:
         _choice("init", self.init, ("default", "zeros"))
         _choice("layers", self.layers, LAYER_SELECTIONS)
         _choice("basis", self.basis, ("pretrained", "random"))
-        for key in ("epochs", "batch_size", "lr_base_size", "map_k"):
+        for key in ("epochs", "batch_size", "lr_base_size", "map_k", "eval_every_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
         for key in ("workers", "checkpoint_every_steps", "log_every_steps", "warmup_epochs", "label_smoothing",
@@ -194,6 +198,9 @@ class RunConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}.")
+        bad = [e for e in self.snapshot_epochs if not isinstance(e, int) or not 1 <= e <= self.epochs]
+        if bad:
+            raise ConfigError(f"snapshot_epochs must be epochs in 1..{self.epochs}, got {bad}.")
         if self.map_k % 2 == 0:
             raise ConfigError(f"map_k must be odd (RT pads by map_k // 2), got {self.map_k}. Use 3.")
         if self.groups is not None and self.max_group_size is not None:
@@ -258,9 +265,17 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{key} cannot be null{where}.")
     try:
         if typing.get_origin(base) is list:
-            if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            item = typing.get_args(base)[0]
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                value = [v for v in str(value).split(",") if v]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            if item is int:
+                if not all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.strip().isdigit()
+                           for v in value):
+                    raise TypeError
+                return [int(v) for v in value]
+            if not all(isinstance(v, str) for v in value):
                 raise TypeError
             return list(value)
         if base is bool:
@@ -286,7 +301,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     else:
         return value
     tname = getattr(base, "__name__", str(base))
-    raise ConfigError(f"{key} must be {'a list of strings' if typing.get_origin(base) is list else tname}"
+    if typing.get_origin(base) is list:
+        tname = f"a list of {typing.get_args(base)[0].__name__}s"
+    raise ConfigError(f"{key} must be {tname}"
                       f"{' or null' if optional else ''}, got {value!r}{where}.")
 
 

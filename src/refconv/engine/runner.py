@@ -707,29 +707,28 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
             train = meter.totals()
             dist_utils.sync_buffers(model)  # BN statistics drift per rank; evaluate (and save) rank 0's
-            test = evaluate(eval_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
             row: dict[str, Any] = {
                 "epoch": ep + 1,
                 "global_step": global_step,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_loss": train["loss"],
                 "train_top1": train["top1"],
-                "test_loss": test["loss"],
-                "test_top1": test["top1"],
-                "test_top5": test["top5"],
-                "test_correct": test["correct1"],
-                "test_images": test["images"],
                 "images_per_s": train["images"] / max(meter.seconds, 1e-9),
                 "epoch_time_s": meter.seconds,
-                "eval_images_per_s": test["images_per_s"],
             }
-            if ema is not None:
+            evaluated = (ep + 1) % cfg.eval_every_epochs == 0 or ep + 1 == cfg.epochs
+            if evaluated:
+                test = evaluate(eval_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
+                row.update({"test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
+                            "test_correct": test["correct1"], "test_images": test["images"],
+                            "eval_images_per_s": test["images_per_s"]})
+            if evaluated and ema is not None:
                 ema_test = evaluate(ema.module, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
                 row.update({"ema_test_loss": ema_test["loss"], "ema_test_top1": ema_test["top1"],
                             "ema_test_top5": ema_test["top5"], "ema_test_correct": ema_test["correct1"]})
             history.append(row)
             score_key = "ema_test_top1" if ema is not None else "test_top1"
-            is_best = not best or row[score_key] > best["top1"]
+            is_best = evaluated and (not best or row[score_key] > best["top1"])
             if is_best:
                 best = {"epoch": ep + 1, "top1": row[score_key], "top5": row[score_key.replace("top1", "top5")],
                         "loss": row[score_key.replace("top1", "loss")]}
@@ -739,12 +738,16 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                 _write_metrics(run_dir, history)
                 if is_best:
                     atomic_copy(path, run_dir / CHECKPOINT_DIR / "best.pt")
+                if ep + 1 in cfg.snapshot_epochs:  # an under-trained start of the same recipe (docs/pretrained.md)
+                    atomic_copy(path, run_dir / CHECKPOINT_DIR / f"epoch-{ep + 1}.pt")
                 reporter.log(
-                    f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | test "
-                    + _fmt_metrics(test)
-                    + (f" | ema top-1 {row['ema_test_top1']:.2f}%" if ema is not None else "")
+                    f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | "
+                    + (("test " + _fmt_metrics(test)) if evaluated else f"test not evaluated (every {cfg.eval_every_epochs})")
+                    + (f" | ema top-1 {row['ema_test_top1']:.2f}%" if evaluated and ema is not None else "")
                     + f" | {row['images_per_s']:.0f} img/s, {meter.seconds:.1f}s"
                 )
+            if not evaluated:
+                continue
             final_eval = test if ema is None else {"loss": row["ema_test_loss"], "top1": row["ema_test_top1"],
                                                   "top5": row["ema_test_top5"], "correct1": row["ema_test_correct"]}
 
