@@ -331,3 +331,24 @@ def test_card_machine_comes_from_the_training_host(tiny_run, registry, tmp_path)
     assert "process(es) on cpu" in card["machine"] and "pass --machine" in card["machine"]
     (copy / "machine.txt").write_text("1x NVIDIA H200, 16 CPU cores\n")
     assert publish(copy, TINY, plot=False, overwrite=True)["machine"] == "1x NVIDIA H200, 16 CPU cores"
+
+
+def test_snapshot_entry_publishes_the_kept_epoch(tmp_path, registry):
+    """A snapshot entry (the study's under-trained start) ships ``checkpoints/epoch-N.pt`` of its recipe's run as
+    stock safetensors, with the card's test figures of that epoch; a run without the snapshot is refused."""
+    root, add = registry
+    data_dir = write_fashion_mnist(tmp_path / "data", n_train=64, n_test=32)
+    recipe = tmp_path / "snap.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "epochs": 3, "snapshot_epochs": [1]}))
+    result = run(make_config(recipe, {"out": str(tmp_path / "run"), "data_dir": str(data_dir), "progress": "none"}))
+    add(name="fmnist/tiny_e1", model="timm/test_resnet", recipe=str(recipe), image_size=32, snapshot_epoch=1)
+    card = publish(result.run_dir, "fmnist/tiny_e1", machine="the test runner")
+    assert card["epochs"] == 1 and card["snapshot"]["epoch"] == 1 and card["snapshot"]["of_epochs"] == 3
+    assert card["test_top1"] == result.history[0]["test_top1"] and card["test"]["correct"] == result.history[0]["test_correct"]
+    model = create_model("timm/test_resnet", num_classes=10, in_chans=1)
+    load_weights(model, reg.weights_path("fmnist/tiny_e1"), strict=True)
+    snap = torch.load(result.run_dir / "checkpoints" / "epoch-1.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(v, snap["state_dict"][k]) for k, v in model.state_dict().items())
+    (result.run_dir / "checkpoints" / "epoch-1.pt").unlink()
+    with pytest.raises(refconv.CheckpointError, match="snapshot_epochs"):
+        publish(result.run_dir, "fmnist/tiny_e1", overwrite=True)

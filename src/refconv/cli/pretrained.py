@@ -124,8 +124,10 @@ def publish_main(args: argparse.Namespace) -> int:
                    allow_recipe_diff=args.allow_recipe_diff, overwrite=args.overwrite, plot=not args.no_plot)
     pl = card["plateau"]
     gain = "n/a" if pl["gain_pt"] is None else f"{pl['gain_pt']:+.2f} pt"
+    state = ("an under-trained snapshot, on purpose" if card.get("snapshot") else
+             "converged" if pl["converged"] else "NOT converged")
     print(f"published {card['name']}: test top-1 {card['test_top1']:.2f}% after {card['epochs']} epochs "
-          f"(last {pl['last_epochs']} epoch(s): {gain}, {'converged' if pl['converged'] else 'NOT converged'}); "
+          f"(last {pl['last_epochs']} epoch(s): {gain}, {state}); "
           f"SHA-256 {card['sha256'][:16]}...")
     from ..models import pretrained
 

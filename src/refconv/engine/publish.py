@@ -150,6 +150,34 @@ def _check_run(entry: registry.PretrainedEntry, cfg: Any, meta: dict[str, Any], 
                                                         if k not in ("out", "data_dir", "overwrite")}}
 
 
+def _snapshot(e: registry.PretrainedEntry, run_dir: Path) -> tuple[Any, Path, dict[str, Any], list[dict[str, Any]],
+                                                                    dict[str, Any]]:
+    """What a snapshot entry publishes from ``run_dir``: its config, the epoch's checkpoint, a sidecar, the history
+    up to that epoch and a ``done``-like record whose ``final`` is that epoch's full test-set evaluation."""
+    n = int(e.snapshot_epoch or 0)
+    cfg = make_config(run_dir / "config.yaml")
+    ckpt = run_dir / "checkpoints" / f"epoch-{n}.pt"
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no {ckpt.relative_to(run_dir)}: {e.name!r} is the recipe's epoch-{n} snapshot, kept only "
+            f"when the run has snapshot_epochs [{n}] (the recipe sets it). Train it with `{e.train_command()}`."
+        )
+    history = _history(run_dir)
+    if len(history) < n or "test_top1" not in history[n - 1]:
+        raise CheckpointError(f"{run_dir}/metrics.jsonl has no test evaluation of epoch {n}: the run is damaged; "
+                              f"train it again with `{e.train_command()}`.")
+    row = history[n - 1]
+    final = {"epoch": n, "top1": row["test_top1"], "top5": row["test_top5"], "loss": row["test_loss"],
+             "correct1": row["test_correct"]}
+    best = max(history[:n], key=lambda r: r["test_top1"])
+    done = {"final": final, "best": {"epoch": best["epoch"], "top1": best["test_top1"]},
+            "wall_time_s": sum(r.get("epoch_time_s") or 0.0 for r in history[:n]), "extra": {}}
+    meta = {"model": e.model, "num_classes": e.num_classes, "in_chans": e.in_chans, "image_size": e.image_size,
+            "mean": list(e.mean), "std": list(e.std), "data": e.data, "method": cfg.method, "format": "plain",
+            "snapshot_epoch": n}
+    return cfg, ckpt, meta, history[:n], done
+
+
 def _plot(path: Path, name: str, curve: list[dict[str, Any]]) -> bool:
     """The test (and running train) top-1 per epoch as a PNG; False when matplotlib cannot draw."""
     try:
@@ -190,7 +218,9 @@ def _markdown(card: dict[str, Any], plotted: bool) -> str:
     t = card["test"]
     pl = card["plateau"]
     gain = "n/a (too few epochs)" if pl["gain_pt"] is None else f"{pl['gain_pt']:+.2f} pt"
-    conv = "yes" if pl["converged"] else "NO: rerun with more epochs"
+    snap = card.get("snapshot")
+    conv = ("no, on purpose: an under-trained snapshot" if snap else
+            "yes" if pl["converged"] else "NO: rerun with more epochs")
     recipe = card["recipe"]
     lines = [
         f"# {name}",
@@ -203,11 +233,12 @@ def _markdown(card: dict[str, Any], plotted: bool) -> str:
         f"| data | {card['data']}: {card.get('train_images') or '?'} training images, {t['images']:,} test images, "
         f"input {card['in_chans']}x{card['image_size']}x{card['image_size']}, mean {card['mean']}, std {card['std']} |",
         f"| recipe | `{recipe['command']}` ({'exactly the entry recipe' if recipe['matches'] else 'DIFFERS from the entry recipe: ' + ', '.join(recipe['differences'])}) |",
-        f"| epochs | {card['epochs']} |",
+        f"| epochs | {card['epochs']}" + (f" (snapshot after epoch {snap['epoch']} of the recipe's {snap['of_epochs']})"
+                                           if snap else "") + " |",
         f"| wall time | {_duration(card['wall_time_s'])} ({_duration(card['train_time_s'])} in training epochs) |",
         f"| machine | {card['machine']} |",
         f"| **test top-1** ({'full test set' if card['full_data'] else 'a SUBSET of the data'}) | **{t['top1']:.2f} %** ({t['correct']:,} / {t['images']:,}); top-5 {t['top5']:.2f} % |",
-        f"| best epoch | {card['best']['top1']:.2f} % at epoch {card['best']['epoch']} (the shipped weights are the last epoch's) |",
+        f"| best epoch | {card['best']['top1']:.2f} % at epoch {card['best']['epoch']} (the shipped weights are the last epoch's{' of the snapshot' if snap else ''}) |",
         f"| train top-1 | {card['train_top1']:.2f} % (running average over the last epoch, augmented, training mode) |",
         f"| converged | {conv}: the last {pl['last_epochs']} epoch(s) raised the best test top-1 by {gain} |",
         f"| weights | `{card['weights_file']}`, {card['size_bytes'] / 1e6:.1f} MB, SHA-256 `{card['sha256']}` |",
@@ -272,27 +303,34 @@ def publish(
             existing weights without ``overwrite``.
     """
     from ..models import read_state_dict
-    from .export import read_sidecar
+    from .export import read_sidecar, save_weights
     from .modeling import RUN_DONE_FILE, create_stock_model, load_format_checked, resolve_run_weights
 
     e = registry.entry(name)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a directory: pass the run directory `refconv train --out` wrote.")
-    weights_src = resolve_run_weights(run_dir)  # refuses unfinished runs, naming how to finish them
-    done = _read_json(run_dir / RUN_DONE_FILE)
-    cfg = make_config(run_dir / "config.yaml")
-    meta = read_sidecar(weights_src)
+    if e.snapshot_epoch is None:
+        weights_src = resolve_run_weights(run_dir)  # refuses unfinished runs, naming how to finish them
+        done = _read_json(run_dir / RUN_DONE_FILE)
+        cfg = make_config(run_dir / "config.yaml")
+        meta = read_sidecar(weights_src)
+        history = _history(run_dir)
+    else:
+        cfg, weights_src, meta, history, done = _snapshot(e, run_dir)
     recipe = _check_run(e, cfg, meta, weights_src, allow_subset=allow_subset, allow_recipe_diff=allow_recipe_diff)
-    history = _history(run_dir)
 
     files = registry.entry_files(name, root)
     if files["weights"].exists() and not overwrite:
         raise PretrainedError(f"{e.name!r} already has weights ({files['weights']}); pass --overwrite to replace them "
                               "with this run's.")
     files["weights"].parent.mkdir(parents=True, exist_ok=True)
-    atomic_copy(weights_src, files["weights"])
     model = create_stock_model(e.model, num_classes=e.num_classes, in_chans=e.in_chans)
+    if e.snapshot_epoch is None:
+        atomic_copy(weights_src, files["weights"])
+    else:  # a training checkpoint: its model state, written as the stock model's safetensors
+        load_format_checked(model, read_state_dict(weights_src), str(weights_src))
+        save_weights(model, files["weights"], meta)
     load_format_checked(model, read_state_dict(files["weights"]), str(files["weights"]))  # the promise: strict
     params = sum(p.numel() for p in model.parameters())
 
@@ -312,6 +350,9 @@ def publish(
         "params": params,
         "recipe": recipe,
         "epochs": len(history),
+        "snapshot": None if e.snapshot_epoch is None else {
+            "epoch": e.snapshot_epoch, "of_epochs": cfg.epochs, "checkpoint": str(weights_src),
+            "note": "an under-trained snapshot of the recipe's run, kept by its snapshot_epochs"},
         "train_images": _train_images(run_dir),
         "full_data": cfg.subset_train is None and cfg.subset_test is None,
         "test": {"top1": final["top1"], "top5": final["top5"], "loss": final["loss"], "correct": final["correct1"],

@@ -85,6 +85,9 @@ class PretrainedEntry:
     std: tuple[float, ...] = FMNIST_STD
     data: str = "fashion-mnist"
     summary: str = ""
+    # An under-trained snapshot of the same recipe (the study's second start): the weights after this epoch,
+    # kept by the recipe's ``snapshot_epochs`` as ``checkpoints/epoch-<N>.pt``. None: the run's final weights.
+    snapshot_epoch: int | None = None
 
     @property
     def namespace(self) -> str:
@@ -97,7 +100,9 @@ class PretrainedEntry:
         return zoo or "timm", arch
 
     def default_run_dir(self) -> str:
-        return f"runs/pretrained/{self.name.replace('/', '-')}"
+        """``runs/<recipe>``: a snapshot entry shares the run of its recipe."""
+        stem = self.recipe[:-5] if self.recipe.endswith(".yaml") else self.recipe
+        return f"runs/{stem}" if stem.startswith("pretrained/") else f"runs/pretrained/{self.name.replace('/', '-')}"
 
     def train_command(self, out: str | None = None) -> str:
         return f"refconv train --config {self.recipe} --out {out or self.default_run_dir()}"
@@ -115,6 +120,15 @@ ENTRIES: dict[str, PretrainedEntry] = {
             recipe="pretrained/fmnist-mobilenetv3_small_100",
             image_size=64,
             summary="the paper's family (depthwise convs); 64 px so the last stages see 2x2, not 1x1, maps",
+        ),
+        PretrainedEntry(
+            name="fmnist/mobilenetv3_small_100_e2",
+            model="timm/mobilenetv3_small_100",
+            recipe="pretrained/fmnist-mobilenetv3_small_100",
+            image_size=64,
+            snapshot_epoch=2,
+            summary="UNDER-TRAINED on purpose: the same run after epoch 2 of 20 (10 %), the study's under-trained "
+                    "start; not a model to deploy",
         ),
         PretrainedEntry(
             name="fmnist/shufflenet_v2_x1_0",
