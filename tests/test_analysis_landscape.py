@@ -182,3 +182,36 @@ def test_interpolation_from_baseline_to_zero_init_refconv_is_flat():
     ref = refconv.convert(copy.deepcopy(base), init="zeros")  # folds to exactly the baseline
     curve = interpolation_curve(base, ref, _batches(), resolution=3)
     assert max(curve["loss"]) == pytest.approx(min(curve["loss"]), rel=1e-6)
+
+
+def test_sharpness_is_the_known_quadratic_rise_at_each_radius():
+    """On mean((w - t)^2) at its minimum, a filter-normalised step of radius r along any direction d (|d| = |w|)
+    raises the loss by exactly r^2 |w|^2 / N: the same for both signs and every direction, so the spread is 0."""
+    from refconv.analysis import sharpness
+
+    model, batches = _quadratic_problem()
+    before = model.weight.detach().clone()
+    radii = (0.01, 0.1, 0.5)
+    out = sharpness(model, batches, radii=radii, directions=3, seed=1, loss_fn=F.mse_loss)
+    w2 = float(before.pow(2).sum())
+    assert out["center_loss"] == pytest.approx(0.0, abs=1e-24)
+    assert out["rise"] == pytest.approx([r * r * w2 / N for r in radii], rel=1e-8)
+    assert max(out["rise_std"]) == pytest.approx(0.0, abs=1e-12)
+    assert torch.equal(model.weight, before)  # restored bit for bit
+    with pytest.raises(ConfigError, match="radii"):
+        sharpness(model, batches, radii=(0.0,), loss_fn=F.mse_loss)
+
+
+def test_sharpness_uses_the_same_directions_for_both_models():
+    """compare_landscape's sharpness of a model against itself is identical on both sides (same raw draws), and
+    it matches the rise read off loss_along_direction at +-r for one direction."""
+    from refconv.analysis import sharpness
+
+    net, batches = _net(), _batches()
+    out = compare_landscape(net, copy.deepcopy(net), batches, num_batches=2, resolution_1d=3, surfaces=False)
+    assert out["summary"]["baseline"]["sharpness"] == out["summary"]["refconv"]["sharpness"]
+    one = sharpness(net.eval(), batches, radii=(0.05,), directions=1, seed=3)
+    d = filter_normalized_direction(net, generator=torch.Generator().manual_seed(3))
+    curve = loss_along_direction(net, batches, d, resolution=3, span=0.05)
+    center = evaluate(net, batches)["loss"]
+    assert one["rise"][0] == pytest.approx((curve["loss"][0] + curve["loss"][2]) / 2 - center, rel=1e-6)

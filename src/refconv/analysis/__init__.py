@@ -26,6 +26,7 @@ from refconv.analysis.landscape import (
     interpolation_curve,
     loss_along_direction,
     loss_surface_2d,
+    sharpness,
     take_batches,
 )
 from refconv.analysis.plots import (
@@ -68,6 +69,7 @@ __all__ = [
     "check_same_architecture",
     "compare_cost",
     "compare_landscape",
+    "sharpness",
     "compare_redundancy",
     "compare_robustness",
     "compare_skeleton",

@@ -46,6 +46,8 @@ __all__ = [
     "interpolation_curve",
     "loss_surface_2d",
     "compare_landscape",
+    "sharpness",
+    "SHARPNESS_RADII",
     "RESOLUTION_1D_RANGE",
     "RESOLUTION_2D_RANGE",
     "NUM_BATCHES_RANGE",
@@ -337,8 +339,56 @@ def loss_surface_2d(
     return {"x": coords, "y": coords, "loss": grid}
 
 
+#: Radii (in units of the filter-normalised direction, i.e. relative to each filter's norm) at which
+#: :func:`sharpness` measures the loss rise: small enough that the loss is still near its quadratic regime.
+SHARPNESS_RADII: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)
+
+
+def sharpness(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    radii: Sequence[float] = SHARPNESS_RADII,
+    directions: int = 3,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+) -> dict:
+    """The loss rise ``L(theta + s r d) - L(theta)`` at small radii, averaged over both signs ``s`` and over
+    ``directions`` random filter-normalised directions.
+
+    Why not the whole 1-D curve's mean rise: at the span of a landscape plot (|alpha| up to 1) a filter-normalised
+    step destroys the network, the loss reaches 1e5-1e6 at a few points, and those points decide any average: a
+    model whose curve explodes a little later then looks "10x flatter" without being flatter where training moves.
+    Small radii measure the neighbourhood that matters. Two models of one architecture get the same raw Gaussian
+    draws (same ``seed``, parameters in the same order), each filter-normalised to its own weights.
+
+    Returns:
+        ``{"center_loss", "radii", "rise": [mean rise per radius], "rise_std": [std over the 2*directions points],
+        "directions", "seed"}``; the weights are restored exactly.
+    """
+    _check_int("directions", directions, 1, 100)
+    if not radii or any(not (isinstance(r, (int, float)) and 0 < r <= 100) for r in radii):
+        raise ConfigError(f"radii must be numbers in (0, 100], got {list(radii)}")
+    center = evaluate(model, batches, loss_fn=loss_fn)["loss"]
+    gen = torch.Generator().manual_seed(seed)
+    rises: dict[float, list[float]] = {float(r): [] for r in radii}
+    # Every direction is drawn (and normalised to the trained weights) before the first step moves them.
+    dirs = [filter_normalized_direction(model, generator=gen) for _ in range(directions)]
+    with _Restorer(model) as saved:
+        for d in dirs:
+            for r in rises:
+                for sign in (1.0, -1.0):
+                    _set_point(model, saved.params, [d], [sign * r])
+                    rises[r].append(evaluate(model, batches, loss_fn=loss_fn)["loss"] - center)
+    mean = [sum(v) / len(v) for v in rises.values()]
+    std = [(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5 for v, m in zip(rises.values(), mean)]
+    return {"center_loss": center, "radii": list(rises), "rise": mean, "rise_std": std, "directions": directions,
+            "seed": seed}
+
+
 def _summary(curve: dict, center_loss: float) -> dict:
-    """Simple flatness numbers of a curve centred at 0: how much the loss rises on average."""
+    """Whole-curve numbers of a curve centred at 0 (dominated by the far points where the loss explodes: use
+    :func:`sharpness` to compare flatness)."""
     rise = [v - center_loss for v in curve["loss"]]
     finite = [r for r in rise if math.isfinite(r)]
     return {
@@ -383,8 +433,9 @@ def compare_landscape(
     Returns:
         ``{"interpolation": curve, "random_1d": {"baseline": curve, "refconv": curve}, "surface_2d":
         {"baseline": surface, "refconv": surface} | None, "summary": {...}, "settings": {...}}``.
-        ``summary`` holds, per model, the loss at the centre and the mean / max rise of the random 1-D
-        curve above it (lower rise = flatter).
+        ``summary`` holds, per model, the loss at the centre, the mean / max rise of the random 1-D curve above
+        it (whole range: dominated by where the loss explodes) and ``sharpness``, the mean rise at the small radii
+        of :data:`SHARPNESS_RADII` over three shared directions (lower = flatter: the number to compare).
     """
     _check_int("resolution_1d", resolution_1d, *RESOLUTION_1D_RANGE)
     _check_int("resolution_2d", resolution_2d, *RESOLUTION_2D_RANGE)
@@ -408,6 +459,7 @@ def compare_landscape(
         curve = loss_along_direction(m, fixed, direction, resolution=resolution_1d, span=span, loss_fn=loss_fn)
         out["random_1d"][label] = curve
         out["summary"][label] = _summary(curve, evaluate(m, fixed, loss_fn=loss_fn)["loss"])
+        out["summary"][label]["sharpness"] = sharpness(m, fixed, seed=seed, loss_fn=loss_fn)
         if surfaces:
             out["surface_2d"][label] = loss_surface_2d(
                 m, fixed, resolution=resolution_2d, span=span, seed=seed, loss_fn=loss_fn
@@ -420,7 +472,9 @@ def compare_landscape(
         "span": span,
         "interp_range": list(interp_range),
         "seed": seed,
-        "directions": "Gaussian, filter-normalised per output filter, biases/BN dims zeroed (Li et al. 2018)",
+        "directions": "Gaussian, filter-normalised per output filter, biases/BN dims zeroed (Li et al. 2018); "
+                      "the same raw draws for both models",
+        "sharpness_radii": list(SHARPNESS_RADII),
         "bn": "eval mode (running statistics), never perturbed by random directions",
     }
     return out

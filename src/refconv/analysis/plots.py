@@ -131,7 +131,8 @@ def plot_landscape_1d(landscape: dict, path: str | Path) -> Path:
     for label, curve in landscape["random_1d"].items():
         ax.plot(curve["alpha"], curve["loss"], label=label, color=_COLORS.get(label))
     ax.set_xlabel("step along a filter-normalised random direction")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (log scale)")
+    ax.set_yscale("log")  # the far points explode to 1e5-1e6: a linear axis hides the neighbourhood of 0
     ax.set_title("1-D loss landscape (Li et al. 2018)")
     ax.legend()
     return _save(fig, path)
