@@ -52,7 +52,7 @@ def test_report_numbers_equal_results_json(demo):
     results = json.loads((out / "results.json").read_text())
     expected = []
     for m in results["models"].values():
-        expected.append(fmt(m["baseline"]["final"]["top1"]))
+        expected.append(fmt(m["start"]["final"]["top1"]))
         for row in m["table"]:
             expected.append(fmt_summary(row["summary"]))
             expected += [fmt_diff(d) for d in row["vs"].values()]
@@ -64,8 +64,19 @@ def test_report_numbers_equal_results_json(demo):
             assert e["identical_predictions"] == e["test_images"]
             assert e["max_rel_logit_err"] < 1e-4 and e["cost_equal"]
             assert e["params"]["folded"] == e["params"]["baseline"]
-        red = m["analysis"]["redundancy"]
-        expected += [fmt(red["baseline"]["overall"], 4), fmt(red["refconv"]["overall"], 4)]
+        # the analyses over every seed: each side's mean ± std and the paired difference, as printed
+        over = m["analysis"]["over_seeds"]
+        assert over and all(r["seeds"] == results["seeds"] for r in over)
+        for r in over:
+            digits = 4 if "%" not in r["metric"] else 2
+            expected += [r["metric"], fmt_summary(r["continue_summary"], digits),
+                         fmt_summary(r["refconv_summary"], digits), fmt_diff(r["diff"], digits)]
+        names = [r["metric"] for r in over]
+        assert any(n.startswith("channel diversity") for n in names)
+        assert any(n.startswith("sharpness") for n in names)
+        # seed 1's analysis is its own (not seed 0's numbers repeated)
+        div = next(r for r in over if r["metric"].startswith("channel diversity"))
+        assert div["refconv"][0] != div["refconv"][1]
     for s in expected:
         assert s in md, s
         assert s.replace("±", "&#177;") in html or s in html, s
@@ -82,7 +93,7 @@ def test_rerun_uses_cache_and_resumes_interrupted_runs(demo):
     again = run_demo(TEST_PROFILE, out, data_dir=str(data), log=logs.append)
     assert base_ckpt.stat().st_mtime == mtime  # the baseline was not retrained
     m = next(iter(again.results["models"].values()))
-    assert m["baseline"]["cached"]
+    assert m["start"]["cached"]
     assert (cell / "done.json").is_file()
     assert sum("(cached)" in line for line in logs) == 6  # every run but the resumed one
     prev = next(iter(res.results["models"].values()))
@@ -126,3 +137,43 @@ def test_analyze_cli_on_demo_runs(demo, capsys):
     # out-of-range options are refused with the allowed range, before any model is loaded
     assert main(["analyze", "--baseline", "x", "--refconv", "y", "--resolution-2d", "1000"]) == 1
     assert "resolution_2d=1000 is out of range" in capsys.readouterr().err
+
+
+def test_demo_from_a_pretrained_start(tmp_path, monkeypatch):
+    """The README's demo path: the arms start from a registry model (here a tiny one published into a temporary
+    registry); nothing is trained before them, the report names the start and its accuracy, folding is exact."""
+    import yaml
+
+    from refconv.engine import make_config, run
+    from refconv.engine.publish import publish
+    from refconv.models import pretrained as reg
+
+    data = write_fashion_mnist(tmp_path / "data", n_train=96, n_test=40)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "timm/mobilenetv3_small_050", "data": "fashion-mnist", "image_size": 32,
+                                      "epochs": 1, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0}))
+    pre = run(make_config(recipe, {"out": str(tmp_path / "pre"), "data_dir": str(data), "progress": "none"}))
+    monkeypatch.setenv(reg.ROOT_ENV, str(tmp_path / "registry"))
+    entry = reg.PretrainedEntry(name="fmnist/tiny_demo", model="timm/mobilenetv3_small_050", recipe=str(recipe),
+                                image_size=32)
+    monkeypatch.setitem(reg.ENTRIES, entry.name, entry)
+    card = publish(pre.run_dir, entry.name, machine="the test runner")
+
+    p = dataclasses.replace(TEST_PROFILE, starts=(entry.name,), baseline_epochs=0, seeds=2)
+    out = tmp_path / "out"
+    res = run_demo(p, out, data_dir=str(data), log=lambda s: None)
+    m = res.results["models"]["timm/mobilenetv3_small_050"]
+    assert m["start"]["kind"] == "pretrained" and m["start"]["name"] == entry.name
+    assert m["start"]["final"]["correct1"] == pre.final["correct1"]  # same test split, same weights
+    assert not (out / "runs" / "timm-mobilenetv3_small_050" / "baseline").exists()  # nothing trained first
+    for s in (0, 1):
+        cell = make_config(out / "runs" / "timm-mobilenetv3_small_050" / "continue" / f"seed{s}" / "config.yaml")
+        assert cell.weights == entry.name
+    assert all(e["identical_predictions"] == e["test_images"] and e["cost_equal"] for e in m["equivalence"])
+    md = res.report_md.read_text()
+    assert entry.name in md and fmt(card["test_top1"]) in md and "Δ vs start" in md
+
+    # profile() maps models to their shipped entries, and refuses a model with none
+    with pytest.raises(ConfigError, match="quick-scratch"):
+        profile("quick", models=["timm/resnet18"])
+    assert profile("quick", starts=[entry.name]).models == ("timm/mobilenetv3_small_050",)

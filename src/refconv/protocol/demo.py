@@ -2,11 +2,14 @@
 
 Stages, each cached in the output directory (a rerun skips what is done, an interrupted one resumes):
 
-1. train the baseline (per model);
-2. from that checkpoint, with the same budget and several seeds: ``refconv``, ``continue``, ``finetune``;
+1. the starting model, per model: a converged model shipped in the registry (``fmnist/...``: where users start,
+   and where the paper says RefConv works), evaluated on this demo's test split; or, with a ``*-scratch``
+   profile, a baseline trained here from scratch;
+2. from that start, with the same budget and several seeds: ``refconv``, ``continue``, ``finetune``;
 3. fold each RefConv run; check folded vs unfolded on the whole test set (max logit error, identical
-   predictions), parameters and FLOPs against the baseline, and latency folded vs baseline side by side;
-4. the analyses (cost, channel redundancy, kernel skeleton, loss landscape, adversarial robustness);
+   predictions), parameters and FLOPs against the start, and latency folded vs start side by side;
+4. the analyses (cost, channel redundancy, kernel skeleton, loss landscape, adversarial robustness) for every
+   seed, summarised over the seeds;
 5. ``results.json`` (every number), ``report.md`` and a self-contained ``report.html`` built from it.
 
 No number in the report comes from anywhere but this run's directory.
@@ -47,8 +50,11 @@ class DemoProfile:
     name: str
     models: tuple[str, ...]
     seeds: int
-    baseline_epochs: int
+    baseline_epochs: int  # 0 with ``starts``: nothing is trained before the arms
     arm_epochs: int
+    # Registry names the arms start from, one per model (``fmnist/mobilenetv3_small_100``); empty: a baseline of
+    # ``baseline_epochs`` is trained here from scratch.
+    starts: tuple[str, ...] = ()
     data: str = "fashion-mnist"
     image_size: int = 32
     subset_train: int | None = None
@@ -77,18 +83,37 @@ PROFILES: dict[str, DemoProfile] = {
                       attack_batches=1, latency_warmup=1, latency_repeats=3, max_pairs=500),
         analysis_batch_size=64, latency_repeats=3,
     ),
-    # <= 10 minutes on a 2-core CPU: a class-stratified subset of Fashion-MNIST, 2 seeds.
+    # The README's first command, <= 10 minutes on a 2-core CPU: from the shipped converged MobileNetV3-Small
+    # (64 px, full test set on its card), 2 seeds of each arm on a class-stratified subset.
     "quick": DemoProfile(
-        name="quick", models=("timm/mobilenetv3_small_100",), seeds=2, baseline_epochs=5, arm_epochs=2,
+        name="quick", models=("timm/mobilenetv3_small_100",), starts=("fmnist/mobilenetv3_small_100",), seeds=2,
+        baseline_epochs=0, arm_epochs=2, image_size=64, subset_train=6000, subset_test=2000, batch_size=128,
+        warmup_epochs=0.0,
+        analysis=dict(num_batches=2, resolution_1d=21, resolution_2d=0, eps=(0.0, 0.01, 0.03), pgd_steps=5,
+                      attack_batches=2, latency_warmup=2, latency_repeats=10),
+        latency_repeats=20,
+    ),
+    # The former quick demo: a baseline trained here from scratch (5 epochs on 10k images), an under-trained start.
+    "quick-scratch": DemoProfile(
+        name="quick-scratch", models=("timm/mobilenetv3_small_100",), seeds=2, baseline_epochs=5, arm_epochs=2,
         subset_train=10000, subset_test=2000, batch_size=128, warmup_epochs=1.0,
         analysis=dict(num_batches=2, resolution_1d=21, resolution_2d=9, eps=(0.0, 0.01, 0.03), pgd_steps=5,
                       attack_batches=4, latency_warmup=2, latency_repeats=10),
         latency_repeats=20,
     ),
-    # The honest small-scale reproduction: all of Fashion-MNIST, 3 seeds, two architectures (an hour or more).
+    # From both shipped converged models, all of Fashion-MNIST, 3 seeds (hours on a CPU; minutes on a GPU).
     "full": DemoProfile(
-        name="full", models=("timm/mobilenetv3_small_100", "tv/shufflenet_v2_x1_0"), seeds=3, baseline_epochs=6,
-        arm_epochs=3, batch_size=128, warmup_epochs=1.0,
+        name="full", models=("timm/mobilenetv3_small_100", "tv/shufflenet_v2_x1_0"),
+        starts=("fmnist/mobilenetv3_small_100", "fmnist/shufflenet_v2_x1_0"), seeds=3, baseline_epochs=0,
+        arm_epochs=3, image_size=64, batch_size=128, warmup_epochs=0.0,
+        analysis=dict(num_batches=8, resolution_1d=41, resolution_2d=21, eps=(0.0, 0.01, 0.02, 0.03), pgd_steps=10,
+                      attack_batches=20),
+        latency_repeats=50,
+    ),
+    # The former full demo: baselines trained here from scratch (6 epochs) at 32 px.
+    "full-scratch": DemoProfile(
+        name="full-scratch", models=("timm/mobilenetv3_small_100", "tv/shufflenet_v2_x1_0"), seeds=3,
+        baseline_epochs=6, arm_epochs=3, batch_size=128, warmup_epochs=1.0,
         analysis=dict(num_batches=8, resolution_1d=41, resolution_2d=21, eps=(0.0, 0.01, 0.02, 0.03), pgd_steps=10,
                       attack_batches=20),
         latency_repeats=50,
@@ -96,8 +121,13 @@ PROFILES: dict[str, DemoProfile] = {
 }
 
 
-def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None = None) -> DemoProfile:
-    """A named profile with optional overrides of the seed count and models."""
+def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None = None,
+            starts: Sequence[str] | None = None) -> DemoProfile:
+    """A named profile with optional overrides of the seed count, the models and the pretrained starts.
+
+    With a pretrained profile, ``models`` picks the shipped entries of those architectures (``starts`` names
+    entries directly); a model the registry has no entry for is refused, naming the ``*-scratch`` profiles.
+    """
     if name not in PROFILES:
         raise ConfigError(f"unknown demo profile {name!r}; choose one of {sorted(PROFILES)}.")
     p = PROFILES[name]
@@ -106,9 +136,38 @@ def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None
         if seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {seeds}.")
         changes["seeds"] = seeds
-    if models:
+    if starts:
+        from ..models import pretrained
+
+        entries = [pretrained.entry(s) for s in starts]  # unknown names list the registry
+        changes["starts"] = tuple(e.name for e in entries)
+        changes["models"] = tuple(e.model for e in entries)
+        sizes = {e.image_size for e in entries}
+        if len(sizes) > 1:
+            raise ConfigError(f"the starts {', '.join(starts)} have different input sizes {sorted(sizes)}: run them "
+                              "in separate demos.")
+        changes["image_size"] = sizes.pop()
+    elif models and p.starts:
+        changes.update(starts=tuple(_start_for(m, p) for m in models), models=tuple(models))
+    elif models:
         changes["models"] = tuple(models)
     return dataclasses.replace(p, **changes) if changes else p
+
+
+def _start_for(model: str, p: DemoProfile) -> str:
+    """The shipped converged entry of ``model`` at the profile's input size (snapshots are not starts)."""
+    from ..models import pretrained
+
+    for name in pretrained.names():
+        e = pretrained.entry(name)
+        if e.snapshot_epoch is None and pretrained.same_model(model, e.model) and e.image_size == p.image_size \
+                and e.data == p.data:
+            return name
+    raise ConfigError(
+        f"the registry has no pretrained {p.data} model {model!r} at {p.image_size} px for profile {p.name!r} to start "
+        f"from (it has: {', '.join(pretrained.names())}). Pick one of those with --models, or train a baseline here "
+        f"from scratch with --profile {p.name}-scratch."
+    )
 
 
 @dataclass
@@ -220,6 +279,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
     from ..models import create_model
 
     build_dataset(p.data, "test", data_dir=data_dir, image_size=p.image_size, subset=p.subset_test, download=download)
+    _check_starts(p)
     for m in p.models:
         create_model(m, num_classes=10, in_chans=1)
     _check_out_dir(out, p, overwrite)
@@ -231,41 +291,53 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
         Arm("finetune", "finetune", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}),
     ]
     n_stages = 5
-    prog = _Progress(len(p.models) * (1 + len(arms) * len(seeds)), log)
+    prog = _Progress(len(p.models) * (len(arms) * len(seeds) + (0 if p.starts else 1)), log)
     results: dict[str, Any] = {"profile": p.to_dict(), "models": {}, "commands": _commands(p, out),
                                "environment": _environment(), "seeds": seeds}
     for mi, model in enumerate(p.models):
         slug = _slug(model)
         root = out / "runs" / slug
         base = _base_config(p, model, data_dir, workers, progress, download)
-        prog.stage(1, n_stages, f"baseline of {model} ({p.baseline_epochs} epochs)")
-        base_cfg = base.replace(method="baseline", epochs=p.baseline_epochs, warmup_epochs=p.warmup_epochs,
-                                seed=0, out=str(root / "baseline"))
-        baseline = run_cell(base_cfg)
-        prog.cell(f"{model} baseline", baseline)
+        if p.starts:
+            prog.stage(1, n_stages, f"starting model {p.starts[mi]} (shipped, converged): evaluated on this demo's "
+                       "test split")
+            start = _pretrained_start(p.starts[mi], base, out, data_dir)
+        else:
+            prog.stage(1, n_stages, f"baseline of {model} ({p.baseline_epochs} epochs from scratch)")
+            base_cfg = base.replace(method="baseline", epochs=p.baseline_epochs, warmup_epochs=p.warmup_epochs,
+                                    seed=0, out=str(root / "baseline"))
+            baseline = run_cell(base_cfg)
+            prog.cell(f"{model} baseline", baseline)
+            start = {**_run_summary(baseline, out), "kind": "trained here", "name": None,
+                     "weights": str(baseline.run_dir), "card": None}
 
-        prog.stage(2, n_stages, f"{', '.join(a.name for a in arms)} from the baseline, {len(seeds)} seed(s), "
+        prog.stage(2, n_stages, f"{', '.join(a.name for a in arms)} from the start, {len(seeds)} seed(s), "
                    f"{p.arm_epochs} epochs each")
-        cells = [Cell(a, s, cell_config(base, baseline.run_dir, a, s, root)) for s in seeds for a in arms]
+        cells = [Cell(a, s, cell_config(base, start["weights"], a, s, root)) for s in seeds for a in arms]
         cell_results = run_cells(cells, on_done=lambda c, r, i, n: prog.cell(f"{model} {c.arm.name} seed {c.seed}", r))
-        table = arm_table(arms, seeds, cell_results,
-                          reference={"baseline": [float(baseline.final["top1"])] * len(seeds)})
-        table_top5 = arm_table(arms, seeds, cell_results, metric="top5")
+        start_top1 = float(start["final"]["top1"])
+        table = arm_table(arms, seeds, cell_results, reference={"baseline": [start_top1] * len(seeds)})
+        table_top5 = arm_table(arms, seeds, cell_results, metric="top5",
+                               reference={"baseline": [float(start["final"]["top5"])] * len(seeds)})
 
-        prog.stage(3, n_stages, f"fold and check equivalence on the whole test set ({model})")
+        prog.stage(3, n_stages, f"fold and check equivalence on the whole test split ({model})")
         from .equivalence import check_folding
 
-        equivalence = [check_folding(cell_results[("refconv", s)], baseline, p, data_dir) for s in seeds]
+        equivalence = [check_folding(cell_results[("refconv", s)], start["weights"], p, data_dir) for s in seeds]
 
-        prog.stage(4, n_stages, f"analyses ({model})")
-        from .analyses import run_analyses
+        prog.stage(4, n_stages, f"analyses ({model}, every seed)")
+        from .analyses import run_analyses, summarize_analyses
 
-        analysis = run_analyses(cell_results[("continue", 0)], cell_results[("refconv", 0)], baseline,
-                                out / "analysis" / slug, p, data_dir)
+        per_seed = [run_analyses(cell_results[("continue", s)], cell_results[("refconv", s)], start["weights"],
+                                 out / "analysis" / slug / f"seed{s}", p, data_dir, plot=s == seeds[0],
+                                 with_start_redundancy=s == seeds[0])
+                    for s in seeds]
+        analysis = {"seed0": per_seed[0], "over_seeds": summarize_analyses(per_seed, seeds),
+                    "per_seed_dirs": [os.path.relpath(a["out_dir"], out) for a in per_seed]}
 
         results["models"][model] = {
             "slug": slug,
-            "baseline": _run_summary(baseline, out),
+            "start": start,
             "cells": {f"{a.name}/seed{s}": _run_summary(cell_results[(a.name, s)], out) for a in arms for s in seeds},
             "table": table,
             "table_top5": table_top5,
@@ -281,6 +353,50 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
     md, html = write_demo_report(results, out)
     log(f"[demo] done in {results['wall_time_s'] / 60:.1f} min: {md} and {html}")
     return DemoResult(out_dir=out, results=results, report_md=md, report_html=html)
+
+
+def _check_starts(p: DemoProfile) -> None:
+    """Pretrained starts exist, verify (SHA-256) and fit the profile's input, before any work."""
+    if not p.starts:
+        if p.baseline_epochs < 1:
+            raise ConfigError(f"profile {p.name!r} has neither pretrained starts nor baseline epochs.")
+        return
+    from ..models import pretrained
+
+    if len(p.starts) != len(p.models):
+        raise ConfigError(f"profile {p.name!r}: {len(p.starts)} start(s) for {len(p.models)} model(s).")
+    for name, model in zip(p.starts, p.models):
+        pretrained.check_compatible(name, model=model, data=p.data, image_size=p.image_size)
+        pretrained.weights_path(name)  # missing / corrupt weights: one line naming how to make or restore them
+
+
+def _pretrained_start(name: str, base: RunConfig, out: Path, data_dir: str | None) -> dict[str, Any]:
+    """The shipped model's record for the report: its card, and its accuracy on this demo's test split.
+
+    Cached in ``start-<name>.json`` by the weights' SHA-256 (a republished model is evaluated again).
+    """
+    from ..engine.artifacts import load_model
+    from ..engine.loop import evaluate
+    from ..models import pretrained
+    from .evaldata import test_loader
+
+    card = pretrained.read_card(name) or {}
+    cache = out / f"start-{_slug(name)}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("card", {}).get("sha256") == card.get("sha256"):
+            return saved
+    t0 = time.perf_counter()
+    model = load_model(name).model.eval()
+    loader = test_loader(base.to_dict(), data_dir=data_dir, batch_size=256)
+    m = evaluate(model, loader, device=torch.device("cpu"))
+    final = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"], "correct1": m["correct1"], "images": m["images"]}
+    rec = {"kind": "pretrained", "name": name, "weights": name, "method": "pretrained", "final": final,
+           "epochs": card.get("epochs"), "history": [], "seed": None, "wall_time_s": time.perf_counter() - t0,
+           "card": {k: card.get(k) for k in ("sha256", "test_top1", "test", "epochs", "machine", "recipe", "plateau",
+                                             "params", "image_size")}}
+    cache.write_text(json.dumps(rec, indent=2, default=str))
+    return rec
 
 
 def _run_summary(res: RunResult, out: Path) -> dict[str, Any]:

@@ -64,18 +64,29 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         if p.get("subset_train") or p.get("subset_test")
         else "the full training and test sets"
     )
-    s.add(Text(
-        f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']}). "
-        f"Per model: a baseline trained {p['baseline_epochs']} epochs from scratch (seed 0), then from that checkpoint, "
-        f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
-        f"({', '.join(str(x) for x in seeds)}): **refconv** (convert, frozen basis, Refocusing Learning), "
-        f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']})."
-    ))
-    if p["name"] != "full":
+    arms_text = (f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
+                 f"({', '.join(str(x) for x in seeds)}): **refconv** (convert, frozen basis, Refocusing Learning), "
+                 f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}).")
+    s.add(Text(f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']})."))
+    for model, m in results["models"].items():
+        st = m["start"]
+        if st.get("kind") == "pretrained":
+            card = st.get("card") or {}
+            recipe = (card.get("recipe") or {}).get("command", "its recipe")
+            s.add(Text(
+                f"**{model}** starts from the shipped converged model **{st['name']}**: test top-1 "
+                f"**{fmt(card.get('test_top1'))} %** on the full test set (its card: {fmt(card.get('epochs'))} epochs of "
+                f"`{recipe}`, SHA-256 `{str(card.get('sha256'))[:16]}...`), {fmt(st['final']['top1'])} % on this demo's "
+                f"test split. From it, {arms_text}"
+            ))
+        else:
+            s.add(Text(f"**{model}**: a baseline trained {fmt(st.get('epochs'))} epochs from scratch here (seed 0), an "
+                       f"under-trained start; from that checkpoint, {arms_text}"))
+    if p.get("subset_train") or p.get("subset_test") or p["arm_epochs"] < 3:
         s.add(Text(
             "This is a reduced run (subsampled data, few epochs): its numbers show the pipeline and this run's "
-            "outcome, not the paper's ImageNet-scale claims. `refconv demo --profile full` is the small-scale "
-            "reproduction."
+            "outcome, not the paper's ImageNet-scale claims. The recorded study (docs/pretrained-study.md) and "
+            "`refconv demo --profile full` measure more."
         ))
 
     s = doc.section("Verdict")
@@ -83,12 +94,13 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         ref = next(r for r in m["table"] if r["arm"] == "refconv")
         for ctrl in ("continue", "finetune", "baseline"):
             d = ref["vs"][ctrl]
-            s.add(Text(f"**{model}**, RefConv top-1 vs {ctrl}: {verdict(_diff_obj(d), ctrl)}"))
+            label = ctrl if ctrl != "baseline" else _start_label(m)
+            s.add(Text(f"**{model}**, RefConv top-1 vs {label}: {verdict(_diff_obj(d), label)}"))
 
     s = doc.section("Results")
     for model, m in results["models"].items():
-        rows = [["baseline", fmt(m["baseline"]["epochs"]), fmt(m["baseline"]["final"]["top1"]),
-                 fmt(m["baseline"]["final"]["top5"]), "", "", ""]]
+        rows = [[_start_label(m), fmt(m["start"]["epochs"]), fmt(m["start"]["final"]["top1"]),
+                 fmt(m["start"]["final"]["top5"]), "", "", ""]]
         top5 = {r["arm"]: r for r in m["table_top5"]}
         for r in m["table"]:
             vs = r["vs"]
@@ -99,7 +111,7 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                 fmt_diff(vs["baseline"]) if "baseline" in vs else "",
             ])
         s.add(Table(
-            ["method", "epochs", "top-1 %", "top-5 %", "Δ top-1 vs continue", "Δ vs finetune", "Δ vs baseline"],
+            ["method", "epochs", "top-1 %", "top-5 %", "Δ top-1 vs continue", "Δ vs finetune", "Δ vs start"],
             rows,
             caption=f"{model}: test accuracy after the last epoch, mean ± sample std over {len(seeds)} seed(s); Δ is "
                     "the paired per-seed difference with its 95% t interval.",
@@ -110,13 +122,17 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
     s = doc.section("Training curves")
     for model, m in results["models"].items():
-        hist = {"baseline": [m["baseline"]["history"]]}
+        trained_here = bool(m["start"]["history"])
+        hist = {"baseline": [m["start"]["history"]]} if trained_here else {}
+        offset = m["start"]["epochs"] if trained_here else 0
         for arm in ("refconv", "continue", "finetune"):
-            hist[arm] = [_shift(m["cells"][f"{arm}/seed{sd}"]["history"], m["baseline"]["epochs"]) for sd in seeds]
+            hist[arm] = [_shift(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in seeds]
         png = out / f"curves-{m['slug']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_loss", "test_top1"), title=model)
-        s.add(Image(str(png.relative_to(out)), caption=f"{model}: per-epoch curves; the arms start from the baseline's "
-                                                      "last epoch."))
+        where = ("the arms start from the baseline's last epoch" if trained_here else
+                 f"epochs of the arms, from {m['start']['name']} (top-1 {fmt(m['start']['final']['top1'])} % on this "
+                 "test split)")
+        s.add(Image(str(png.relative_to(out)), caption=f"{model}: per-epoch curves; {where}."))
 
     s = doc.section("Cost: training time vs deployed")
     for model, m in results["models"].items():
@@ -126,7 +142,7 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         lat = eq["latency_ms"]
         tsf = eq["train_step_flops"]
         rows = [
-            ["baseline / continue", _mparams(eq["params"]["baseline"]), _mparams(ct["trainable_params"]),
+            ["start / continue", _mparams(eq["params"]["baseline"]), _mparams(ct["trainable_params"]),
              fmt(eq["flops_per_image"]["baseline"] / 1e6), fmt(tsf["baseline"] / 1e9, 3),
              fmt(lat["baseline"]["median_ms"]), fmt(_epoch_time(ct))],
             ["refconv, training time", _mparams(eq["params"]["training_time"]),
@@ -138,8 +154,8 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         s.add(Table(["model", "params", "trainable", "inference MFLOPs / image",
                      f"train-step GFLOPs (batch {tsf['batch']})", f"latency ms (batch {lat['batch']})",
                      "s / epoch"], rows,
-                    caption=f"{model}: folded params and FLOPs equal the baseline's: {fmt(eq['cost_equal'])}. "
-                            "Latency: median of interleaved runs of baseline and folded on the same input; "
+                    caption=f"{model}: folded params and FLOPs equal the start's: {fmt(eq['cost_equal'])}. "
+                            "Latency: median of interleaved runs of the start and folded on the same input; "
                             "epoch time: mean training seconds per epoch of seed 0."))
 
     s = doc.section("Folding equivalence")
@@ -148,40 +164,34 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                  f"{fmt(e['identical_predictions'])} / {fmt(e['test_images'])}", fmt(e["top1_unfolded"]),
                  fmt(e["top1_folded"]), fmt(e["cost_equal"])] for e in m["equivalence"]]
         s.add(Table(["seed", "test images", "max |Δ logit|", "relative", "identical predictions", "top-1 unfolded",
-                     "top-1 folded", "params & FLOPs = baseline"], rows,
+                     "top-1 folded", "params & FLOPs = start"], rows,
                     caption=f"{model}: the trained RefConv model (unfolded) vs its folded weights loaded with "
                             "strict=True into the stock model, on the whole test set."))
 
     s = doc.section("Analyses")
     for model, m in results["models"].items():
         a = m["analysis"]
-        s.add(Text(f"**{model}**: RefConv (seed 0) compared with the same-budget continue control (seed 0); "
-                   "definitions in docs/analysis.md."))
+        rows_in = a["over_seeds"]
+        n = len(rows_in[0]["seeds"]) if rows_in else 0
+        s.add(Text(f"**{model}**: each seed's RefConv model against the same seed's same-budget continue control, "
+                   f"over {n} seed(s); Δ is the paired per-seed difference RefConv − continue with its 95% t "
+                   "interval. Definitions in docs/analysis.md; the plots below are seed 0's."))
+        start_red = (a["seed0"].get("baseline_redundancy") or {}).get("overall")
         rows = []
-        red = a.get("redundancy")
-        if red:
-            rows.append(["channel diversity (mean symmetric KL, higher = less redundant)",
-                         fmt(red["baseline"]["overall"], 4), fmt(red["refconv"]["overall"], 4),
-                         fmt(a["baseline_redundancy"]["overall"], 4)])
-        sk = a.get("skeleton")
-        if sk:
-            rows.append(["kernel skeleton share (central cross)", fmt(sk["baseline"]["overall_share"], 4),
-                         fmt(sk["refconv"]["overall_share"], 4), ""])
-        ls = a.get("landscape")
-        if ls and "summary" in ls:
-            sm = ls["summary"]
-            rows.append(["loss at the trained weights (held-out batches)", fmt(sm["baseline"]["center_loss"], 4),
-                         fmt(sm["refconv"]["center_loss"], 4), ""])
-            rows.append(["mean loss rise along random filter-normalised directions (lower = flatter)",
-                         fmt(sm["baseline"]["mean_rise"], 4), fmt(sm["refconv"]["mean_rise"], 4), ""])
+        for r in rows_in:
+            ref_col = fmt(start_red, 4) if start_red is not None and r["metric"].startswith("channel diversity") else ""
+            digits = 4 if "%" not in r["metric"] else 2
+            rows.append([r["metric"], fmt_summary(r["continue_summary"], digits), fmt_summary(r["refconv_summary"], digits),
+                         fmt_diff(r["diff"], digits), ref_col])
         if rows:
-            s.add(Table(["metric", "continue", "refconv", "baseline"], rows))
-        rob = a.get("attacks")
-        if rob:
-            s.add(_robustness_table(rob))
-        for f in a.get("files", []):
+            s.add(Table(["metric", "continue", "refconv", "Δ refconv − continue", "start"], rows,
+                        caption=f"{model}: mean ± sample std over seeds. Sharpness: mean loss rise at a small radius "
+                                "along three random filter-normalised directions shared by both models (lower = "
+                                "flatter); robustness: L-inf attacks in pixel units on the attacked test images."))
+        seed0 = a["seed0"]
+        for f in seed0.get("files", []):
             if f.endswith(".png"):
-                s.add(Image(str((Path(a["out_dir"]) / f).relative_to(out)), caption=f"{model}: {f[:-4]}"))
+                s.add(Image(str((Path(seed0["out_dir"]) / f).relative_to(out)), caption=f"{model}, seed 0: {f[:-4]}"))
 
     s = doc.section("Reproduce")
     s.add(Text("Command:"))
@@ -196,6 +206,11 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return doc.write(out)
 
 
+def _start_label(m: dict[str, Any]) -> str:
+    st = m["start"]
+    return f"start ({st['name']})" if st.get("kind") == "pretrained" else "baseline"
+
+
 def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
     return [{**h, "epoch": h["epoch"] + offset} for h in history]
 
@@ -203,20 +218,3 @@ def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
 def _epoch_time(run: dict[str, Any]) -> float | None:
     times = [h.get("epoch_time_s") for h in run["history"] if h.get("epoch_time_s") is not None]
     return sum(times) / len(times) if times else None
-
-
-def _robustness_table(rob: dict[str, Any]) -> Table:
-    rows = []
-    eps: list[float] = []
-    for side in ("baseline", "refconv"):
-        r = rob.get(side)
-        if not r:
-            continue
-        eps = list(r["eps"])
-        label = "continue" if side == "baseline" else side
-        rows.append([label, "clean", fmt(100 * r["clean"])] + [""] * (len(eps) - 1))
-        for attack in ("fgsm", "pgd"):
-            if attack in r:
-                rows.append([label, attack] + [fmt(100 * v) for v in r[attack]])
-    return Table(["model", "attack"] + [f"eps {e:g}" for e in eps], rows,
-                 caption=f"Top-1 % under L-inf attacks (eps in pixel units), on {rob['refconv']['samples']} test images.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -14,8 +15,11 @@ __all__ = ["check_folding"]
 
 
 @torch.no_grad()
-def check_folding(refconv_run: RunResult, baseline_run: RunResult, profile, data_dir: str | None) -> dict[str, Any]:
-    """Compare the unfolded RefConv model, its folded weights (as shipped) and the baseline on the test set.
+def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, data_dir: str | None) -> dict[str, Any]:
+    """Compare the unfolded RefConv model, its folded weights (as shipped) and the start on the test set.
+
+    ``start`` is what the arms started from (a registry name or the baseline's run directory): the folded model
+    must cost exactly what it costs.
 
     Returns max |logit difference| (absolute and relative to the logit scale), how many predictions are
     identical, both accuracies, parameters and FLOPs of folded vs baseline, and their latency measured side
@@ -27,7 +31,7 @@ def check_folding(refconv_run: RunResult, baseline_run: RunResult, profile, data
     if refconv_run.folded_path is None:
         raise RuntimeError(f"{refconv_run.run_dir}: the RefConv run wrote no folded weights.")
     folded = load_model(refconv_run.folded_path).model.eval()
-    baseline = load_model(baseline_run.run_dir).model.eval()
+    baseline = load_model(start).model.eval()
     loader = test_loader(refconv_run.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
 
     max_abs = 0.0
