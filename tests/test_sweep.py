@@ -158,6 +158,31 @@ def test_packaged_sweeps_are_valid():
     assert not abl.warnings
 
 
+STUDY = ["pretrained-study-converged", "pretrained-study-undertrained", "pretrained-study-converged-full",
+         "pretrained-study-undertrained-full"]
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_pretrained_study_configs_validate_and_estimate(name, tmp_path_factory):
+    """The study the pretrained-model issue asks for: both starts from the registry, budgets 1/3/10, >= 3 seeds,
+    the five settings and both controls; ``--estimate`` builds every variant and times it (on stand-in images)."""
+    from refconv.models import pretrained
+
+    spec = load_sweep(name)
+    start = "fmnist/mobilenetv3_small_100" + ("_e2" if "undertrained" in name else "")
+    assert spec.baseline_weights == str(pretrained.weights_path(start).resolve())
+    assert spec.budgets == [1, 3, 10] and len(spec.seeds) >= 3 and spec.controls == ["continue", "finetune"]
+    by_name = {s.name: s.overrides for s in spec.settings}
+    assert by_name == {"authors": {}, "zero-init": {"init": "zeros"}, "refocus-lr-x0.1": {"refocus_lr_mult": 0.1},
+                       "refocus-lr-x10": {"refocus_lr_mult": 10.0}, "random-basis": {"basis": "random"}}
+    assert spec.base["image_size"] == pretrained.entry(start).image_size and not spec.warnings
+    data = tmp_path_factory.getbasetemp() / "study-data"
+    if not data.exists():
+        write_fashion_mnist(data, n_train=1000, n_test=5000)
+    est = run_sweep(spec, tmp_path_factory.mktemp("est"), data_dir=str(data), estimate_only=True, log=quiet()).estimate
+    assert est["cells_todo"] == 5 * 3 * len(spec.seeds) + 2 * 3 * len(spec.seeds) and not est["baseline_todo"]
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 def test_compare_arms_hand_computed():
     # 2 seeds: setting - continue = [1, 2]: mean 1.5, sd 1/sqrt(2), se 0.5, t(0.975, 1) = 12.7062

@@ -141,6 +141,7 @@ def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None
 
         entries = [pretrained.entry(s) for s in starts]  # unknown names list the registry
         changes["starts"] = tuple(e.name for e in entries)
+        changes["baseline_epochs"] = 0
         changes["models"] = tuple(e.model for e in entries)
         sizes = {e.image_size for e in entries}
         if len(sizes) > 1:

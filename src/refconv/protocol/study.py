@@ -1,0 +1,184 @@
+"""The pretrained-model study's one-page summary: two recorded sweeps (one per start) read side by side.
+
+The question the page answers: in which regime (converged or under-trained start) and at which budget, if any,
+does a RefConv setting beat the best equal-budget control, and how does RefConv − best control move from the
+under-trained to the converged start. Every number is read from the sweeps' ``results.json``; nothing is
+recomputed except the table layout::
+
+    python -m refconv.protocol.study converged=docs/results/pretrained-study/converged \\
+        undertrained=docs/results/pretrained-study/undertrained --out docs/pretrained-study.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_study", "write_study_summary"]
+
+
+def load_study(dirs: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """``{start label: results.json of its sweep}``, in the given order."""
+    out = {}
+    for label, d in dirs.items():
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"study: {path} does not exist: run the sweep first (its command is in its YAML).")
+        out[label] = json.loads(path.read_text())
+    return out
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "n/a"
+    if d.get("ci_low") is None:
+        return f"{d['mean']:+.2f} (1 seed)"
+    return f"{d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+
+
+def _ms(s: dict[str, Any]) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s.get("std") is not None and s["n"] > 1 else f"{s['mean']:.2f}"
+
+
+def _rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for b in res["budgets"] for r in b["rows"]]
+
+
+def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike, *,
+                        plot: bool = True) -> Path:
+    """Write the summary page (and ``<stem>-delta.png`` beside it); returns the page's path."""
+    out = Path(out)
+    lines = ["# Does RefConv beat more training? The pretrained-model study", ""]
+    first = next(iter(study.values()))
+    base = first["spec"]["base"]
+    lines += [
+        "Every figure below is read from the two sweeps' `results.json` (linked per start); RefConv settings and the "
+        "two equal-budget controls (`continue`: plain training with the same recipe; `finetune`: the same at 0.1x "
+        "the learning rate) start from the same weights, train for the same number of epochs and are scored on "
+        "the same test images; Δ is the paired per-seed difference to the **best control at that budget**, with "
+        "its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval is "
+        "above zero.",
+        "",
+        f"Scale: `{base['model']}` at {base['image_size']} px; an epoch is "
+        + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
+           if base.get("subset_train") else "the whole 60,000-image training set")
+        + f", batch {base['batch_size']}, scored on "
+        + (f"a fixed {base['subset_test']:,}-image subset of the test set" if base.get("subset_test")
+           else "the full test set") + ".",
+        "",
+        "| start | start top-1 | seeds | budgets | sweep |",
+        "|---|---:|---:|---|---|",
+    ]
+    for label, res in study.items():
+        spec = res["spec"]
+        lines.append(f"| {label} (`{_weights_label(spec)}`) | {res['baseline']['final']['top1']:.2f} | "
+                     f"{len(spec['seeds'])} | {', '.join(str(b) for b in spec['budgets'])} | "
+                     f"`{spec.get('name')}`: {res.get('command', '')} |")
+    lines += ["", "## The answer", ""]
+    wins = [(label, r) for label, res in study.items() for r in _rows(res)
+            if r["kind"] == "setting" and (r.get("vs_best") or {}).get("ci_low") is not None
+            and r["vs_best"]["ci_low"] > 0]
+    if wins:
+        for label, r in wins:
+            lines.append(f"- **{r['arm']}** beats the best control from the {label} start at {r['budget']} epoch(s): "
+                         f"Δ {_ci(r['vs_best'])} pt.")
+    else:
+        lines.append("- **No RefConv setting beats the best equal-budget control at any budget, from either start.**")
+    best = {label: max((r for r in _rows(res) if r["kind"] == "setting"), key=lambda r: r["vs_best"]["mean"])
+            for label, res in study.items()}
+    for label, r in best.items():
+        lines.append(f"- Closest from the {label} start: **{r['arm']}** at {r['budget']} epoch(s), Δ {_ci(r['vs_best'])} "
+                     f"pt vs {r['best_control']} ({_ms(r['summary'])} % top-1).")
+    lines += ["", "## RefConv − best control, by start and budget", "",
+              "| setting | budget | " + " | ".join(f"{label}: top-1 %" for label in study) + " | "
+              + " | ".join(f"{label}: Δ vs best control [95 % CI]" for label in study) + " |",
+              "|---|---:|" + "---:|" * (2 * len(study))]
+    labels = list(study)
+    keyed = {label: {(r["arm"], r["budget"]): r for r in _rows(res)} for label, res in study.items()}
+    order = [(r["arm"], r["budget"]) for r in _rows(study[labels[0]]) if r["kind"] == "setting"]
+    order.sort(key=lambda k: (k[0] != "authors", k[0], k[1]))
+    for key in order:
+        cells = [keyed[lb].get(key) for lb in labels]
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_ms(c["summary"]) if c else "n/a" for c in cells)
+                     + " | " + " | ".join(_ci(c.get("vs_best")) if c else "n/a" for c in cells) + " |")
+    lines += ["", "## The controls", "", "| control | budget | " + " | ".join(f"{lb}: top-1 %" for lb in labels)
+              + " |", "|---|---:|" + "---:|" * len(labels)]
+    ctrl = sorted({(r["arm"], r["budget"]) for r in _rows(study[labels[0]]) if r["kind"] != "setting"})
+    for key in ctrl:
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
+            _ms(keyed[lb][key]["summary"]) if key in keyed[lb] else "n/a" for lb in labels) + " |")
+    png = out.with_name(out.stem + "-delta.png")
+    if plot and _plot(study, png):
+        lines += ["", f"![RefConv minus the best control, by budget]({png.name})", ""]
+    lines += ["", "## Reproduce", ""]
+    for label, res in study.items():
+        lines.append(f"- {label}: `{res.get('command', '')}` ({res.get('wall_time_s', 0) / 60:.0f} min, "
+                     f"{res.get('environment', {}).get('platform', '')})")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _weights_label(spec: dict[str, Any]) -> str:
+    w = str((spec.get("baseline") or {}).get("weights", ""))
+    stem = Path(w).name.replace(".safetensors", "")
+    return f"fmnist/{stem}" if "/weights/fmnist/" in w.replace(os.sep, "/") else w
+
+
+def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return False
+    fig, axes = plt.subplots(1, len(study), figsize=(5.5 * len(study), 4), sharey=True, squeeze=False)
+    for ax, (label, res) in zip(axes[0], study.items()):
+        by_arm: dict[str, list[dict[str, Any]]] = {}
+        for r in _rows(res):
+            if r["kind"] == "setting":
+                by_arm.setdefault(r["arm"], []).append(r)
+        for arm, rows in by_arm.items():
+            rows.sort(key=lambda r: r["budget"])
+            x = [r["budget"] for r in rows]
+            y = [r["vs_best"]["mean"] for r in rows]
+            lo = [r["vs_best"]["mean"] - (r["vs_best"]["ci_low"] if r["vs_best"]["ci_low"] is not None
+                                          else r["vs_best"]["mean"]) for r in rows]
+            hi = [(r["vs_best"]["ci_high"] if r["vs_best"]["ci_high"] is not None else r["vs_best"]["mean"])
+                  - r["vs_best"]["mean"] for r in rows]
+            ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({r["budget"] for r in _rows(res)}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel("budget (epochs)")
+        ax.set_title(f"{label} start ({res['baseline']['final']['top1']:.2f} %)")
+    axes[0][0].set_ylabel("top-1 Δ vs best control, pt (95 % CI)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m refconv.protocol.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweeps", nargs="+", metavar="LABEL=DIR", help="a recorded sweep per start, e.g. converged=DIR")
+    p.add_argument("--out", required=True, help="the Markdown page to write")
+    args = p.parse_args(argv)
+    dirs = {}
+    for item in args.sweeps:
+        if "=" not in item:
+            p.error(f"{item!r}: give LABEL=DIR, e.g. converged=docs/results/pretrained-study/converged")
+        label, d = item.split("=", 1)
+        dirs[label] = d
+    print(write_study_summary(load_study(dirs), args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
