@@ -52,14 +52,14 @@ def test_lock_of_a_killed_process_is_stale(common, tmp_path):
     assert (run(RunConfig(out=str(out), **common)).run_dir / "done.json").is_file()
 
 
-def test_orphan_temp_files_are_removed_at_start_and_resume(common, tmp_path, monkeypatch):
+def test_orphan_temp_files_are_removed_at_start_and_resume(common, tmp_path, faults):
     out = tmp_path / "orphans"
-    monkeypatch.setenv("REFCONV_TEST_INTERRUPT_AFTER_STEPS", "1")
+    faults.interrupt_after(1)
     from refconv.engine import RunInterrupted
 
     with pytest.raises(RunInterrupted):
         run(RunConfig(out=str(out), **{**common, "epochs": 2}))
-    monkeypatch.delenv("REFCONV_TEST_INTERRUPT_AFTER_STEPS")
+    faults.clear()
     orphan = out / "checkpoints" / ".last.pt.k7x_2ab.tmp"  # what a kill during torch.save leaves
     orphan.write_bytes(b"half a checkpoint")
     top = out / ".config.yaml.abc123.tmp"

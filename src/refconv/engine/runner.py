@@ -52,6 +52,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, config_diff, config_hash, make_config, warmup_warning
 from .export import export_onnx, save_weights
+from .hooks import StepEvent, call_step_hooks
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
 from .modeling import (
     CHECKPOINT_DIR,
@@ -68,13 +69,7 @@ from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 from .sampling import ResumableSampler, ShardSampler
 
-__all__ = ["run", "RunResult", "RunInterrupted", "load_run_config", "FAULT_ENV_FAIL", "FAULT_ENV_INTERRUPT",
-           "FAULT_ENV_NAN"]
-
-# Test hooks: simulate a crash (no save) or a Ctrl-C (save and stop) after N optimizer steps.
-FAULT_ENV_FAIL = "REFCONV_TEST_FAIL_AFTER_STEPS"
-FAULT_ENV_INTERRUPT = "REFCONV_TEST_INTERRUPT_AFTER_STEPS"
-FAULT_ENV_NAN = "REFCONV_TEST_NAN_AFTER_STEPS"  # the loss turns NaN after N steps of this process
+__all__ = ["run", "RunResult", "RunInterrupted", "load_run_config"]
 
 _RUN_FILES = ("config.yaml", RUN_DONE_FILE, CHECKPOINT_DIR, "metrics.jsonl")
 
@@ -239,19 +234,6 @@ def _rank0_decides(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
     return result[1]
 
 
-class _NaNAfter(nn.Module):
-    """Test hook (``REFCONV_TEST_NAN_AFTER_STEPS``): the wrapped loss becomes NaN after ``after`` calls."""
-
-    def __init__(self, inner: nn.Module, after: int) -> None:
-        super().__init__()
-        self.inner, self.after, self.calls = inner, after, 0
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.inner(logits, targets)
-        return loss * float("nan") if self.calls > self.after else loss
-
-
 class _StopFlag:
     """Ctrl-C / SIGTERM handling: the first signal asks the loop to stop at a step boundary and save; a
     second Ctrl-C aborts at once."""
@@ -276,11 +258,6 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _env_step(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 def _make_loaders(train_ds: Dataset, test_ds: Dataset, sampler: ResumableSampler, cfg: RunConfig,
@@ -542,8 +519,6 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if _env_step(FAULT_ENV_NAN) is not None:
-        loss_fn = _NaNAfter(loss_fn, _env_step(FAULT_ENV_NAN))
 
     # ---- state
     epoch, step_in_epoch, global_step = 0, 0, 0
@@ -599,9 +574,6 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs)]:
             if warning:
                 reporter.log("warning: " + warning)
-
-    fail_at = _env_step(FAULT_ENV_FAIL)
-    interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
 
     def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
         rngs = dist_utils.all_gather_object(rng_state())
@@ -670,9 +642,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                     save_last(_ep, step, gstep, _meter)
 
             def stop_requested(gstep: int) -> bool:
-                if fail_at is not None and gstep == fail_at:
-                    raise RuntimeError(f"{FAULT_ENV_FAIL}: injected failure after step {gstep}")
-                if interrupt_at is not None and gstep == interrupt_at:
+                if call_step_hooks(StepEvent(global_step=gstep, model=model)):
                     stop.requested = True
                 return stop.requested
 
