@@ -10,7 +10,6 @@ recorded ``conversion_config`` before the weights are loaded strictly.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ from torch import nn
 
 from ..convert import refconv_layers, reparameterize, state_dict_format
 from ..errors import CheckpointError, ConfigError, StateDictFormatError
+from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, checkpoint_path, deployable_weights, is_finished
 from .checkpoint import is_run_checkpoint, load_checkpoint
 from .config import RunConfig, make_config
 from .export import export_onnx, max_abs_diff, read_sidecar, save_weights
 from .modeling import (
-    CHECKPOINT_DIR,
-    RUN_DONE_FILE,
     count_params,
     create_stock_model,
     load_format_checked,
@@ -53,7 +51,7 @@ class LoadedModel:
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
     """``run_dir/checkpoints/<which>.pt``, with an error naming what exists instead."""
-    path = run_dir / CHECKPOINT_DIR / f"{which}.pt"
+    path = checkpoint_path(run_dir, which)
     if not path.is_file():
         have = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.pt")) if (run_dir / CHECKPOINT_DIR).is_dir() else []
         raise CheckpointError(f"{path} does not exist (checkpoints there: {have or 'none'}).")
@@ -61,7 +59,7 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def _run_config(run_dir: Path) -> RunConfig | None:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     return make_config(path) if path.is_file() else None
 
 
@@ -102,16 +100,15 @@ def load_model(
     cfg: RunConfig | None = None
     if src.is_dir():
         cfg = _run_config(src)
-        if which is None and (src / RUN_DONE_FILE).is_file():
-            record = json.loads((src / RUN_DONE_FILE).read_text())
-            src = src / Path(record["weights_path"]).name
+        if which is None and is_finished(src):
+            src = deployable_weights(src)
         elif cfg is not None or (src / CHECKPOINT_DIR).is_dir():
             src = find_checkpoint(src, which or "last")
         else:
             raise CheckpointError(f"{src} is a directory but not a refconv run (no config.yaml or {CHECKPOINT_DIR}/).")
     elif src.parent.name == CHECKPOINT_DIR:
         cfg = _run_config(src.parent.parent)
-    elif (src.parent / "config.yaml").is_file():
+    elif (src.parent / CONFIG_FILE).is_file():
         cfg = _run_config(src.parent)
 
     ckpt = None

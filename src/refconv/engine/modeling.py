@@ -9,7 +9,6 @@ per-layer conversion recorded in it (``refconv.conversion_config``).
 from __future__ import annotations
 
 import glob
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from ..convert import conversion_config, convert, load_state_dict, plan_conversion, refconv_layers, state_dict_format
 from ..errors import CheckpointError, ConfigError, NoEligibleConvError, StateDictFormatError
+from ..runlayout import DONE_FILE, deployable_weights
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
 
@@ -31,16 +31,14 @@ __all__ = [
     "rebuild_converted",
     "load_format_checked",
     "load_start_weights",
-    "resolve_run_weights",
     "count_params",
-    "RUN_DONE_FILE",
-    "CHECKPOINT_DIR",
     "check_format",
     "check_input_size",
 ]
 
-RUN_DONE_FILE = "done.json"
-CHECKPOINT_DIR = "checkpoints"  # run_dir/checkpoints/{last,best}.pt, where refconv.models.load_weights looks
+# The names engine/publish.py imports from here; the layout itself is refconv.runlayout's.
+RUN_DONE_FILE = DONE_FILE
+resolve_run_weights = deployable_weights
 
 
 def create_stock_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
@@ -212,32 +210,6 @@ def check_format(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
         load_state_dict(model, state_dict)  # raises the core's StateDictFormatError, loads nothing
 
 
-def resolve_run_weights(run_dir: str | Path) -> Path:
-    """The deployable weights file of a finished run directory (``folded.safetensors`` / ``model.safetensors``).
-
-    Raises:
-        CheckpointError: an unfinished run (names its ``last.pt`` and how to finish it) or not a run directory.
-    """
-    run_dir = Path(run_dir)
-    done = run_dir / RUN_DONE_FILE
-    if done.is_file():
-        try:
-            record = json.loads(done.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{done} is unreadable ({exc}); rerun with --overwrite.") from None
-        weights = record.get("weights_path")
-        if weights and (run_dir / Path(weights).name).is_file():
-            return run_dir / Path(weights).name
-        raise CheckpointError(f"run {run_dir} is finished but its weights file {weights!r} is missing.")
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
-    if last.is_file():
-        raise CheckpointError(
-            f"run {run_dir} is unfinished (no {RUN_DONE_FILE}). Finish it with `refconv train --resume {run_dir}`, or "
-            f"point at its checkpoint explicitly ({last})."
-        )
-    raise CheckpointError(f"{run_dir} is a directory but not a refconv run (no {RUN_DONE_FILE} or {last.name}).")
-
-
 def load_start_weights(model: nn.Module, weights: str | Path) -> str:
     """Load the starting weights of a run into the (plain) ``model``; returns the file loaded, for the log.
 
@@ -250,12 +222,11 @@ def load_start_weights(model: nn.Module, weights: str | Path) -> str:
         StateDictFormatError: a RefConv (unfolded) checkpoint where plain weights are needed.
         CheckpointError: missing or corrupt file, unfinished run, weights that do not fit (classes, keys).
     """
-    from ..models import pretrained, read_state_dict
+    from ..models import read_state_dict, resolve_weights_path
 
-    # A registry name (fmnist/...) becomes its verified weights file; its card's fit was checked by the config.
-    path = pretrained.weights_path(str(weights)) if pretrained.is_pretrained_name(weights) else Path(weights)
-    if path.is_dir() and ((path / RUN_DONE_FILE).exists() or (path / CHECKPOINT_DIR / "last.pt").exists()):
-        path = resolve_run_weights(path)
+    # A registry name becomes its verified weights file (its card's fit was checked by the config), a run
+    # directory its deployable weights (refconv.runlayout).
+    path = resolve_weights_path(weights)
     state = read_state_dict(path)
     if state_dict_format(state) == "refconv" and not refconv_layers(model):
         raise StateDictFormatError(

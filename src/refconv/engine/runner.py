@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..convert import conversion_config, state_dict_format
 from ..errors import CheckpointError, ConfigError, CorruptImageError, DataError, RefConvError
+from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import distributed as dist_utils
 from . import rundir
 from .artifacts import fold_model
@@ -50,13 +51,11 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import RunConfig, config_diff, config_hash, make_config, warmup_warning
+from .config import RunConfig, config_hash, make_config, warmup_warning
 from .export import export_onnx, save_weights
 from .hooks import StepEvent, call_step_hooks
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
 from .modeling import (
-    CHECKPOINT_DIR,
-    RUN_DONE_FILE,
     apply_conversion,
     convert_kwargs,
     check_input_size,
@@ -69,10 +68,7 @@ from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 from .sampling import ResumableSampler, ShardSampler
 
-__all__ = ["run", "RunResult", "RunInterrupted", "load_run_config"]
-
-_RUN_FILES = ("config.yaml", RUN_DONE_FILE, CHECKPOINT_DIR, "metrics.jsonl")
-
+__all__ = ["run", "RunResult", "RunInterrupted"]
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM stopped the run after saving ``checkpoint``; resume with ``run(cfg, resume=True)``."""
@@ -130,89 +126,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory was started with."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a refconv run directory (no config.yaml).")
-    return make_config(path)
-
-
-def _done_record(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RUN_DONE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(
-            f"output directory {run_dir} is not writable ({exc.strerror or exc}). Choose another --out, or fix "
-            "the directory's permissions."
-        ) from None
-
-
-def _diff_text(diff: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
-
-
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """Decide what to do with ``run_dir`` (rank 0). Returns a cached done-record or None (train).
-
-    Raises the errors that refuse to touch an existing run.
-    """
-    done = _done_record(run_dir)
-    rundir.remove_orphan_temps(run_dir)  # half-written files of a killed process (we hold the lock)
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no config.yaml). "
-                                  "Start a new run with --out instead.")
-        saved = load_run_config(run_dir)
-        diff = config_diff(saved, cfg)
-        if diff:
-            raise CheckpointError(
-                f"cannot resume {run_dir}: the config differs from the run's ({_diff_text(diff)}). Resume with the "
-                "run's own settings (drop those flags), or start a new run with a different --out (or --overwrite)."
-            )
-        if done is not None:
-            return done
-        if not (run_dir / CHECKPOINT_DIR / "last.pt").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
-        return None
-    if not rundir.is_empty(run_dir):
-        if done is not None and not cfg.overwrite:
-            if done.get("config_hash") == config_hash(cfg):
-                return done
-            diff = config_diff(done.get("config", {}), cfg)
-            raise CheckpointError(
-                f"run directory {run_dir} holds a finished run with a different config ({_diff_text(diff)}). Choose "
-                "another --out, or pass --overwrite to replace it."
-            )
-        if not cfg.overwrite:
-            hint = f"resume it with --resume {run_dir}, " if (run_dir / CHECKPOINT_DIR / "last.pt").is_file() else ""
-            raise CheckpointError(
-                f"run directory {run_dir} already exists and is not empty. {hint.capitalize() or ''}"
-                f"{'or ' if hint else ''}pass --overwrite to start over, or choose another --out."
-            )
-        if not any((run_dir / f).exists() for f in _RUN_FILES):
-            raise CheckpointError(
-                f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
-                "with --overwrite. Choose another --out."
-            )
-        rundir.clear(run_dir)  # keeps .lock: this process still owns the directory
-    _check_writable(run_dir)
-    return None
 
 
 def _rank0_decides(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
@@ -332,7 +245,7 @@ def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gs
     saved = None
     if not info.distributed and step > start_step and meter.finite():
         saved = save_last(ep, step, start_gstep + step - start_step, meter)
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
+    last = checkpoint_path(run_dir)
     where = (f"saved {saved} at epoch {ep + 1}, step {step}/{steps_per_epoch}" if saved else
              f"the last checkpoint {last} is kept" if last.is_file() else "no checkpoint had been written yet")
     msg = (f"{exc} Training stopped; {where}. After replacing the file, `refconv train --resume {run_dir}` continues "
@@ -404,7 +317,7 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
 
     def _own_and_prepare() -> dict[str, Any] | None:
         lock.acquire()
-        return _prepare_run_dir(cfg, run_dir, resume)
+        return rundir.prepare(cfg, run_dir, resume)
 
     failed = True
     try:
@@ -527,11 +440,11 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     meter_state: dict[str, Any] | None = None
     chash = config_hash(cfg)
     if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_DIR / "last.pt", map_location=device)
+        ckpt = load_checkpoint(checkpoint_path(run_dir), map_location=device)
         if not is_run_checkpoint(ckpt) or ckpt.get("config_hash") != chash:
-            raise CheckpointError(f"{run_dir / CHECKPOINT_DIR / 'last.pt'} was not written by this run's config; "
+            raise CheckpointError(f"{checkpoint_path(run_dir)} was not written by this run's config; "
                                   "start over with --overwrite.")
-        load_format_checked(model, ckpt["state_dict"], str(run_dir / CHECKPOINT_DIR / "last.pt"))
+        load_format_checked(model, ckpt["state_dict"], str(checkpoint_path(run_dir)))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
@@ -554,7 +467,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     if info.is_main:  # everything that can fail on bad input has been built: now the run directory fills
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         reporter.attach_file(run_dir / "log.txt")
-        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
         _write_metrics(run_dir, history)
         reporter.log(
             f"run {run_dir}: {cfg.method} {cfg.model} on {data_info.name} ({len(train_ds)} train / {len(test_ds)} test "
@@ -604,7 +517,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
     def save_last(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> Path:
         state = state_dict_for_ckpt(ep, step, gstep, meter)  # collective (RNG gather): all ranks
-        path = run_dir / CHECKPOINT_DIR / "last.pt"
+        path = checkpoint_path(run_dir)
         if info.is_main:
             save_checkpoint(path, state)
         return path
@@ -656,7 +569,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                         on_batch=bar.update,
                     )
             except NonFiniteLossError as exc:
-                last = run_dir / CHECKPOINT_DIR / "last.pt"
+                last = checkpoint_path(run_dir)
                 kept = (f"the last good checkpoint {last} (epoch {len(history)}) is kept" if last.is_file()
                         else "no checkpoint had been written yet")
                 msg = (f"training loss became NaN/inf ({exc}, epoch {ep + 1}, lr {optimizer.param_groups[0]['lr']:.3g}). "
@@ -707,9 +620,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             if info.is_main:
                 _write_metrics(run_dir, history)
                 if is_best:
-                    atomic_copy(path, run_dir / CHECKPOINT_DIR / "best.pt")
+                    atomic_copy(path, checkpoint_path(run_dir, "best"))
                 if ep + 1 in cfg.snapshot_epochs:  # an under-trained start of the same recipe (docs/pretrained.md)
-                    atomic_copy(path, run_dir / CHECKPOINT_DIR / f"epoch-{ep + 1}.pt")
+                    atomic_copy(path, checkpoint_path(run_dir, f"epoch-{ep + 1}"))
                 reporter.log(
                     f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | "
                     + (("test " + _fmt_metrics(test)) if evaluated else f"test not evaluated (every {cfg.eval_every_epochs})")
@@ -761,7 +674,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                "input_pipeline": pipeline, "start_weights": start_weights},
     )
     if info.is_main:
-        atomic_write_bytes(run_dir / RUN_DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        atomic_write_bytes(run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
         reporter.summary(f"refconv {cfg.method}: {run_dir}", summary_rows(result))
     dist_utils.barrier()
     return result
@@ -770,7 +683,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` from the history (so a resumed run never shows epochs it rolled back)."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_bytes(run_dir / "metrics.jsonl", text.encode())
+    atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
 
 
 def summary_rows(result: RunResult) -> list[tuple[str, str]]:

@@ -2,8 +2,8 @@
 
 Accepted: a registry name (``fmnist/...``, :mod:`refconv.models.pretrained`); ``.safetensors``; ``torch.save`` files (``.pth``/``.pt``/``.bin``/``.ckpt``...) holding a raw state_dict
 or a training checkpoint with a ``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema`` entry (timm's
-and torchvision's training scripts, and ours); a run directory (``folded.safetensors``, then
-``checkpoints/best.pt``, then ``checkpoints/last.pt``). The format is recognised from the file's first bytes,
+and torchvision's training scripts, and ours); a finished run directory (its deployable weights, as
+:func:`refconv.runlayout.deployable_weights` says: the one answer every room gives). The format is recognised from the file's first bytes,
 not its extension. ``torch.load`` always runs with ``weights_only=True``: a weights file cannot run code.
 
 Loading checks everything before touching the model, so a failed load leaves it as it was: a checkpoint
@@ -26,11 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, short_reason
+from ..runlayout import deployable_weights
 from .surgery import adapt_input_weight, classifier_names, first_conv_names
 
 __all__ = [
     "CHECKPOINT_KEYS",
-    "RUN_DIR_FILES",
     "resolve_weights_path",
     "read_state_dict",
     "is_refconv_state_dict",
@@ -43,8 +43,6 @@ _log = logging.getLogger(__name__)
 # Entries of a training checkpoint that hold the model's state_dict, in order of preference.
 CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _EMA_FIRST = ("state_dict_ema", "model_ema", "state_dict", "model")
-# Files of a refconv run directory that hold weights, in order of preference.
-RUN_DIR_FILES = ("folded.safetensors", "checkpoints/best.pt", "checkpoints/last.pt")
 # Wrappers that prefix every key: DistributedDataParallel / DataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _REFCONV_SUFFIX = "refocus_weight"
@@ -67,11 +65,12 @@ def _safe_globals() -> list[Any]:
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """The weights file ``path`` refers to: itself, the best file of a run directory, or the verified weights of
-    a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, see :mod:`refconv.models.pretrained`).
+    """The weights file ``path`` refers to: itself, a finished run directory's deployable weights, or the verified
+    weights of a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, see :mod:`refconv.models.pretrained`).
 
     Raises:
-        CheckpointError: nothing at ``path``, or a directory with none of :data:`RUN_DIR_FILES`.
+        CheckpointError: nothing at ``path``, an unfinished run (naming ``--resume`` and its ``last.pt``), or a
+            directory that is not a run.
         PretrainedError: a registry name that is unknown, not trained yet, or whose file fails its SHA-256.
     """
     from . import pretrained
@@ -80,12 +79,7 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
         return pretrained.weights_path(str(path))
     p = Path(path).expanduser()
     if p.is_dir():
-        for rel in RUN_DIR_FILES:
-            if (p / rel).is_file():
-                return p / rel
-        raise CheckpointError(
-            f"{p} is a directory but not a run directory: it holds none of {', '.join(RUN_DIR_FILES)}."
-        )
+        return deployable_weights(p)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist.")
     return p
@@ -328,8 +322,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
     Args:
         model: a plain model (or a converted RefConv model, for RefConv checkpoints).
-        path: ``.safetensors``, a ``torch.save`` file (raw state_dict or training checkpoint) or a run
-            directory (``folded.safetensors``, ``checkpoints/best.pt``, ``checkpoints/last.pt``).
+        path: ``.safetensors``, a ``torch.save`` file (raw state_dict or training checkpoint) or a finished run
+            directory (its ``model.safetensors`` / ``folded.safetensors``).
         strict: require every key to match. ``False`` drops a classifier with another number of classes and
             loads the matching keys only, with a warning naming the rest.
         use_ema: prefer a training checkpoint's EMA weights.
