@@ -392,7 +392,7 @@ class _RefConvLike(nn.Module):
 
 def test_plain_checkpoint_into_refconv_model(tmp_path):
     torch.save(TinyNet().state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(CheckpointError, match="plain \\(folded\\) weights but the model has RefConv layers"):
+    with pytest.raises(CheckpointError, match="folded \\(plain\\) checkpoint, but the model holds RefConv layers"):
         load_weights(_RefConvLike(), tmp_path / "plain.pth")
     model = _RefConvLike()
     torch.save(_randomized(_RefConvLike()).state_dict(), tmp_path / "refconv.pth")

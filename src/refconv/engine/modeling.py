@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..convert import conversion_config, convert, load_state_dict, plan_conversion, refconv_layers, state_dict_format
-from ..errors import CheckpointError, ConfigError, NoEligibleConvError, StateDictFormatError
+from ..convert import conversion_config, convert, plan_conversion
+from ..errors import CheckpointError, ConfigError, NoEligibleConvError
 from ..runlayout import DONE_FILE, deployable_weights
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
@@ -32,7 +32,6 @@ __all__ = [
     "load_format_checked",
     "load_start_weights",
     "count_params",
-    "check_format",
     "check_input_size",
 ]
 
@@ -189,25 +188,12 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def load_format_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Strict load that never half-loads: the folded-vs-RefConv format is checked first (a
-    :class:`StateDictFormatError` naming ``source`` and the fix), then keys and shapes by
-    :func:`refconv.models.load_state_dict_checked` (class-count and channel hints included).
-    """
+    """The engine's strict load: :func:`refconv.models.load_state_dict_checked` (the format check of
+    :func:`refconv.convert.check_state_dict_format` first, then keys, shapes, class-count and channel hints),
+    never half-loading."""
     from ..models import load_state_dict_checked
 
-    try:
-        check_format(model, state_dict)
-    except StateDictFormatError as exc:
-        raise StateDictFormatError(f"{source}: {exc}") from None
     load_state_dict_checked(model, state_dict, source=source, strict=True)
-
-
-def check_format(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Raise :class:`StateDictFormatError` (the core's message) when ``state_dict`` is folded and ``model``
-    has RefConv layers, or the reverse."""
-    wanted = "refconv" if refconv_layers(model) else "plain"
-    if state_dict_format(state_dict) != wanted:
-        load_state_dict(model, state_dict)  # raises the core's StateDictFormatError, loads nothing
 
 
 def load_start_weights(model: nn.Module, weights: str | Path) -> str:
@@ -227,12 +213,5 @@ def load_start_weights(model: nn.Module, weights: str | Path) -> str:
     # A registry name becomes its verified weights file (its card's fit was checked by the config), a run
     # directory its deployable weights (refconv.runlayout).
     path = resolve_weights_path(weights)
-    state = read_state_dict(path)
-    if state_dict_format(state) == "refconv" and not refconv_layers(model):
-        raise StateDictFormatError(
-            f"{path} is a RefConv (unfolded) checkpoint, but a plain model is needed here (the starting weights of "
-            f"a run). Fold it first (`refconv fold {path}`) and pass the folded .safetensors, or pass the finished "
-            "run directory, whose folded weights are used."
-        )
-    load_format_checked(model, state, str(path))
+    load_format_checked(model, read_state_dict(path), str(path))
     return str(path)

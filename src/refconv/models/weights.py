@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..convert import check_state_dict_format, state_dict_format
 from ..errors import CheckpointError, short_reason
 from ..runlayout import deployable_weights
 from .surgery import adapt_input_weight, classifier_names, first_conv_names
@@ -45,7 +46,6 @@ CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _EMA_FIRST = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Wrappers that prefix every key: DistributedDataParallel / DataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_REFCONV_SUFFIX = "refocus_weight"
 _SHOW = 5  # keys listed in an error message
 
 
@@ -175,8 +175,8 @@ def read_state_dict(path: str | os.PathLike, *, use_ema: bool = False) -> dict[s
 
 
 def is_refconv_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True when the keys are a converted (unfolded) RefConv model's: they include ``*.refocus_weight``."""
-    return any(k == _REFCONV_SUFFIX or k.endswith("." + _REFCONV_SUFFIX) for k in state_dict)
+    """True when the keys are a converted (unfolded) RefConv model's (:func:`refconv.convert.state_dict_format`)."""
+    return state_dict_format(state_dict) == "refconv"
 
 
 def _under(key: str, prefixes: list[str]) -> bool:
@@ -215,21 +215,11 @@ def load_state_dict_checked(
         Keys of the model left at their initial values (a dropped head).
 
     Raises:
-        CheckpointError: see the module docstring.
+        CheckpointError: see the module docstring (a format mismatch is its subclass
+            :class:`~refconv.errors.StateDictFormatError`).
     """
+    check_state_dict_format(model, state_dict, source=source)
     model_sd = model.state_dict()
-    file_refconv, model_refconv = is_refconv_state_dict(state_dict), is_refconv_state_dict(model_sd)
-    if file_refconv and not model_refconv:
-        raise CheckpointError(
-            f"{source} is a RefConv (unfolded) checkpoint (it holds '*.refocus_weight' keys) but the model is "
-            "plain; fold it with `refconv fold` or convert the model first (refconv.convert with the same "
-            "map_k/groups)."
-        )
-    if model_refconv and not file_refconv:
-        raise CheckpointError(
-            f"{source} holds plain (folded) weights but the model has RefConv layers; load them into the plain "
-            "model before converting it, or load a RefConv checkpoint."
-        )
 
     sd = dict(state_dict)
     if adapt_in_chans:
