@@ -54,9 +54,10 @@ from ..convert import (
     reparameterize,
 )
 from ..engine.checkpoint import atomic_copy, atomic_write, atomic_write_bytes
+from ..engine.artifacts import fold_model
 from ..engine.export import save_weights
 from ..engine.rundir import RunDirLock, check_out_path
-from ..errors import CheckpointError, ConfigError, ConversionError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..runlayout import CHECKPOINT_DIR, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
@@ -99,8 +100,6 @@ _log = logging.getLogger(__name__)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 DATASETS = ("synthetic", "synthetic-cityscapes", "voc", "cityscapes")
 CHECKPOINT_VERSION = 1
-# Relative error of the folded model's raw outputs above which the fold is declared broken.
-FOLD_REL_TOL = 1e-4
 
 
 @dataclass
@@ -537,24 +536,15 @@ def fold_and_verify(
         detection, the tie-blind comparison of detections (see :mod:`refconv.downstream.export`).
 
     Raises:
-        ConversionError: the folded model's raw outputs differ by more than ``FOLD_REL_TOL`` relative.
+        ConversionError: the folded model's raw outputs differ by more than
+            :data:`refconv.engine.artifacts.FOLD_REL_TOL` relative (the engine's one fold-and-verify).
     """
-    model.eval()
-    folded = reparameterize(copy.deepcopy(model))
-    stock = build_model(cfg.arch, meta["num_classes"], task=cfg.task, aux_loss=meta.get("aux_loss"),
-                        pretrained_layout=meta.get("backbone_layout") == "pretrained")
     from .models import set_image_size
 
+    stock = build_model(cfg.arch, meta["num_classes"], task=cfg.task, aux_loss=meta.get("aux_loss"),
+                        pretrained_layout=meta.get("backbone_layout") == "pretrained")
     set_image_size(stock, tuple(meta["image_size"]))
-    stock.load_state_dict(folded.state_dict(), strict=True)  # the deployable contract, on the real thing
-    stock.to(next(model.parameters()).device).eval()
-    report = output_equivalence(model, stock, cfg.task, sample)
-    if not report["rel_err"] <= FOLD_REL_TOL:
-        raise ConversionError(
-            f"the folded model's outputs differ from the RefConv model's by {report['max_abs_err']:.3g} "
-            f"({report['rel_err']:.3g} relative, tolerance {FOLD_REL_TOL}); please report this as a bug."
-        )
-    return stock, report
+    return fold_model(model, sample, into=stock, compare=lambda a, b, x: output_equivalence(a, b, cfg.task, x))
 
 
 # --------------------------------------------------------------------------- the run

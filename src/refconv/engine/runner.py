@@ -646,7 +646,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             "data": data_info.name, "method": cfg.method, "run_dir": str(run_dir), "format": "plain"}
     folded_metrics = fold_err = onnx_info = None
     if cfg.method == "refconv":
-        plain, fold_err = fold_model(deploy_model, sample)
+        plain, fold_report = fold_model(deploy_model, sample)
+        fold_err = fold_report["max_abs_err"]
         folded_metrics = evaluate(plain, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
         folded_metrics = {k: folded_metrics[k] for k in ("loss", "top1", "top5", "correct1")}
         weights_name = "folded.safetensors"
