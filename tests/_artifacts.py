@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from refconv.convert import refconv_layers
 from refconv.data import build_dataset
 from refconv.engine.loop import evaluate
-from refconv.engine.runner import load_run_config
+from refconv.engine import load_run_config
 from refconv.models import create_model
 
 

@@ -7,12 +7,13 @@ background, so a small model trained for a few steps on them beats chance, which
     root = write_fashion_mnist(tmp_path)                    # 4 IDX .gz files; build_dataset(..., data_dir=root)
     root = write_cifar(tmp_path, "cifar10")                 # returns the cifar-10-batches-py directory
     root = write_image_folder(tmp_path)                     # root/train/<class>/*.png, root/val/<class>/*.png
-    run = write_run_dir(tmp_path / "run", model.state_dict(), layout="best")
+    run = write_run_dir(tmp_path / "run", model.state_dict(), layout="model")  # a finished plain run
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -200,22 +201,24 @@ def write_run_dir(
     """Fake a refconv run directory holding ``state_dict`` and return it.
 
     Args:
-        layout: ``"folded"`` -> ``folded.safetensors``; ``"best"`` / ``"last"`` -> ``checkpoints/<layout>.pt``, a
-            training checkpoint ``{"model": state_dict, "epoch": 1, **extra}``.
+        layout: ``"folded"`` / ``"model"`` -> ``<layout>.safetensors`` and the ``done.json`` naming it (a finished
+            refconv / plain run); ``"best"`` / ``"last"`` -> ``checkpoints/<layout>.pt``, a training checkpoint
+            ``{"model": state_dict, "epoch": 1, **extra}`` (alone: an unfinished run).
         extra: more checkpoint entries (optimizer state, config...).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    if layout == "folded":
+    if layout in ("folded", "model"):
         from safetensors.torch import save_file
 
-        save_file(tensors, str(run_dir / "folded.safetensors"))
+        save_file(tensors, str(run_dir / f"{layout}.safetensors"))
+        (run_dir / "done.json").write_text(json.dumps({"weights_path": str(run_dir / f"{layout}.safetensors")}))
     elif layout in ("best", "last"):
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         torch.save({"model": tensors, "epoch": 1, **dict(extra or {})}, run_dir / "checkpoints" / f"{layout}.pt")
     else:
-        raise ValueError(f"layout must be 'folded', 'best' or 'last', got {layout!r}")
+        raise ValueError(f"layout must be 'folded', 'model', 'best' or 'last', got {layout!r}")
     return run_dir
 
 

@@ -18,6 +18,15 @@ def _seed():
 
 
 @pytest.fixture
+def faults():
+    """Fault injection on real runs (``tests/_faults.py``): ``faults.crash_after(n)`` etc.; removed after the test."""
+    import _faults
+
+    yield _faults
+    _faults.clear()
+
+
+@pytest.fixture
 def no_network(monkeypatch):
     """Refuse every internet connection (loopback and Unix sockets still work): tests never download."""
 

@@ -79,12 +79,16 @@ def test_ddp_mid_epoch_resume_keeps_every_ranks_share_of_the_epoch(tmp_path):
         flag = "--" + key.replace("_", "-")
         argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
     out = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                "refconv.cli", "train"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    torchrun = [*launch, "-m", "refconv.cli", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # every rank installs the interrupt hook, then runs the CLI: what Ctrl-C does, after global step 8
+    script = tmp_path / "train_interrupted.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nimport _faults\n"
+                      "_faults.interrupt_after(8)\nfrom refconv.cli import main\nsys.exit(main())\n")
     # 6 steps per epoch: stop requested after global step 8 (epoch 2, step 2), taken at the next sync (step 3)
-    proc = subprocess.run([*torchrun, *argv, "--out", str(out)], capture_output=True, text=True, timeout=240,
-                          env={**env, "REFCONV_TEST_INTERRUPT_AFTER_STEPS": "8"})
+    proc = subprocess.run([*launch, str(script), "train", *argv, "--out", str(out)], capture_output=True, text=True,
+                          timeout=240, env=env)
     assert "interrupted at epoch 2, step 3/6" in proc.stderr, proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["meters"]) == 2 and all(m["images"] == 24 for m in ckpt["meters"])  # 3 steps x 8 per rank

@@ -11,7 +11,6 @@ from _datagen import truncate, write_fashion_mnist
 from refconv.engine import NonFiniteLossError, RunConfig, run
 from refconv.engine.artifacts import fold_checkpoint
 from refconv.engine.checkpoint import load_checkpoint
-from refconv.engine.runner import FAULT_ENV_NAN
 from refconv.errors import CheckpointError, ConfigError, DataError, ModelError, StateDictFormatError
 
 
@@ -119,25 +118,21 @@ def test_resume_with_a_different_config_is_refused(env):
         run(_cfg(env, "nowhere"), resume=True)
 
 
-def test_resume_from_a_corrupt_checkpoint(env):
+def test_resume_from_a_corrupt_checkpoint(env, faults):
     root, _, _, _ = env
-    with pytest.raises(RuntimeError):  # crash after step 1, leaving a last.pt from the periodic save
-        import os
-
-        os.environ["REFCONV_TEST_FAIL_AFTER_STEPS"] = "3"
-        try:
-            run(_cfg(env, "corrupt", epochs=2, checkpoint_every_steps=2))
-        finally:
-            del os.environ["REFCONV_TEST_FAIL_AFTER_STEPS"]
+    faults.crash_after(3)
+    with pytest.raises(RuntimeError, match="injected failure"):  # after step 3, leaving the step-2 last.pt
+        run(_cfg(env, "corrupt", epochs=2, checkpoint_every_steps=2))
+    faults.clear()
     last = root / "corrupt" / "checkpoints" / "last.pt"
     truncate(last, 0.5)
     with pytest.raises(CheckpointError, match=r"truncated or corrupt.*--overwrite"):
         run(_cfg(env, "corrupt", epochs=2), resume=True)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env, monkeypatch):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(env, faults):
     root = env[0]
-    monkeypatch.setenv(FAULT_ENV_NAN, "5")  # 4 steps per epoch: the loss turns NaN in epoch 2
+    faults.nan_after(5)  # 4 steps per epoch: the weights, then the loss, turn NaN in epoch 2
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf.*last good checkpoint .*last\.pt \(epoch 1\).*--lr"):
         run(_cfg(env, "nan", epochs=3))
     out = root / "nan"

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 
 from refconv.engine import RunConfig, RunInterrupted, run
 from refconv.engine.checkpoint import load_checkpoint
-from refconv.engine.runner import FAULT_ENV_FAIL, FAULT_ENV_INTERRUPT
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
 
@@ -37,17 +36,17 @@ def _same_history(a, b):
 
 
 @pytest.mark.parametrize("pipeline", ["resident", "loader"])
-def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, monkeypatch, pipeline):
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, faults, pipeline):
     root, common, base = setup
     cfg = dict(method="refconv", weights=str(base.run_dir), epochs=2, ema=True, ema_decay=0.9, label_smoothing=0.1,
                channels_last=True, input_pipeline=pipeline, **common)
     ref = run(RunConfig(out=str(root / f"uninterrupted-{pipeline}"), **cfg))
 
     out = root / f"killed-{pipeline}"
-    monkeypatch.setenv(FAULT_ENV_FAIL, "9")  # 6 steps per epoch: dies at epoch 2, step 3
+    faults.crash_after(9)  # 6 steps per epoch: dies at epoch 2, step 3
     with pytest.raises(RuntimeError, match="injected failure"):
         run(RunConfig(out=str(out), checkpoint_every_steps=4, **cfg))
-    monkeypatch.delenv(FAULT_ENV_FAIL)
+    faults.clear()
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 2, 8)  # the mid-epoch save at step 8
     assert not (out / "done.json").exists()
@@ -59,16 +58,16 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, monkeypatch, 
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical deployable weights
 
 
-def test_interrupt_saves_a_checkpoint_and_resume_equals_uninterrupted(setup, monkeypatch):
+def test_interrupt_saves_a_checkpoint_and_resume_equals_uninterrupted(setup, faults):
     root, common, base = setup
     cfg = dict(method="continue", weights=str(base.run_dir), epochs=2, **common)
     ref = run(RunConfig(out=str(root / "ref-continue"), **cfg))
 
     out = root / "interrupted"
-    monkeypatch.setenv(FAULT_ENV_INTERRUPT, "3")  # what Ctrl-C does: stop after the current step, save, exit
+    faults.interrupt_after(3)  # what Ctrl-C does: stop after the current step, save, exit
     with pytest.raises(RunInterrupted) as info:
         run(RunConfig(out=str(out), **cfg))
-    monkeypatch.delenv(FAULT_ENV_INTERRUPT)
+    faults.clear()
     assert info.value.checkpoint == out / "checkpoints" / "last.pt"
     assert "--resume" in str(info.value)
     ckpt = load_checkpoint(info.value.checkpoint)

@@ -266,10 +266,9 @@ def test_use_ema_prefers_ema_weights(tmp_path):
     _assert_same(b, ema)
 
 
-@pytest.mark.parametrize(
-    "layouts, used", [(("folded", "best", "last"), "folded"), (("best", "last"), "best"), (("last",), "last")]
-)
-def test_run_directory(tmp_path, layouts, used):
+@pytest.mark.parametrize("layouts, used", [(("folded", "best", "last"), "folded"), (("model", "best", "last"), "model")])
+def test_run_directory_means_its_deployable_weights(tmp_path, layouts, used):
+    """A finished run means its model/folded.safetensors, never a training checkpoint beside it."""
     nets = {layout: _randomized(TinyNet(), seed) for seed, layout in enumerate(layouts, start=1)}
     for layout, net in nets.items():
         write_run_dir(tmp_path / "run", net.state_dict(), layout=layout, extra={"config": {"lr": 0.1}})
@@ -278,15 +277,26 @@ def test_run_directory(tmp_path, layouts, used):
     _assert_same(model, nets[used])
 
 
+def test_unfinished_run_directory_means_no_weights(tmp_path):
+    net = _randomized(TinyNet(), 1)
+    write_run_dir(tmp_path / "run", net.state_dict(), layout="best")
+    write_run_dir(tmp_path / "run", net.state_dict(), layout="last")
+    with pytest.raises(CheckpointError, match=r"unfinished.*refconv train --resume .*checkpoints/last\.pt"):
+        load_weights(TinyNet(), tmp_path / "run")
+    model = TinyNet()
+    load_weights(model, tmp_path / "run" / "checkpoints" / "best.pt")  # a checkpoint, asked for by path
+    _assert_same(model, net)
+
+
 def test_run_directory_real_model(tmp_path):
     source = _randomized(create_model("tv/mobilenet_v3_small", num_classes=10))
-    write_run_dir(tmp_path / "run", source.state_dict(), layout="best")
+    write_run_dir(tmp_path / "run", source.state_dict(), layout="model")
     _assert_same(create_model("tv/mobilenet_v3_small", num_classes=10, weights=tmp_path / "run"), source)
 
 
 def test_not_a_run_directory(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(CheckpointError, match="folded.safetensors, checkpoints/best.pt, checkpoints/last.pt"):
+    with pytest.raises(CheckpointError, match="not a refconv run .no done.json"):
         load_weights(TinyNet(), tmp_path / "run")
 
 
@@ -369,7 +379,7 @@ def test_refconv_checkpoint_into_plain_model(tmp_path):
         load_weights(TinyNet(), tmp_path / "unfolded.safetensors")
     write_run_dir(tmp_path / "run", sd, layout="last")
     with pytest.raises(CheckpointError, match="RefConv"):
-        create_model("tv/resnet18", weights=tmp_path / "run")
+        create_model("tv/resnet18", weights=tmp_path / "run" / "checkpoints" / "last.pt")
 
 
 class _RefConvLike(nn.Module):
@@ -382,7 +392,7 @@ class _RefConvLike(nn.Module):
 
 def test_plain_checkpoint_into_refconv_model(tmp_path):
     torch.save(TinyNet().state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(CheckpointError, match="plain \\(folded\\) weights but the model has RefConv layers"):
+    with pytest.raises(CheckpointError, match="folded \\(plain\\) checkpoint, but the model holds RefConv layers"):
         load_weights(_RefConvLike(), tmp_path / "plain.pth")
     model = _RefConvLike()
     torch.save(_randomized(_RefConvLike()).state_dict(), tmp_path / "refconv.pth")

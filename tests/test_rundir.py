@@ -12,7 +12,7 @@ from _datagen import write_fashion_mnist
 
 from refconv.engine import RunConfig, run
 from refconv.engine.checkpoint import atomic_write_bytes
-from refconv.engine.rundir import LOCK_FILE, RunDirBusyError, RunDirLock, remove_orphan_temps
+from refconv.engine.rundir import LOCK_FILE, RunDirBusyError, RunDirLock, RunState, inspect, remove_orphan_temps
 from refconv.errors import CheckpointError, ConfigError
 
 
@@ -52,14 +52,14 @@ def test_lock_of_a_killed_process_is_stale(common, tmp_path):
     assert (run(RunConfig(out=str(out), **common)).run_dir / "done.json").is_file()
 
 
-def test_orphan_temp_files_are_removed_at_start_and_resume(common, tmp_path, monkeypatch):
+def test_orphan_temp_files_are_removed_at_start_and_resume(common, tmp_path, faults):
     out = tmp_path / "orphans"
-    monkeypatch.setenv("REFCONV_TEST_INTERRUPT_AFTER_STEPS", "1")
+    faults.interrupt_after(1)
     from refconv.engine import RunInterrupted
 
     with pytest.raises(RunInterrupted):
         run(RunConfig(out=str(out), **{**common, "epochs": 2}))
-    monkeypatch.delenv("REFCONV_TEST_INTERRUPT_AFTER_STEPS")
+    faults.clear()
     orphan = out / "checkpoints" / ".last.pt.k7x_2ab.tmp"  # what a kill during torch.save leaves
     orphan.write_bytes(b"half a checkpoint")
     top = out / ".config.yaml.abc123.tmp"
@@ -168,3 +168,23 @@ def test_two_trains_into_one_out_then_kill_and_resume(common, tmp_path, capsys):
     assert (out / "checkpoints" / "last.pt").is_file()
     assert main(["train", "--resume", str(out), "--epochs", "20", "--progress", "none"]) == 0
     assert (out / "done.json").is_file()
+
+
+def test_inspect_classifies_a_directory_against_its_config(common, tmp_path):
+    """The one classification run(), the cells and the sweep planner decide from."""
+    cfg = RunConfig(out=str(tmp_path / "r"), **common)
+    assert inspect(cfg.run_dir(), cfg).kind == "new"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / LOCK_FILE).write_text("123\n")  # a lock alone is not content
+    assert inspect(cfg.run_dir(), cfg).kind == "new"
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    assert inspect(cfg.run_dir(), cfg) == RunState("foreign", "not a run directory")
+    (tmp_path / "r" / "notes.txt").unlink()
+    res = run(cfg)
+    state = inspect(cfg.run_dir(), cfg)
+    assert state.kind == "done" and state.done["config_hash"] == res.config_hash
+    other = cfg.replace(lr=0.1)
+    state = inspect(other.run_dir(), other)
+    assert state.kind == "mismatch" and state.detail == "lr: 0.05 -> 0.1"
+    (tmp_path / "r" / "done.json").unlink()
+    assert inspect(cfg.run_dir(), cfg) == RunState("partial", resumable=True)

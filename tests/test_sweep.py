@@ -6,16 +6,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import _faults
 from _datagen import write_fashion_mnist
 from refconv.engine import RunInterrupted
-from refconv.engine.runner import FAULT_ENV_INTERRUPT
 from refconv.errors import CheckpointError, ConfigError
 from refconv.protocol.demo_report import fmt, fmt_diff, fmt_summary
 from refconv.protocol.sweep import (
@@ -261,14 +260,14 @@ def sweep(tmp_path_factory):
     def interrupt_after_three(cell, res):
         finished.append(f"{cell.arm.name}/seed{cell.seed}")
         if len(finished) == 3:
-            os.environ[FAULT_ENV_INTERRUPT] = "1"  # the next run stops (and saves) after one step
+            _faults.interrupt_after(1)  # the next run stops (and saves) after one step
 
     first_log: list[str] = []
     try:
         with pytest.raises(RunInterrupted, match="Rerun the same command"):
             run_sweep(spec, out, data_dir=str(data), log=first_log.append, on_cell_done=interrupt_after_three)
     finally:
-        os.environ.pop(FAULT_ENV_INTERRUPT, None)
+        _faults.clear()
     runs = out / "runs"
     mtimes = {k: (runs / k / "done.json").stat().st_mtime_ns for k in finished}
     interrupted = runs / "e1" / "zero-init" / "seed1"

@@ -31,6 +31,7 @@ __all__ = [
     "refconv_layers",
     "conversion_config",
     "state_dict_format",
+    "check_state_dict_format",
     "load_state_dict",
     "RefConvWarning",
 ]
@@ -345,23 +346,34 @@ def state_dict_format(state_dict: Mapping[str, Any]) -> str:
     return "refconv" if any(k.endswith(".refocus_weight") or k == "refocus_weight" for k in state_dict) else "plain"
 
 
+def check_state_dict_format(model: nn.Module, state_dict: Mapping[str, Any], *, source: str = "the state_dict") -> None:
+    """Refuse a state_dict whose format (folded vs RefConv) is not the model's: the one format check of refconv
+    (``load_state_dict``, :func:`refconv.models.load_state_dict_checked`, the engine and the downstream loaders
+    all call it), so every place says the same thing and names the same fixes.
+
+    Raises:
+        StateDictFormatError: naming ``source``, the format found and what to do instead.
+    """
+    found = state_dict_format(state_dict)
+    if found == state_dict_format(model.state_dict()):  # the model's format is its own state_dict's
+        return
+    if found == "refconv":
+        raise StateDictFormatError(
+            f"{source} is a RefConv (unfolded) checkpoint (it holds '*.refocus_weight' keys), but the model is plain. "
+            "Fold it (`refconv fold` on its run, or refconv.reparameterize on the converted model) and load the folded "
+            "weights, or convert the model first with refconv.convert(model, ...) using the same map_k/groups."
+        )
+    raise StateDictFormatError(
+        f"{source} is a folded (plain) checkpoint, but the model holds RefConv layers. Load it into the plain model "
+        "before refconv.convert(), or fold the model with refconv.reparameterize() first."
+    )
+
+
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True) -> Any:
     """``model.load_state_dict`` that first checks both sides are in the same format (folded vs RefConv).
 
     Raises:
         StateDictFormatError: naming the format found and what to do instead.
     """
-    found = state_dict_format(state_dict)
-    wanted = "refconv" if refconv_layers(model) else "plain"
-    if found != wanted:
-        if found == "refconv":
-            raise StateDictFormatError(
-                "the state_dict is a RefConv (unfolded) checkpoint with '*.refocus_weight' keys, but the model is "
-                "plain. Convert the model first with refconv.convert(model, ...) using the same map_k/groups, or "
-                "fold the checkpoint (`refconv fold`) and load the folded weights."
-            )
-        raise StateDictFormatError(
-            "the state_dict is a folded (plain) checkpoint, but the model holds RefConv layers. Load it into the "
-            "plain model before refconv.convert(), or fold the model with refconv.reparameterize() first."
-        )
+    check_state_dict_format(model, state_dict)
     return model.load_state_dict(dict(state_dict), strict=strict)

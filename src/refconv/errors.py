@@ -43,13 +43,6 @@ class NoEligibleConvError(ConversionError):
     """The model (or the include/exclude selection) holds no convolution that can be converted."""
 
 
-class StateDictFormatError(RefConvError, KeyError):
-    """A state_dict in one format (folded / RefConv) was given where the other one is needed."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
-        return str(self.args[0]) if self.args else ""
-
-
 class DataError(RefConvError, FileNotFoundError):
     """A dataset is missing, truncated or malformed."""
 
@@ -76,6 +69,16 @@ class ModelError(RefConvError, ValueError):
 
 class CheckpointError(RefConvError, ValueError):
     """A checkpoint or run directory that cannot be used as asked."""
+
+
+class StateDictFormatError(CheckpointError, KeyError):
+    """A state_dict in one format (folded / RefConv) was given where the other one is needed.
+
+    A :class:`CheckpointError` (weights that cannot be used as asked), so a caller catching those catches it.
+    """
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0]) if self.args else ""
 
 
 class ConfigError(RefConvError, ValueError):

@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.resume:
-        from ..engine.runner import load_run_config
+        from ..engine.rundir import load_run_config
 
         if getattr(args, "out", None) and args.out != args.resume:
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs: give only --resume.")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.checkpoint import atomic_write_bytes
+from ..engine.export import compare_outputs
 from ..errors import CheckpointError
 
 __all__ = [
@@ -47,15 +48,6 @@ def network_outputs(model: nn.Module, task: str, images: Tensor | Sequence[Tenso
             features = {"0": features}
         return dict(model.head(list(features.values())))
     return dict(model(images))
-
-
-def compare_outputs(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, float]:
-    """``max_abs_err`` over every output tensor and ``rel_err`` = that / the largest ``|a|`` (at least 1e-12)."""
-    err = scale = 0.0
-    for k, va in a.items():
-        err = max(err, float((va.double() - b[k].double()).abs().max()))
-        scale = max(scale, float(va.double().abs().max()))
-    return {"max_abs_err": err, "rel_err": err / max(scale, 1e-12), "scale": scale}
 
 
 def compare_detections(

@@ -40,7 +40,7 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
-from ..convert import refconv_layers, state_dict_format
+from ..convert import check_state_dict_format, state_dict_format
 from ..errors import CheckpointError, ConfigError, ModelError
 
 __all__ = [
@@ -313,13 +313,8 @@ def load_model_weights(
         CheckpointError: shape mismatches outside the head, missing or unexpected keys, a RefConv checkpoint
             for a plain model or the reverse, weights of another task.
     """
+    check_state_dict_format(model, state, source=source)
     model_sd = model.state_dict()
-    if state_dict_format(state) != ("refconv" if refconv_layers(model) else "plain"):
-        raise CheckpointError(
-            f"{source}: {'RefConv (unfolded)' if state_dict_format(state) == 'refconv' else 'plain'} weights for a "
-            f"{'RefConv' if refconv_layers(model) else 'plain'} model. Rebuild the model from the checkpoint "
-            "(refconv.downstream.load_checkpoint) or fold it first."
-        )
     if not any(k in model_sd for k in state):
         sample = ", ".join(list(state)[:3])
         raise CheckpointError(

@@ -54,9 +54,11 @@ from ..convert import (
     reparameterize,
 )
 from ..engine.checkpoint import atomic_copy, atomic_write, atomic_write_bytes
+from ..engine.artifacts import fold_model
 from ..engine.export import save_weights
 from ..engine.rundir import RunDirLock, check_out_path
-from ..errors import CheckpointError, ConfigError, ConversionError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
+from ..runlayout import CHECKPOINT_DIR, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
 from .export import export_onnx, output_equivalence
@@ -98,10 +100,6 @@ _log = logging.getLogger(__name__)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 DATASETS = ("synthetic", "synthetic-cityscapes", "voc", "cityscapes")
 CHECKPOINT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-DONE_FILE = "done.json"
-# Relative error of the folded model's raw outputs above which the fold is declared broken.
-FOLD_REL_TOL = 1e-4
 
 
 @dataclass
@@ -482,7 +480,7 @@ def load_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     """
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_DIR / "last.pt"
+        path = checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist.")
     try:
@@ -538,24 +536,15 @@ def fold_and_verify(
         detection, the tie-blind comparison of detections (see :mod:`refconv.downstream.export`).
 
     Raises:
-        ConversionError: the folded model's raw outputs differ by more than ``FOLD_REL_TOL`` relative.
+        ConversionError: the folded model's raw outputs differ by more than
+            :data:`refconv.engine.artifacts.FOLD_REL_TOL` relative (the engine's one fold-and-verify).
     """
-    model.eval()
-    folded = reparameterize(copy.deepcopy(model))
-    stock = build_model(cfg.arch, meta["num_classes"], task=cfg.task, aux_loss=meta.get("aux_loss"),
-                        pretrained_layout=meta.get("backbone_layout") == "pretrained")
     from .models import set_image_size
 
+    stock = build_model(cfg.arch, meta["num_classes"], task=cfg.task, aux_loss=meta.get("aux_loss"),
+                        pretrained_layout=meta.get("backbone_layout") == "pretrained")
     set_image_size(stock, tuple(meta["image_size"]))
-    stock.load_state_dict(folded.state_dict(), strict=True)  # the deployable contract, on the real thing
-    stock.to(next(model.parameters()).device).eval()
-    report = output_equivalence(model, stock, cfg.task, sample)
-    if not report["rel_err"] <= FOLD_REL_TOL:
-        raise ConversionError(
-            f"the folded model's outputs differ from the RefConv model's by {report['max_abs_err']:.3g} "
-            f"({report['rel_err']:.3g} relative, tolerance {FOLD_REL_TOL}); please report this as a bug."
-        )
-    return stock, report
+    return fold_model(model, sample, into=stock, compare=lambda a, b, x: output_equivalence(a, b, cfg.task, x))
 
 
 # --------------------------------------------------------------------------- the run
@@ -644,7 +633,7 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
     cfg = DownstreamConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
     run_dir = Path(cfg.out)
     check_out_path(run_dir)  # --out naming a file: one line, not FileExistsError from mkdir
-    last_path = run_dir / CHECKPOINT_DIR / "last.pt"
+    last_path = checkpoint_path(run_dir)
     ckpt = None
     if resume:
         ckpt = load_checkpoint(last_path, task=cfg.task)
@@ -659,7 +648,7 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
             "(--overwrite) to start over, or another output directory."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    stale = [DONE_FILE] if resume else [DONE_FILE, "metrics.jsonl", f"{CHECKPOINT_DIR}/last.pt",
+    stale = [DONE_FILE] if resume else [DONE_FILE, METRICS_FILE, f"{CHECKPOINT_DIR}/last.pt",
                                          f"{CHECKPOINT_DIR}/best.pt", "folded.safetensors", "folded.json",
                                          "model.safetensors", "model.json", "model.onnx"]
     for name in stale:  # a new run never leaves another run's files beside its own
@@ -720,8 +709,8 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
                                scheduler=scheduler.state_dict(), history=history, best=best,
                                rng=torch.get_rng_state())
         if improved:
-            atomic_copy(path, run_dir / CHECKPOINT_DIR / "best.pt")
-        atomic_write_bytes(run_dir / "metrics.jsonl",
+            atomic_copy(path, checkpoint_path(run_dir, "best"))
+        atomic_write_bytes(run_dir / METRICS_FILE,
                            "".join(json.dumps(_json_safe(r)) + "\n" for r in history).encode())
         say(f"epoch {epoch + 1}/{cfg.epochs}: loss {train['loss']:.4f} | {key} {row[key]:.4f} | {row['seconds']:.1f}s")
     if ckpt is None and cfg.epochs == 0:  # evaluate / fold / export the starting model

@@ -19,12 +19,14 @@ from .config import METHODS, RunConfig, config_diff, config_hash, load_yaml, mak
 
 if TYPE_CHECKING:
     from .loop import NonFiniteLossError, evaluate, train_one_epoch
-    from .runner import RunInterrupted, RunResult, load_run_config, run
+    from .rundir import load_run_config
+    from .runner import RunInterrupted, RunResult, run
 
 # The config is plain data (no torch): the CLI builds its parser from it without importing torch.
 lazy_exports(__name__, {
     **dict.fromkeys(("NonFiniteLossError", "evaluate", "train_one_epoch"), ".loop"),
-    **dict.fromkeys(("RunInterrupted", "RunResult", "load_run_config", "run"), ".runner"),
+    **dict.fromkeys(("RunInterrupted", "RunResult", "run"), ".runner"),
+    "load_run_config": ".rundir",
 })
 
 __all__ = [

@@ -10,7 +10,7 @@ recorded ``conversion_config`` before the weights are loaded strictly.
 from __future__ import annotations
 
 import copy
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +19,26 @@ import torch
 from torch import nn
 
 from ..convert import refconv_layers, reparameterize, state_dict_format
-from ..errors import CheckpointError, ConfigError, StateDictFormatError
+from ..errors import CheckpointError, ConfigError, ConversionError, StateDictFormatError
+from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, checkpoint_path, deployable_weights, is_finished
 from .checkpoint import is_run_checkpoint, load_checkpoint
 from .config import RunConfig, make_config
-from .export import export_onnx, max_abs_diff, read_sidecar, save_weights
+from .export import compare_outputs, export_onnx, read_sidecar, save_weights
 from .modeling import (
-    CHECKPOINT_DIR,
-    RUN_DONE_FILE,
     count_params,
     create_stock_model,
     load_format_checked,
     rebuild_converted,
 )
 
-__all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldResult", "find_checkpoint"]
+__all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldResult", "find_checkpoint",
+           "FOLD_REL_TOL"]
+
+#: The one tolerance of fold-and-verify (``refconv train``, ``refconv fold``, ``detect`` / ``segment``): the
+#: largest relative output difference ``max |folded - trained| / max |trained|`` a fold may show. Folding is
+#: exact algebra done in float64; what remains is fp32 rounding of two computation orders (1e-7 to 1e-6
+#: relative), so 1e-4 leaves two orders of margin and still catches any wrong kernel or layout.
+FOLD_REL_TOL = 1e-4
 
 
 @dataclass
@@ -53,7 +59,7 @@ class LoadedModel:
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
     """``run_dir/checkpoints/<which>.pt``, with an error naming what exists instead."""
-    path = run_dir / CHECKPOINT_DIR / f"{which}.pt"
+    path = checkpoint_path(run_dir, which)
     if not path.is_file():
         have = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.pt")) if (run_dir / CHECKPOINT_DIR).is_dir() else []
         raise CheckpointError(f"{path} does not exist (checkpoints there: {have or 'none'}).")
@@ -61,7 +67,7 @@ def find_checkpoint(run_dir: Path, which: str) -> Path:
 
 
 def _run_config(run_dir: Path) -> RunConfig | None:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     return make_config(path) if path.is_file() else None
 
 
@@ -102,16 +108,15 @@ def load_model(
     cfg: RunConfig | None = None
     if src.is_dir():
         cfg = _run_config(src)
-        if which is None and (src / RUN_DONE_FILE).is_file():
-            record = json.loads((src / RUN_DONE_FILE).read_text())
-            src = src / Path(record["weights_path"]).name
+        if which is None and is_finished(src):
+            src = deployable_weights(src)
         elif cfg is not None or (src / CHECKPOINT_DIR).is_dir():
             src = find_checkpoint(src, which or "last")
         else:
             raise CheckpointError(f"{src} is a directory but not a refconv run (no config.yaml or {CHECKPOINT_DIR}/).")
     elif src.parent.name == CHECKPOINT_DIR:
         cfg = _run_config(src.parent.parent)
-    elif (src.parent / "config.yaml").is_file():
+    elif (src.parent / CONFIG_FILE).is_file():
         cfg = _run_config(src.parent)
 
     ckpt = None
@@ -167,11 +172,46 @@ def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
     return int(mats[-1].shape[0])
 
 
+def _logits(reference: nn.Module, other: nn.Module, sample: Any) -> dict[str, float]:
+    return compare_outputs(reference(sample), other(sample))
+
+
 @torch.no_grad()
-def fold_model(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, float]:
-    """Fold a copy of a RefConv model and measure ``max |folded(x) - refconv(x)|`` on ``sample``."""
-    plain = reparameterize(copy.deepcopy(model)).eval()
-    return plain, max_abs_diff(model, plain, sample)
+def fold_model(model: nn.Module, sample: Any, *, into: nn.Module | None = None,
+               compare: Callable[[nn.Module, nn.Module, Any], dict[str, Any]] = _logits) -> tuple[nn.Module, dict[str, Any]]:
+    """Fold a copy of a RefConv model and verify it computes what the model computes: the one fold-and-verify.
+
+    Args:
+        model: the trained (converted) model; left as it was.
+        sample: inputs both models see, in eval mode.
+        into: a freshly built stock model: the folded weights are loaded into it ``strict=True`` (the deployable
+            contract, checked on the real thing) and it is what is returned and compared.
+        compare: ``(model, folded, sample) -> report`` with ``max_abs_err`` and ``rel_err`` (default: the
+            outputs themselves, :func:`~refconv.engine.export.compare_outputs`); detection and segmentation
+            compare their raw head outputs.
+
+    Returns:
+        ``(folded model in eval mode, report)``.
+
+    Raises:
+        ConversionError: ``rel_err`` above :data:`FOLD_REL_TOL` (a bug: please report it).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        folded = reparameterize(copy.deepcopy(model)).eval()
+        if into is not None:
+            into.load_state_dict(folded.state_dict(), strict=True)
+            folded = into.to(next(model.parameters()).device).eval()
+        report = compare(model, folded, sample)
+    finally:
+        model.train(was_training)
+    if not report["rel_err"] <= FOLD_REL_TOL:
+        raise ConversionError(
+            f"the folded model's outputs differ from the RefConv model's by {report['max_abs_err']:.3g} "
+            f"({report['rel_err']:.3g} relative, tolerance {FOLD_REL_TOL}); please report this as a bug."
+        )
+    return folded, report
 
 
 @dataclass
@@ -225,10 +265,9 @@ def fold_checkpoint(
     size = image_size or loaded.image_size or 32
     gen = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, loaded.in_chans, size, size, generator=gen)
-    plain, _ = fold_model(loaded.model, sample)
-    stock = create_stock_model(loaded.arch, num_classes=loaded.num_classes, in_chans=loaded.in_chans).eval()
-    stock.load_state_dict(plain.state_dict(), strict=True)  # the deployable contract, checked on the real thing
-    err = max_abs_diff(loaded.model, stock, sample)
+    stock, report = fold_model(loaded.model, sample, into=create_stock_model(
+        loaded.arch, num_classes=loaded.num_classes, in_chans=loaded.in_chans))
+    err = report["max_abs_err"]
     if out is None:
         run_dir = src.parent.parent if src.parent.name == CHECKPOINT_DIR else src.parent
         out = run_dir / ("folded.safetensors" if which == "last" else f"folded-{which}.safetensors")

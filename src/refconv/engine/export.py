@@ -13,6 +13,7 @@ import copy
 import json
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ __all__ = [
     "save_weights",
     "read_sidecar",
     "sidecar_path",
-    "max_abs_diff",
+    "compare_outputs",
     "export_onnx",
 ]
 
@@ -71,17 +72,16 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-@torch.no_grad()
-def max_abs_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
-    """Largest absolute difference between the outputs of two models (both in eval mode) on ``x``."""
-    a_mode, b_mode = a.training, b.training
-    a.eval()
-    b.eval()
-    try:
-        return float((a(x).float() - b(x).float()).abs().max().item())
-    finally:
-        a.train(a_mode)
-        b.train(b_mode)
+def compare_outputs(a: Tensor | Mapping[str, Tensor], b: Tensor | Mapping[str, Tensor]) -> dict[str, float]:
+    """How far outputs ``b`` are from ``a`` (one tensor, or a dict of them: a segmenter's, a detector's head):
+    ``max_abs_err`` over every tensor, ``scale`` the largest ``|a|``, ``rel_err`` = their ratio (in float64)."""
+    a_map = a if isinstance(a, Mapping) else {"out": a}
+    b_map = b if isinstance(b, Mapping) else {"out": b}
+    err = scale = 0.0
+    for k, va in a_map.items():
+        err = max(err, float((va.double() - b_map[k].double()).abs().max()))
+        scale = max(scale, float(va.double().abs().max()))
+    return {"max_abs_err": err, "rel_err": err / max(scale, 1e-12), "scale": scale}
 
 
 def export_onnx(model: nn.Module, path: str | Path, sample: Tensor, *, opset: int | None = None) -> dict[str, Any]:

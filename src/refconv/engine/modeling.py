@@ -9,7 +9,6 @@ per-layer conversion recorded in it (``refconv.conversion_config``).
 from __future__ import annotations
 
 import glob
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..convert import conversion_config, convert, load_state_dict, plan_conversion, refconv_layers, state_dict_format
-from ..errors import CheckpointError, ConfigError, NoEligibleConvError, StateDictFormatError
+from ..convert import conversion_config, convert, plan_conversion
+from ..errors import CheckpointError, ConfigError, NoEligibleConvError
+from ..runlayout import DONE_FILE, deployable_weights
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
 
@@ -31,16 +31,13 @@ __all__ = [
     "rebuild_converted",
     "load_format_checked",
     "load_start_weights",
-    "resolve_run_weights",
     "count_params",
-    "RUN_DONE_FILE",
-    "CHECKPOINT_DIR",
-    "check_format",
     "check_input_size",
 ]
 
-RUN_DONE_FILE = "done.json"
-CHECKPOINT_DIR = "checkpoints"  # run_dir/checkpoints/{last,best}.pt, where refconv.models.load_weights looks
+# The names engine/publish.py imports from here; the layout itself is refconv.runlayout's.
+RUN_DONE_FILE = DONE_FILE
+resolve_run_weights = deployable_weights
 
 
 def create_stock_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
@@ -191,51 +188,12 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def load_format_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """Strict load that never half-loads: the folded-vs-RefConv format is checked first (a
-    :class:`StateDictFormatError` naming ``source`` and the fix), then keys and shapes by
-    :func:`refconv.models.load_state_dict_checked` (class-count and channel hints included).
-    """
+    """The engine's strict load: :func:`refconv.models.load_state_dict_checked` (the format check of
+    :func:`refconv.convert.check_state_dict_format` first, then keys, shapes, class-count and channel hints),
+    never half-loading."""
     from ..models import load_state_dict_checked
 
-    try:
-        check_format(model, state_dict)
-    except StateDictFormatError as exc:
-        raise StateDictFormatError(f"{source}: {exc}") from None
     load_state_dict_checked(model, state_dict, source=source, strict=True)
-
-
-def check_format(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Raise :class:`StateDictFormatError` (the core's message) when ``state_dict`` is folded and ``model``
-    has RefConv layers, or the reverse."""
-    wanted = "refconv" if refconv_layers(model) else "plain"
-    if state_dict_format(state_dict) != wanted:
-        load_state_dict(model, state_dict)  # raises the core's StateDictFormatError, loads nothing
-
-
-def resolve_run_weights(run_dir: str | Path) -> Path:
-    """The deployable weights file of a finished run directory (``folded.safetensors`` / ``model.safetensors``).
-
-    Raises:
-        CheckpointError: an unfinished run (names its ``last.pt`` and how to finish it) or not a run directory.
-    """
-    run_dir = Path(run_dir)
-    done = run_dir / RUN_DONE_FILE
-    if done.is_file():
-        try:
-            record = json.loads(done.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{done} is unreadable ({exc}); rerun with --overwrite.") from None
-        weights = record.get("weights_path")
-        if weights and (run_dir / Path(weights).name).is_file():
-            return run_dir / Path(weights).name
-        raise CheckpointError(f"run {run_dir} is finished but its weights file {weights!r} is missing.")
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
-    if last.is_file():
-        raise CheckpointError(
-            f"run {run_dir} is unfinished (no {RUN_DONE_FILE}). Finish it with `refconv train --resume {run_dir}`, or "
-            f"point at its checkpoint explicitly ({last})."
-        )
-    raise CheckpointError(f"{run_dir} is a directory but not a refconv run (no {RUN_DONE_FILE} or {last.name}).")
 
 
 def load_start_weights(model: nn.Module, weights: str | Path) -> str:
@@ -250,18 +208,10 @@ def load_start_weights(model: nn.Module, weights: str | Path) -> str:
         StateDictFormatError: a RefConv (unfolded) checkpoint where plain weights are needed.
         CheckpointError: missing or corrupt file, unfinished run, weights that do not fit (classes, keys).
     """
-    from ..models import pretrained, read_state_dict
+    from ..models import read_state_dict, resolve_weights_path
 
-    # A registry name (fmnist/...) becomes its verified weights file; its card's fit was checked by the config.
-    path = pretrained.weights_path(str(weights)) if pretrained.is_pretrained_name(weights) else Path(weights)
-    if path.is_dir() and ((path / RUN_DONE_FILE).exists() or (path / CHECKPOINT_DIR / "last.pt").exists()):
-        path = resolve_run_weights(path)
-    state = read_state_dict(path)
-    if state_dict_format(state) == "refconv" and not refconv_layers(model):
-        raise StateDictFormatError(
-            f"{path} is a RefConv (unfolded) checkpoint, but a plain model is needed here (the starting weights of "
-            f"a run). Fold it first (`refconv fold {path}`) and pass the folded .safetensors, or pass the finished "
-            "run directory, whose folded weights are used."
-        )
-    load_format_checked(model, state, str(path))
+    # A registry name becomes its verified weights file (its card's fit was checked by the config), a run
+    # directory its deployable weights (refconv.runlayout).
+    path = resolve_weights_path(weights)
+    load_format_checked(model, read_state_dict(path), str(path))
     return str(path)

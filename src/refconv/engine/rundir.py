@@ -1,4 +1,15 @@
-"""Who owns a run directory, and what in it counts as the run.
+"""Who owns a run directory, what state it is in, and what a run does with it.
+
+The layout itself (file names, what a finished run is, which weights a run means) is
+:mod:`refconv.runlayout`, below every room. This module adds what only the engine decides:
+
+- :func:`inspect`: a directory's :class:`RunState` against the config meant for it (``new``, ``done``,
+  ``partial``, ``mismatch``, ``foreign``), the one classification ``run()``, the protocol's cells and the
+  sweep's planner all use;
+- :func:`prepare`: what ``run()`` does with it: return a finished identical run (cached), refuse a different
+  or unfinished one (naming ``--resume`` / ``--overwrite``), clear it for ``--overwrite`` (never a directory
+  that does not look like a run), check a resume;
+- :class:`RunDirLock`: one writer at a time.
 
 A run directory is written by exactly one process at a time. Two ``refconv train --out SAME`` started a
 second apart used to both succeed, each overwriting the other's ``config.yaml``, weights and ``done.json``,
@@ -24,18 +35,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-from ..errors import CheckpointError
+from .. import runlayout
+from ..errors import CheckpointError, ConfigError
+from .config import RunConfig, config_diff, config_hash, make_config
 
 try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "RunDirBusyError", "RunDirLock", "run_entries", "is_empty", "clear",
-           "remove_orphan_temps", "check_out_path"]
+__all__ = ["LOCK_FILE", "RunDirBusyError", "RunDirLock", "RunState", "inspect", "prepare", "load_run_config",
+           "run_entries", "is_empty", "clear", "remove_orphan_temps", "check_out_path"]
 
 LOCK_FILE = ".lock"
 
@@ -122,6 +137,115 @@ def remove_orphan_temps(run_dir: Path, *, subdirs: tuple[str, ...] = ("checkpoin
                 except OSError:
                     pass
     return removed
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was started with (what ``--resume`` reloads)."""
+    path = Path(run_dir) / runlayout.CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a refconv run directory (no {runlayout.CONFIG_FILE}).")
+    return make_config(path)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds, measured against the config meant for it.
+
+    ``kind``: ``new`` (missing or empty), ``foreign`` (files no run wrote), ``mismatch`` (a run of another
+    config: ``detail`` lists the differing keys), ``done`` (this config's finished run: ``done`` is its
+    record), ``partial`` (this config's unfinished run; ``resumable`` when it has a ``last.pt``).
+    """
+
+    kind: str
+    detail: str = ""
+    done: dict[str, Any] | None = None
+    resumable: bool = False
+
+
+def _diff_text(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
+
+
+def inspect(run_dir: Path, cfg: RunConfig) -> RunState:
+    """Classify ``run_dir`` for ``cfg`` (reads only; safe without the lock)."""
+    if is_empty(run_dir):  # a lock file alone (a run killed before writing anything) is not content
+        return RunState("new")
+    if not runlayout.looks_like_run(run_dir):
+        return RunState("foreign", "not a run directory")
+    config_path = run_dir / runlayout.CONFIG_FILE
+    if not config_path.is_file():
+        return RunState("partial")  # killed before its config was written: nothing to resume
+    try:
+        diff = config_diff(make_config(config_path), cfg)
+    except ConfigError as exc:
+        return RunState("mismatch", f"unreadable {runlayout.CONFIG_FILE} ({exc})")
+    if diff:
+        return RunState("mismatch", _diff_text(diff))
+    record = runlayout.done_record(run_dir)
+    if record is not None and record.get("config_hash") == config_hash(cfg):
+        return RunState("done", done=record)
+    return RunState("partial", resumable=runlayout.checkpoint_path(run_dir).is_file())
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CheckpointError(
+            f"output directory {run_dir} is not writable ({exc.strerror or exc}). Choose another --out, or fix "
+            "the directory's permissions."
+        ) from None
+
+
+def prepare(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Decide what ``run()`` does with ``run_dir``: returns a cached done-record, or None (train).
+
+    Call it holding the :class:`RunDirLock` (it deletes orphaned temporary files and, with ``overwrite``,
+    the previous run).
+
+    Raises:
+        CheckpointError: a directory that must not be touched (another config, an unfinished run without
+            ``--resume``/``--overwrite``, files that are not a run's), or a resume that cannot work.
+    """
+    state = inspect(run_dir, cfg)
+    remove_orphan_temps(run_dir)  # half-written files of a killed process (we hold the lock)
+    if resume:
+        if not (run_dir / runlayout.CONFIG_FILE).is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no {runlayout.CONFIG_FILE}). "
+                                  "Start a new run with --out instead.")
+        if state.kind == "mismatch":
+            raise CheckpointError(
+                f"cannot resume {run_dir}: the config differs from the run's ({state.detail}). Resume with the "
+                "run's own settings (drop those flags), or start a new run with a different --out (or --overwrite)."
+            )
+        if state.kind == "done":
+            return state.done
+        if not state.resumable:
+            raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
+        return None
+    if state.kind == "done" and not cfg.overwrite:
+        return state.done
+    if state.kind != "new":
+        if not cfg.overwrite:
+            if state.kind == "mismatch" and runlayout.is_finished(run_dir):
+                raise CheckpointError(
+                    f"run directory {run_dir} holds a finished run with a different config ({state.detail}). Choose "
+                    "another --out, or pass --overwrite to replace it."
+                )
+            hint = f"Resume it with --resume {run_dir}, or p" if runlayout.checkpoint_path(run_dir).is_file() else "P"
+            raise CheckpointError(f"run directory {run_dir} already exists and is not empty. {hint}ass --overwrite to "
+                                  "start over, or choose another --out.")
+        if state.kind == "foreign":
+            raise CheckpointError(
+                f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
+                "with --overwrite. Choose another --out."
+            )
+        clear(run_dir)  # keeps .lock: this process still owns the directory
+    _check_writable(run_dir)
+    return None
 
 
 class RunDirLock:

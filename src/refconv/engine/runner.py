@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..convert import conversion_config, state_dict_format
 from ..errors import CheckpointError, ConfigError, CorruptImageError, DataError, RefConvError
+from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import distributed as dist_utils
 from . import rundir
 from .artifacts import fold_model
@@ -50,12 +51,11 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import RunConfig, config_diff, config_hash, make_config, warmup_warning
+from .config import RunConfig, config_hash, make_config, warmup_warning
 from .export import export_onnx, save_weights
+from .hooks import StepEvent, call_step_hooks
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
 from .modeling import (
-    CHECKPOINT_DIR,
-    RUN_DONE_FILE,
     apply_conversion,
     convert_kwargs,
     check_input_size,
@@ -68,16 +68,7 @@ from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 from .sampling import ResumableSampler, ShardSampler
 
-__all__ = ["run", "RunResult", "RunInterrupted", "load_run_config", "FAULT_ENV_FAIL", "FAULT_ENV_INTERRUPT",
-           "FAULT_ENV_NAN"]
-
-# Test hooks: simulate a crash (no save) or a Ctrl-C (save and stop) after N optimizer steps.
-FAULT_ENV_FAIL = "REFCONV_TEST_FAIL_AFTER_STEPS"
-FAULT_ENV_INTERRUPT = "REFCONV_TEST_INTERRUPT_AFTER_STEPS"
-FAULT_ENV_NAN = "REFCONV_TEST_NAN_AFTER_STEPS"  # the loss turns NaN after N steps of this process
-
-_RUN_FILES = ("config.yaml", RUN_DONE_FILE, CHECKPOINT_DIR, "metrics.jsonl")
-
+__all__ = ["run", "RunResult", "RunInterrupted"]
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM stopped the run after saving ``checkpoint``; resume with ``run(cfg, resume=True)``."""
@@ -137,89 +128,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory was started with."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a refconv run directory (no config.yaml).")
-    return make_config(path)
-
-
-def _done_record(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RUN_DONE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise CheckpointError(
-            f"output directory {run_dir} is not writable ({exc.strerror or exc}). Choose another --out, or fix "
-            "the directory's permissions."
-        ) from None
-
-
-def _diff_text(diff: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:8])
-
-
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """Decide what to do with ``run_dir`` (rank 0). Returns a cached done-record or None (train).
-
-    Raises the errors that refuse to touch an existing run.
-    """
-    done = _done_record(run_dir)
-    rundir.remove_orphan_temps(run_dir)  # half-written files of a killed process (we hold the lock)
-    if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it is not a run directory (no config.yaml). "
-                                  "Start a new run with --out instead.")
-        saved = load_run_config(run_dir)
-        diff = config_diff(saved, cfg)
-        if diff:
-            raise CheckpointError(
-                f"cannot resume {run_dir}: the config differs from the run's ({_diff_text(diff)}). Resume with the "
-                "run's own settings (drop those flags), or start a new run with a different --out (or --overwrite)."
-            )
-        if done is not None:
-            return done
-        if not (run_dir / CHECKPOINT_DIR / "last.pt").is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: no last.pt was written yet. Start over with --overwrite.")
-        return None
-    if not rundir.is_empty(run_dir):
-        if done is not None and not cfg.overwrite:
-            if done.get("config_hash") == config_hash(cfg):
-                return done
-            diff = config_diff(done.get("config", {}), cfg)
-            raise CheckpointError(
-                f"run directory {run_dir} holds a finished run with a different config ({_diff_text(diff)}). Choose "
-                "another --out, or pass --overwrite to replace it."
-            )
-        if not cfg.overwrite:
-            hint = f"resume it with --resume {run_dir}, " if (run_dir / CHECKPOINT_DIR / "last.pt").is_file() else ""
-            raise CheckpointError(
-                f"run directory {run_dir} already exists and is not empty. {hint.capitalize() or ''}"
-                f"{'or ' if hint else ''}pass --overwrite to start over, or choose another --out."
-            )
-        if not any((run_dir / f).exists() for f in _RUN_FILES):
-            raise CheckpointError(
-                f"{run_dir} is not empty and does not look like a refconv run directory: refusing to delete it even "
-                "with --overwrite. Choose another --out."
-            )
-        rundir.clear(run_dir)  # keeps .lock: this process still owns the directory
-    _check_writable(run_dir)
-    return None
-
-
 def _rank0_decides(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on rank 0 and hand its result (or its error) to every rank, so no rank waits forever on a
     rank that failed."""
@@ -237,19 +145,6 @@ def _rank0_decides(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
     if result[0] == "error":
         raise result[1]
     return result[1]
-
-
-class _NaNAfter(nn.Module):
-    """Test hook (``REFCONV_TEST_NAN_AFTER_STEPS``): the wrapped loss becomes NaN after ``after`` calls."""
-
-    def __init__(self, inner: nn.Module, after: int) -> None:
-        super().__init__()
-        self.inner, self.after, self.calls = inner, after, 0
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.inner(logits, targets)
-        return loss * float("nan") if self.calls > self.after else loss
 
 
 class _StopFlag:
@@ -276,11 +171,6 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-def _env_step(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 def _make_loaders(train_ds: Dataset, test_ds: Dataset, sampler: ResumableSampler, cfg: RunConfig,
@@ -355,7 +245,7 @@ def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gs
     saved = None
     if not info.distributed and step > start_step and meter.finite():
         saved = save_last(ep, step, start_gstep + step - start_step, meter)
-    last = run_dir / CHECKPOINT_DIR / "last.pt"
+    last = checkpoint_path(run_dir)
     where = (f"saved {saved} at epoch {ep + 1}, step {step}/{steps_per_epoch}" if saved else
              f"the last checkpoint {last} is kept" if last.is_file() else "no checkpoint had been written yet")
     msg = (f"{exc} Training stopped; {where}. After replacing the file, `refconv train --resume {run_dir}` continues "
@@ -427,7 +317,7 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
 
     def _own_and_prepare() -> dict[str, Any] | None:
         lock.acquire()
-        return _prepare_run_dir(cfg, run_dir, resume)
+        return rundir.prepare(cfg, run_dir, resume)
 
     failed = True
     try:
@@ -542,8 +432,6 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if _env_step(FAULT_ENV_NAN) is not None:
-        loss_fn = _NaNAfter(loss_fn, _env_step(FAULT_ENV_NAN))
 
     # ---- state
     epoch, step_in_epoch, global_step = 0, 0, 0
@@ -552,11 +440,11 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     meter_state: dict[str, Any] | None = None
     chash = config_hash(cfg)
     if resume:
-        ckpt = load_checkpoint(run_dir / CHECKPOINT_DIR / "last.pt", map_location=device)
+        ckpt = load_checkpoint(checkpoint_path(run_dir), map_location=device)
         if not is_run_checkpoint(ckpt) or ckpt.get("config_hash") != chash:
-            raise CheckpointError(f"{run_dir / CHECKPOINT_DIR / 'last.pt'} was not written by this run's config; "
+            raise CheckpointError(f"{checkpoint_path(run_dir)} was not written by this run's config; "
                                   "start over with --overwrite.")
-        load_format_checked(model, ckpt["state_dict"], str(run_dir / CHECKPOINT_DIR / "last.pt"))
+        load_format_checked(model, ckpt["state_dict"], str(checkpoint_path(run_dir)))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
@@ -579,7 +467,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     if info.is_main:  # everything that can fail on bad input has been built: now the run directory fills
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         reporter.attach_file(run_dir / "log.txt")
-        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+        atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
         _write_metrics(run_dir, history)
         reporter.log(
             f"run {run_dir}: {cfg.method} {cfg.model} on {data_info.name} ({len(train_ds)} train / {len(test_ds)} test "
@@ -599,9 +487,6 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs)]:
             if warning:
                 reporter.log("warning: " + warning)
-
-    fail_at = _env_step(FAULT_ENV_FAIL)
-    interrupt_at = _env_step(FAULT_ENV_INTERRUPT)
 
     def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
         rngs = dist_utils.all_gather_object(rng_state())
@@ -632,7 +517,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 
     def save_last(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> Path:
         state = state_dict_for_ckpt(ep, step, gstep, meter)  # collective (RNG gather): all ranks
-        path = run_dir / CHECKPOINT_DIR / "last.pt"
+        path = checkpoint_path(run_dir)
         if info.is_main:
             save_checkpoint(path, state)
         return path
@@ -670,9 +555,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                     save_last(_ep, step, gstep, _meter)
 
             def stop_requested(gstep: int) -> bool:
-                if fail_at is not None and gstep == fail_at:
-                    raise RuntimeError(f"{FAULT_ENV_FAIL}: injected failure after step {gstep}")
-                if interrupt_at is not None and gstep == interrupt_at:
+                if call_step_hooks(StepEvent(global_step=gstep, model=model)):
                     stop.requested = True
                 return stop.requested
 
@@ -686,7 +569,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                         on_batch=bar.update,
                     )
             except NonFiniteLossError as exc:
-                last = run_dir / CHECKPOINT_DIR / "last.pt"
+                last = checkpoint_path(run_dir)
                 kept = (f"the last good checkpoint {last} (epoch {len(history)}) is kept" if last.is_file()
                         else "no checkpoint had been written yet")
                 msg = (f"training loss became NaN/inf ({exc}, epoch {ep + 1}, lr {optimizer.param_groups[0]['lr']:.3g}). "
@@ -737,9 +620,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             if info.is_main:
                 _write_metrics(run_dir, history)
                 if is_best:
-                    atomic_copy(path, run_dir / CHECKPOINT_DIR / "best.pt")
+                    atomic_copy(path, checkpoint_path(run_dir, "best"))
                 if ep + 1 in cfg.snapshot_epochs:  # an under-trained start of the same recipe (docs/pretrained.md)
-                    atomic_copy(path, run_dir / CHECKPOINT_DIR / f"epoch-{ep + 1}.pt")
+                    atomic_copy(path, checkpoint_path(run_dir, f"epoch-{ep + 1}"))
                 reporter.log(
                     f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | "
                     + (("test " + _fmt_metrics(test)) if evaluated else f"test not evaluated (every {cfg.eval_every_epochs})")
@@ -763,7 +646,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             "data": data_info.name, "method": cfg.method, "run_dir": str(run_dir), "format": "plain"}
     folded_metrics = fold_err = onnx_info = None
     if cfg.method == "refconv":
-        plain, fold_err = fold_model(deploy_model, sample)
+        plain, fold_report = fold_model(deploy_model, sample)
+        fold_err = fold_report["max_abs_err"]
         folded_metrics = evaluate(plain, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
         folded_metrics = {k: folded_metrics[k] for k in ("loss", "top1", "top5", "correct1")}
         weights_name = "folded.safetensors"
@@ -791,7 +675,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                "input_pipeline": pipeline, "start_weights": start_weights},
     )
     if info.is_main:
-        atomic_write_bytes(run_dir / RUN_DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        atomic_write_bytes(run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
         reporter.summary(f"refconv {cfg.method}: {run_dir}", summary_rows(result))
     dist_utils.barrier()
     return result
@@ -800,7 +684,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.jsonl`` from the history (so a resumed run never shows epochs it rolled back)."""
     text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_bytes(run_dir / "metrics.jsonl", text.encode())
+    atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
 
 
 def summary_rows(result: RunResult) -> list[tuple[str, str]]:

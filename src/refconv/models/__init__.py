@@ -3,7 +3,7 @@
 ::
 
     model = create_model("tv/mobilenet_v3_small", num_classes=10, in_chans=1, weights="mnv3s_in1k.pth")
-    load_weights(model, "runs/exp1")            # a run directory: folded.safetensors or checkpoints/best.pt
+    load_weights(model, "runs/exp1")            # a finished run: its model/folded.safetensors
 
     model = create_model("fmnist/mobilenetv3_small_100")  # a pretrained model of refconv's registry
 

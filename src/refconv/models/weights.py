@@ -2,8 +2,8 @@
 
 Accepted: a registry name (``fmnist/...``, :mod:`refconv.models.pretrained`); ``.safetensors``; ``torch.save`` files (``.pth``/``.pt``/``.bin``/``.ckpt``...) holding a raw state_dict
 or a training checkpoint with a ``state_dict`` / ``model`` / ``state_dict_ema`` / ``model_ema`` entry (timm's
-and torchvision's training scripts, and ours); a run directory (``folded.safetensors``, then
-``checkpoints/best.pt``, then ``checkpoints/last.pt``). The format is recognised from the file's first bytes,
+and torchvision's training scripts, and ours); a finished run directory (its deployable weights, as
+:func:`refconv.runlayout.deployable_weights` says: the one answer every room gives). The format is recognised from the file's first bytes,
 not its extension. ``torch.load`` always runs with ``weights_only=True``: a weights file cannot run code.
 
 Loading checks everything before touching the model, so a failed load leaves it as it was: a checkpoint
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..convert import check_state_dict_format, state_dict_format
 from ..errors import CheckpointError, short_reason
+from ..runlayout import deployable_weights
 from .surgery import adapt_input_weight, classifier_names, first_conv_names
 
 __all__ = [
     "CHECKPOINT_KEYS",
-    "RUN_DIR_FILES",
     "resolve_weights_path",
     "read_state_dict",
     "is_refconv_state_dict",
@@ -43,11 +44,8 @@ _log = logging.getLogger(__name__)
 # Entries of a training checkpoint that hold the model's state_dict, in order of preference.
 CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _EMA_FIRST = ("state_dict_ema", "model_ema", "state_dict", "model")
-# Files of a refconv run directory that hold weights, in order of preference.
-RUN_DIR_FILES = ("folded.safetensors", "checkpoints/best.pt", "checkpoints/last.pt")
 # Wrappers that prefix every key: DistributedDataParallel / DataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_REFCONV_SUFFIX = "refocus_weight"
 _SHOW = 5  # keys listed in an error message
 
 
@@ -67,11 +65,12 @@ def _safe_globals() -> list[Any]:
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """The weights file ``path`` refers to: itself, the best file of a run directory, or the verified weights of
-    a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, see :mod:`refconv.models.pretrained`).
+    """The weights file ``path`` refers to: itself, a finished run directory's deployable weights, or the verified
+    weights of a pretrained model of the registry (``fmnist/mobilenetv3_small_100``, see :mod:`refconv.models.pretrained`).
 
     Raises:
-        CheckpointError: nothing at ``path``, or a directory with none of :data:`RUN_DIR_FILES`.
+        CheckpointError: nothing at ``path``, an unfinished run (naming ``--resume`` and its ``last.pt``), or a
+            directory that is not a run.
         PretrainedError: a registry name that is unknown, not trained yet, or whose file fails its SHA-256.
     """
     from . import pretrained
@@ -80,12 +79,7 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
         return pretrained.weights_path(str(path))
     p = Path(path).expanduser()
     if p.is_dir():
-        for rel in RUN_DIR_FILES:
-            if (p / rel).is_file():
-                return p / rel
-        raise CheckpointError(
-            f"{p} is a directory but not a run directory: it holds none of {', '.join(RUN_DIR_FILES)}."
-        )
+        return deployable_weights(p)
     if not p.is_file():
         raise CheckpointError(f"weights file {p} does not exist.")
     return p
@@ -181,8 +175,8 @@ def read_state_dict(path: str | os.PathLike, *, use_ema: bool = False) -> dict[s
 
 
 def is_refconv_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """True when the keys are a converted (unfolded) RefConv model's: they include ``*.refocus_weight``."""
-    return any(k == _REFCONV_SUFFIX or k.endswith("." + _REFCONV_SUFFIX) for k in state_dict)
+    """True when the keys are a converted (unfolded) RefConv model's (:func:`refconv.convert.state_dict_format`)."""
+    return state_dict_format(state_dict) == "refconv"
 
 
 def _under(key: str, prefixes: list[str]) -> bool:
@@ -221,21 +215,11 @@ def load_state_dict_checked(
         Keys of the model left at their initial values (a dropped head).
 
     Raises:
-        CheckpointError: see the module docstring.
+        CheckpointError: see the module docstring (a format mismatch is its subclass
+            :class:`~refconv.errors.StateDictFormatError`).
     """
+    check_state_dict_format(model, state_dict, source=source)
     model_sd = model.state_dict()
-    file_refconv, model_refconv = is_refconv_state_dict(state_dict), is_refconv_state_dict(model_sd)
-    if file_refconv and not model_refconv:
-        raise CheckpointError(
-            f"{source} is a RefConv (unfolded) checkpoint (it holds '*.refocus_weight' keys) but the model is "
-            "plain; fold it with `refconv fold` or convert the model first (refconv.convert with the same "
-            "map_k/groups)."
-        )
-    if model_refconv and not file_refconv:
-        raise CheckpointError(
-            f"{source} holds plain (folded) weights but the model has RefConv layers; load them into the plain "
-            "model before converting it, or load a RefConv checkpoint."
-        )
 
     sd = dict(state_dict)
     if adapt_in_chans:
@@ -328,8 +312,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
 
     Args:
         model: a plain model (or a converted RefConv model, for RefConv checkpoints).
-        path: ``.safetensors``, a ``torch.save`` file (raw state_dict or training checkpoint) or a run
-            directory (``folded.safetensors``, ``checkpoints/best.pt``, ``checkpoints/last.pt``).
+        path: ``.safetensors``, a ``torch.save`` file (raw state_dict or training checkpoint) or a finished run
+            directory (its ``model.safetensors`` / ``folded.safetensors``).
         strict: require every key to match. ``False`` drops a classifier with another number of classes and
             loads the matching keys only, with a warning naming the rest.
         use_ema: prefer a training checkpoint's EMA weights.

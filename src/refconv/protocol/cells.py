@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine import RunConfig, RunResult, run
-from ..engine.runner import load_run_config
-from ..engine.config import config_diff
+from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
 from ..stats import paired_difference, summarize
 
@@ -54,23 +52,22 @@ def cell_config(base: RunConfig, baseline_dir: str | os.PathLike, arm: Arm, seed
 
 
 def run_cell(cfg: RunConfig, *, overwrite: bool = False, reporter=None) -> RunResult:
-    """Run one cell: reuse it when finished, resume it when interrupted, start it otherwise.
+    """Run one cell: reuse it when finished, resume it when interrupted, start it otherwise (as
+    :func:`refconv.engine.rundir.inspect` classifies its directory); ``overwrite`` recomputes it.
 
     A directory holding a different configuration is refused unless ``overwrite``.
     """
     run_dir = cfg.run_dir()
-    if (run_dir / "config.yaml").is_file() and not overwrite:
-        saved = load_run_config(run_dir)
-        diff = config_diff(saved, cfg)
-        if diff:
-            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
+    if not overwrite:
+        state = rundir.inspect(run_dir, cfg)
+        if state.kind == "mismatch":
             raise CheckpointError(
-                f"{run_dir} holds a run with a different configuration ({shown}). Use another --out, or pass "
+                f"{run_dir} holds a run with a different configuration ({state.detail}). Use another --out, or pass "
                 "--overwrite to recompute it."
             )
-        if (run_dir / "done.json").is_file():
+        if state.kind == "done":
             return run(cfg, reporter=reporter)
-        if (run_dir / "checkpoints" / "last.pt").is_file():
+        if state.resumable:
             return run(cfg, resume=True, reporter=reporter)
     return run(cfg.replace(overwrite=True) if run_dir.exists() else cfg, reporter=reporter)
 

@@ -57,10 +57,12 @@ import yaml
 
 from ..engine import RunConfig, RunInterrupted, RunResult
 from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import inspect as inspect_run_dir
 from ..engine.rundir import clear as clear_dir
-from ..engine.config import (NON_RECIPE_KEYS, config_diff, config_hash, make_config, packaged_yaml, resolve_packaged,
+from ..engine.config import (NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, resolve_packaged,
                              warmup_warning)
 from ..errors import CheckpointError, ConfigError, ConversionError
+from ..runlayout import deployable_weights, is_finished
 from ..stats import paired_difference, summarize, verdict
 from .cells import Arm, Cell, cell_config, run_cell, run_cells
 
@@ -571,27 +573,11 @@ def _cell_key(cell: Cell) -> str:
 
 
 def _run_status(cfg: RunConfig) -> tuple[str, str]:
-    """``(done|partial|new|mismatch, diff text)`` of a run directory against the config meant for it."""
-    run_dir = cfg.run_dir()
-    if not (run_dir / "config.yaml").is_file():
-        if not is_empty(run_dir):  # a lock file alone (a run killed before writing anything) is not content
-            return "mismatch", "not a run directory"
-        return "new", ""
-    try:
-        saved = make_config(run_dir / "config.yaml")
-    except ConfigError as exc:
-        return "mismatch", f"unreadable config.yaml ({exc})"
-    diff = config_diff(saved, cfg)
-    if diff:
-        return "mismatch", ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:6])
-    done = run_dir / "done.json"
-    if done.is_file():
-        try:
-            if json.loads(done.read_text()).get("config_hash") == config_hash(cfg):
-                return "done", ""
-        except (OSError, json.JSONDecodeError):
-            pass
-    return "partial", ""
+    """``(done|partial|new|mismatch, diff text)`` of a run directory against the config meant for it
+    (:func:`refconv.engine.rundir.inspect`; files that are not a run's count as a mismatch: only
+    ``--overwrite`` may remove them)."""
+    state = inspect_run_dir(cfg.run_dir(), cfg)
+    return ("mismatch" if state.kind == "foreign" else state.kind), state.detail
 
 
 def _identity(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
@@ -604,10 +590,8 @@ def _identity(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
 
 
 def _fingerprint(path: Path) -> str:
-    from ..engine.modeling import RUN_DONE_FILE, resolve_run_weights
-
-    if path.is_dir() and (path / RUN_DONE_FILE).is_file():
-        path = resolve_run_weights(path)
+    if path.is_dir() and is_finished(path):
+        path = deployable_weights(path)
     if not path.is_file():
         return "unavailable"
     h = hashlib.sha256()
@@ -1102,7 +1086,7 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
         cell_results = run_cells([c for c in plan.cells if _cell_key(c) in done_before], on_done=on_done)
         cell_results.update(run_cells(todo, parallel=n_par, on_done=on_done))
     except KeyboardInterrupt as exc:
-        finished = sum(1 for c in plan.cells if (c.config.run_dir() / "done.json").is_file())
+        finished = sum(1 for c in plan.cells if is_finished(c.config.run_dir()))
         msg = (f"sweep interrupted ({finished}/{len(plan.cells)} cells finished, kept; an interrupted cell resumes from "
                f"its checkpoint). Rerun the same command to continue: {command or _command(spec, out)}")
         raise RunInterrupted(msg, getattr(exc, "checkpoint", None)) from None
