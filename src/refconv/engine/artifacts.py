@@ -37,8 +37,10 @@ __all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldRe
 #: The one tolerance of fold-and-verify (``refconv train``, ``refconv fold``, ``detect`` / ``segment``): the
 #: largest relative output difference ``max |folded - trained| / max |trained|`` a fold may show. Folding is
 #: exact algebra done in float64; what remains is fp32 rounding of two computation orders (1e-7 to 1e-6
-#: relative), so 1e-4 leaves two orders of margin and still catches any wrong kernel or layout.
-FOLD_REL_TOL = 1e-4
+#: relative on a healthy model). A model whose training diverged amplifies that rounding through its layers:
+#: the suite's sweep fixture has a cell with logits near 4,300 that folds to 1.4e-4 relative, so the bound is
+#: 1e-3, which still catches any wrong kernel or layout (those give differences of order 1 relative).
+FOLD_REL_TOL = 1e-3
 
 
 @dataclass
