@@ -22,6 +22,7 @@ import json
 import sys
 from typing import Any
 
+from .backbones import describe as describe_backbone
 from .models import SCOPES, list_archs
 from .train import DATASETS, METHODS, DownstreamConfig
 
@@ -51,7 +52,9 @@ HELP: dict[str, str] = {
     "exclude": "refconv: leave modules matching this glob plain (repeatable)",
     "weights": "whole-model starting weights: torchvision name (COCO_V1...) or file (a run's checkpoint, .pth, "
                ".safetensors)",
-    "weights_backbone": "ImageNet backbone weights: torchvision name (IMAGENET1K_V1) or a classifier file / run dir",
+    "weights_backbone": "backbone weights: torchvision name (IMAGENET1K_V1) or a classifier file / run dir; the *_timm "
+                        "archs take a pretrained registry name (fmnist/mobilenetv3_small_100) or file "
+                        "(alias --backbone-weights)",
     "epochs": "training epochs (0: evaluate, fold and export the starting weights)",
     "batch_size": "batch size",
     "lr": "learning rate (SGD)",
@@ -95,6 +98,8 @@ def _add_flags(p: argparse.ArgumentParser, task: str) -> None:
             p.add_argument(flag, default=None, metavar="A,B,...", help=help_)
         elif name in _OPTIONAL_INT:
             p.add_argument(flag, type=int, default=None, help=help_)
+        elif name == "weights_backbone":
+            p.add_argument(flag, "--backbone-weights", dest=name, default=None, help=help_)
         elif name in _OPTIONAL_STR:
             p.add_argument(flag, default=None, help=help_)
         else:
@@ -170,6 +175,8 @@ def _main(args: argparse.Namespace, task: str) -> int:
     if res.onnx:
         print(f"  ONNX: {res.onnx['path']} (onnxruntime max abs err {res.onnx['max_abs_err']:.3g})")
     print(f"  params: {res.trainable_params:,} trainable while training -> {res.deploy_params:,} deployed")
+    if res.backbone:
+        print(f"  {describe_backbone(res.backbone)}")
     return 0
 
 

@@ -61,6 +61,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..runlayout import CHECKPOINT_DIR, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
+from .backbones import describe as describe_backbone
 from .export import export_onnx, output_equivalence
 from .metrics import DetectionMetric, SegmentationMetric
 from .models import (
@@ -239,6 +240,7 @@ class DownstreamResult:
     trainable_params: int = 0
     deploy_params: int = 0
     wall_time_s: float = 0.0
+    backbone: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -664,14 +666,16 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
     else:
         model = _prepare_model(cfg, num_classes, size)
     layout = getattr(model, "refconv_backbone_layout", "scratch")
+    backbone = ckpt.get("backbone") if ckpt is not None else getattr(model, "refconv_backbone", None)
     spec = get_spec(cfg.arch)
     meta = {"num_classes": num_classes, "classes": list(class_names), "image_size": list(size),
-            "backbone_layout": layout, "aux_loss": bool(getattr(model, "aux_classifier", None) is not None)}
+            "backbone_layout": layout, "aux_loss": bool(getattr(model, "aux_classifier", None) is not None),
+            "backbone": backbone}
     model.to(device)
     trainable, _ = _count(model)
     say(f"{cfg.method} {spec.name} on {cfg.data} ({len(train_ds)} train / {len(val_ds)} val images, "
         f"{num_classes} classes, input {size[0]}x{size[1]}): {len(refconv_layers(model))} RefConv layers, "
-        f"{trainable:,} trainable parameters")
+        f"{trainable:,} trainable parameters; {describe_backbone(backbone)}")
 
     lr = cfg.lr * (cfg.finetune_lr_mult if cfg.method == "finetune" else 1.0)
     train_loader = _loader(train_ds, cfg.task, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
@@ -744,6 +748,7 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
         final={"epoch": cfg.epochs, **final}, best=best, history=history, weights_path=weights_path,
         checkpoint_path=last_path, fold=fold_report, folded_metrics=folded_metrics, onnx=onnx_info,
         trainable_params=trainable, deploy_params=_count(plain)[1], wall_time_s=time.perf_counter() - t0,
+        backbone=backbone,
     )
     atomic_write_bytes(run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
