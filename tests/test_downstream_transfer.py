@@ -169,9 +169,12 @@ def test_folded_segmenter_gives_the_same_masks(arch: str) -> None:
     with torch.no_grad():
         a, b = model(x)["out"], stock(x)["out"]
     torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    same = a.argmax(1) == b.argmax(1)
+    assert same.float().mean() > 0.999  # the masks
+    # a pixel may only flip where its two best classes are tied to within the outputs' difference
     top2 = a.topk(2, dim=1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 1e-3  # pixels whose argmax is not a near-tie
-    assert clear.float().mean() > 0.99 and torch.equal(a.argmax(1)[clear], b.argmax(1)[clear])
+    eps = float((a - b).abs().max())
+    assert bool(((top2[:, 0] - top2[:, 1]) <= 2 * eps)[~same].all())
 
 
 # ----------------------------------------------------------------------------------------------- bad data

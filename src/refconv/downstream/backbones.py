@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -153,14 +153,15 @@ def build_timm_model(arch: str, num_classes: int, trunk: str = _TRUNK) -> nn.Mod
     raise ModelError(f"no timm-backbone architecture {arch!r}; known: ssdlite_timm, deeplabv3_timm, lraspp_timm.")
 
 
-def trunk_reference(trunk: str = _TRUNK) -> tuple[set[str], set[str]]:
+@lru_cache(maxsize=None)
+def trunk_reference(trunk: str = _TRUNK) -> tuple[frozenset[str], frozenset[str]]:
     """``(trunk_keys, head_keys)`` of the stock classifier ``trunk``: what a backbone file must fill, and the
-    head tensors (timm's ``forward_head``) it may hold and that are dropped."""
+    head tensors (timm's ``forward_head``) it may hold and that are dropped. Cached: two model builds."""
     import timm
 
     full = set(timm.create_model(trunk, pretrained=False, in_chans=1, num_classes=10).state_dict())
     body = set(timm.create_model(trunk, pretrained=False, in_chans=1, features_only=True).state_dict())
-    return body, full - body
+    return frozenset(body), frozenset(full - body)
 
 
 def _listing(keys: list[str]) -> str:

@@ -108,20 +108,22 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown study keys {unknown}; valid keys: {sorted(names)}.")
-        tasks = []
-        task_names = {f.name for f in dataclasses.fields(TaskPlan)}
-        for t in data.get("tasks") or []:
-            if not isinstance(t, dict) or set(t) - task_names:
-                raise ConfigError(f"a task takes the keys {sorted(task_names)}, got {t!r}.")
-            tasks.append(TaskPlan(**t))
+        """Build and validate, refusing unknown keys at either level (a typo must not be ignored)."""
         try:
-            return cls(**{**data, "tasks": tasks}).validate()
-        except TypeError as exc:
+            tasks = [TaskPlan(**_known_keys(TaskPlan, t, "task")) for t in (data.get("tasks") or [])]
+            return cls(**{**_known_keys(cls, data, "study"), "tasks": tasks}).validate()
+        except TypeError as exc:  # a required key left out
             raise ConfigError(f"study config: {exc}.") from None
+
+
+def _known_keys(cls: type, data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {what} is a mapping of keys to values, got {data!r}.")
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {names}.")
+    return data
 
 
 def packaged_studies() -> dict[str, Path]:
@@ -223,6 +225,9 @@ def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None
 
     from .study_report import write_report
 
+    from ..models import resolve_weights_path
+
+    resolve_weights_path(cfg.backbone)  # an unknown name or a missing / corrupt file fails now, not after a task
     t0 = time.perf_counter()
     work = Path(cfg.work_dir)
     results: dict[str, Any] = {"study": cfg.to_dict(), "command": command, "tasks": {}}

@@ -125,7 +125,8 @@ class DownstreamConfig:
         method / scope / map_k / groups / max_group_size / init / include / exclude: see the module docstring
             and :func:`refconv.convert`; ``include`` replaces the scope's patterns when given.
         weights: whole-model starting weights (torchvision name or file, e.g. a baseline run's
-            ``checkpoints/last.pt``); weights_backbone: ImageNet backbone weights (name or file).
+            ``checkpoints/last.pt``); weights_backbone: ImageNet backbone weights (name or file); for the
+            ``*_timm`` archs a pretrained registry name (``fmnist/mobilenetv3_small_100``) or classifier file.
         epochs, batch_size, lr, finetune_lr_mult, momentum, weight_decay, warmup_epochs: the recipe (SGD with
             momentum, linear warm-up then cosine to 0, per step). aux_weight: DeepLabV3/FCN auxiliary loss weight.
         max_steps: stop each epoch after this many steps (smoke tests); eval_images: evaluate on the first N
