@@ -19,7 +19,7 @@ import refconv
 from refconv.cli import main as cli_main
 from refconv.downstream import DownstreamConfig, build_model, run_downstream
 from refconv.downstream.backbones import load_backbone, trunk_reference
-from refconv.downstream.export import compare_detections
+from refconv.downstream.export import compare_detections, compare_masks
 from refconv.downstream.metrics import DetectionMetric
 from refconv.downstream.models import DOWNSTREAM_FORMAT, scope_patterns
 from refconv.downstream.study import StudyConfig, TaskPlan, load_study_config, packaged_studies, run_study
@@ -169,12 +169,19 @@ def test_folded_segmenter_gives_the_same_masks(arch: str) -> None:
     with torch.no_grad():
         a, b = model(x)["out"], stock(x)["out"]
     torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
-    same = a.argmax(1) == b.argmax(1)
-    assert same.float().mean() > 0.999  # the masks
-    # a pixel may only flip where its two best classes are tied to within the outputs' difference
+    masks = compare_masks(a, b)
+    assert masks["pixels"] == 2 * 64 * 128 and masks["pixels_equal"] > 0.999 * masks["pixels"]
+    same = a.argmax(1) == b.argmax(1)  # a pixel may only flip where its two best classes tie within the difference
     top2 = a.topk(2, dim=1).values
-    eps = float((a - b).abs().max())
-    assert bool(((top2[:, 0] - top2[:, 1]) <= 2 * eps)[~same].all())
+    assert bool(((top2[:, 0] - top2[:, 1]) <= 2 * float((a - b).abs().max()))[~same].all())
+
+
+def test_compare_masks() -> None:
+    a = torch.tensor([[[[2.0, 0.0, 0.0]], [[0.0, 1.0, 0.5]]]])  # (1, 2 classes, 1, 3): masks 0, 1, 1
+    b = a.clone()
+    assert compare_masks(a, b) == {"pixels": 3, "pixels_equal": 3}
+    b[0, 0, 0, 2] = 0.6  # the last pixel becomes class 0
+    assert compare_masks(a, b) == {"pixels": 3, "pixels_equal": 2}
 
 
 # ----------------------------------------------------------------------------------------------- bad data
@@ -272,3 +279,5 @@ def test_packaged_tiny_study_both_tasks(tmp_path: Path, fmnist: Path) -> None:
     seg = res["tasks"]["segmentation"]
     assert {"miou", "pixel_acc"} == set(seg["tables"]) and seg["backbone"]["loaded"] == 240
     assert all(r["fold"]["max_abs_err"] < 1e-3 for r in seg["runs"]["refconv"])
+    masks = [r["fold"]["masks"] for r in seg["runs"]["refconv"]]
+    assert masks and all(m["pixels_equal"] > 0.999 * m["pixels"] for m in masks)

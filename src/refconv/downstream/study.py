@@ -180,8 +180,9 @@ def _fold_summary(done: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
     out = {"max_abs_err": fold.get("max_abs_err"), "rel_err": fold.get("rel_err"),
            "folded": {k: done["folded_metrics"].get(k) for k in keys},
            "unfolded": {k: done["final"].get(k) for k in keys}}
-    if "detections" in fold:
-        out["detections"] = fold["detections"]
+    for part in ("detections", "masks"):
+        if part in fold:
+            out[part] = fold[part]
     return out
 
 

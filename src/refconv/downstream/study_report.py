@@ -103,8 +103,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines += ["### Fold + equivalence (every RefConv run folded into the stock model)", "",
                       "| seed | raw outputs max abs err | " + " | ".join(f"{_LABEL.get(k, k)} unfolded / folded"
                                                                        for k in keys)
-                      + (" | detections unmatched / total |" if name == "detection" else " |"),
-                      "|---|---|" + "---|" * len(keys) + ("---|" if name == "detection" else "")]
+                      + (" | detections unmatched / total |" if name == "detection" else
+                         " | mask pixels equal / total |"),
+                      "|---|---|" + "---|" * (len(keys) + 1)]
             for r in folds:
                 f = r["fold"]
                 row = f"| {r['seed']} | {f['max_abs_err']:.2g} | " + " | ".join(
@@ -112,6 +113,9 @@ def render_markdown(results: dict[str, Any]) -> str:
                 if name == "detection":
                     det = f.get("detections") or {}
                     row += f" | {det.get('unmatched')} / {det.get('detections')}"
+                else:
+                    masks = f.get("masks") or {}
+                    row += f" | {masks.get('pixels_equal')} / {masks.get('pixels')}"
                 lines.append(row + " |")
             lines.append("")
         params = task["runs"].get("refconv", [{}])[0]
