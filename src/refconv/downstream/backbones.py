@@ -34,13 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.fashion_mnist import MEAN as _FMNIST_MEAN
+from ..data.fashion_mnist import STD as _FMNIST_STD
 from ..errors import CheckpointError, ModelError
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["GrayInput", "TimmTrunk", "build_timm_model", "load_backbone", "trunk_reference"]
+__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone", "trunk_reference"]
 
 _SHOW = 5
-_FMNIST_MEAN, _FMNIST_STD = (0.2860,), (0.3530,)  # refconv.data.fashion_mnist.MEAN / STD (the registry's inputs)
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class GrayInput(nn.Module):
@@ -68,7 +69,7 @@ class TimmTrunk(nn.Module):
         super().__init__()
         import timm
 
-        mean, std = (_IMAGENET_MEAN, _IMAGENET_STD) if rgb_normalised else ((0.0,) * 3, (1.0,) * 3)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if rgb_normalised else ((0.0,) * 3, (1.0,) * 3)
         self.input = GrayInput(mean, std, _FMNIST_MEAN[0], _FMNIST_STD[0])
         self.body = timm.create_model(model_name, pretrained=False, features_only=True, in_chans=1,
                                       out_indices=tuple(out_indices), output_stride=output_stride)
