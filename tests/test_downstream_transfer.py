@@ -228,6 +228,16 @@ def test_cli_names_the_backbone_and_refuses_a_non_voc_dir(tmp_path: Path, fmnist
     assert "not a Cityscapes root" in capsys.readouterr().err
 
 
+def test_resume_and_runs_from_a_checkpoint_keep_the_backbone(tmp_path: Path, fmnist: Path) -> None:
+    first = run_downstream(_tiny(fmnist, tmp_path / "base", method="baseline"))
+    resumed = run_downstream(_tiny(fmnist, tmp_path / "base", method="baseline", epochs=2), resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.backbone == first.backbone
+    ref = run_downstream(_tiny(fmnist, tmp_path / "ref", weights_backbone=None, weights=str(first.checkpoint_path)))
+    assert ref.backbone["name"] == BACKBONE and ref.backbone["loaded"] == 240  # named through the checkpoint
+    assert json.loads(Path(str(ref.weights_path).replace(".safetensors", ".json")).read_text())["backbone"]["name"] \
+        == BACKBONE
+
+
 # ----------------------------------------------------------------------------------------------- the study
 def test_packaged_studies_validate() -> None:
     assert {"transfer", "transfer-tiny"} <= set(packaged_studies())
