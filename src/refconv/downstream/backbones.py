@@ -219,10 +219,8 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
             "trunk_tensors": len(want), "dropped": sorted(k for k in state if k in head)}
 
 
-def describe(backbone: dict[str, Any] | None) -> str:
-    """One phrase for a run's summary: where the backbone came from and how good its classifier was."""
-    if not backbone:
-        return "random backbone"
+def describe(backbone: dict[str, Any]) -> str:
+    """One phrase for a run's summary: where a registry backbone came from and how good its classifier was."""
     name = backbone.get("name") or backbone.get("source")
     acc = backbone.get("test_top1")
     acc_s = f", {acc:.2f} % Fashion-MNIST test top-1" if isinstance(acc, (int, float)) else ""

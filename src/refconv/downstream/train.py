@@ -676,7 +676,7 @@ def _run_downstream(config: DownstreamConfig | dict[str, Any], *, resume: bool, 
     trainable, _ = _count(model)
     say(f"{cfg.method} {spec.name} on {cfg.data} ({len(train_ds)} train / {len(val_ds)} val images, "
         f"{num_classes} classes, input {size[0]}x{size[1]}): {len(refconv_layers(model))} RefConv layers, "
-        f"{trainable:,} trainable parameters; {describe_backbone(backbone)}")
+        f"{trainable:,} trainable parameters" + (f"; {describe_backbone(backbone)}" if backbone else ""))
 
     lr = cfg.lr * (cfg.finetune_lr_mult if cfg.method == "finetune" else 1.0)
     train_loader = _loader(train_ds, cfg.task, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed)
