@@ -17,17 +17,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .study_analyses import analyses_markdown, load_analyses
+
 __all__ = ["load_study", "write_study_summary"]
 
 
 def load_study(dirs: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
-    """``{start label: results.json of its sweep}``, in the given order."""
+    """``{start label: results.json of its sweep}``, in the given order, with its recorded analyses (if any)
+    under ``"analyses"``."""
     out = {}
     for label, d in dirs.items():
         path = Path(d) / "results.json"
         if not path.is_file():
             raise SystemExit(f"study: {path} does not exist: run the sweep first (its command is in its YAML).")
         out[label] = json.loads(path.read_text())
+        analyses = load_analyses(d)
+        if analyses is not None:
+            out[label]["analyses"] = analyses
     return out
 
 
@@ -62,7 +68,8 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
         "its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval is "
         "above zero.",
         "",
-        f"Scale: `{base['model']}` at {base['image_size']} px; an epoch is "
+        f"Scale: `{base['model']}` at " + (f"{base['image_size']} px" if base.get("image_size") else "its native size")
+        + "; an epoch is "
         + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
            if base.get("subset_train") else "the whole 60,000-image training set")
         + f", batch {base['batch_size']}, scored on "
@@ -110,6 +117,9 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
     for key in ctrl:
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
             _ms(keyed[lb][key]["summary"]) if key in keyed[lb] else "n/a" for lb in labels) + " |")
+    for label, res in study.items():
+        if res.get("analyses"):
+            lines += [""] + analyses_markdown(res["analyses"], label=label)
     png = out.with_name(out.stem + "-delta.png")
     if plot and _plot(study, png):
         lines += ["", f"![RefConv minus the best control, by budget]({png.name})", ""]
