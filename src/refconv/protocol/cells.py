@@ -11,9 +11,8 @@ from typing import Any
 
 from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
-from ..stats import paired_difference, summarize
 
-__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "arm_table"]
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells"]
 
 
 @dataclass(frozen=True)
@@ -115,31 +114,3 @@ def run_cells(
             if on_done:
                 on_done(cell, res, i, total)
     return results
-
-
-def arm_table(
-    arms: Sequence[Arm],
-    seeds: Sequence[int],
-    results: Mapping[tuple[str, int], RunResult],
-    *,
-    metric: str = "top1",
-    reference: Mapping[str, Sequence[float]] | None = None,
-) -> list[dict[str, Any]]:
-    """Per arm: summary of ``metric`` over seeds and paired differences to every control arm.
-
-    ``reference`` may add fixed per-seed series (e.g. the baseline's value repeated) to compare against.
-    """
-    per_arm = {a.name: [float(results[(a.name, s)].final[metric]) for s in seeds] for a in arms}
-    controls = [a for a in arms if a.is_control]
-    rows = []
-    for a in arms:
-        vals = per_arm[a.name]
-        row: dict[str, Any] = {"arm": a.name, "method": a.method, "epochs": a.epochs, "values": vals,
-                               "summary": summarize(vals).to_dict(), "vs": {}}
-        if not a.is_control:
-            for c in controls:
-                row["vs"][c.name] = paired_difference(vals, per_arm[c.name]).to_dict()
-            for name, ref in (reference or {}).items():
-                row["vs"][name] = paired_difference(vals, list(ref)).to_dict()
-        rows.append(row)
-    return rows

@@ -1,30 +1,82 @@
-"""The test split exactly as the engine evaluated it, for checks made after training."""
+"""A run's data and device as the engine uses them, for what a study measures outside a run.
+
+A study evaluates its starting weights, times training steps for its estimate and checks folded models after
+training; each must see the images a run sees (same dataset, subset, resize and normalisation) on the device a
+run would pick, or its numbers would not be comparable with the runs'. These helpers are the one place that
+turns a :class:`~refconv.engine.RunConfig` into those, through :func:`refconv.data.build_dataset` and the one
+loader builder :func:`refconv.data.build_loader`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
+from ..data import DatasetInfo, build_dataset, build_loader
+from ..engine import RunConfig
 from ..engine.config import make_config
+from ..errors import ConfigError
 
-__all__ = ["test_loader"]
+__all__ = ["run_split", "test_loader", "study_device", "evaluate_weights"]
 
 
-def test_loader(run_config: dict[str, Any], *, data_dir: str | None = None, batch_size: int = 128,
+def _config(run_config: RunConfig | dict[str, Any]) -> RunConfig:
+    return run_config if isinstance(run_config, RunConfig) else make_config(run_config)
+
+
+def run_split(run_config: RunConfig | dict[str, Any], split: str, *, data_dir: str | None = None,
+              augment: bool | None = None, subset: int | None = None) -> tuple[Dataset, DatasetInfo]:
+    """The run's ``split`` ("train" or "test") with the run's own data settings, as the engine builds it.
+
+    ``augment`` defaults to the run's for the training split and to False for the test split; ``subset`` to the
+    run's subset of that split.
+    """
+    cfg = _config(run_config)
+    train = split == "train"
+    return build_dataset(cfg.data, split, data_dir=data_dir or cfg.data_dir, image_size=cfg.image_size,
+                         in_chans=cfg.in_chans, download=cfg.download, seed=cfg.data_seed,
+                         augment=(cfg.augment and train) if augment is None else augment,
+                         subset=subset if subset is not None else (cfg.subset_train if train else cfg.subset_test))
+
+
+def test_loader(run_config: RunConfig | dict[str, Any], *, data_dir: str | None = None, batch_size: int = 128,
                 train_split: bool = False, subset: int | None = None) -> DataLoader:
-    """Build the run's test (or un-augmented train) split with the run's own data settings.
+    """Build the run's test (or un-augmented train) split with the run's own data settings, in order.
 
     The loader's ``info`` attribute is the split's :class:`~refconv.data.DatasetInfo` (normalisation etc.).
     """
-    from ..data import build_dataset
-
-    cfg = make_config(run_config)
-    split = "train" if train_split else "test"
-    ds, info = build_dataset(cfg.data, split, data_dir=data_dir or cfg.data_dir, image_size=cfg.image_size,
-                          in_chans=cfg.in_chans, augment=False,
-                          subset=subset if subset is not None else (cfg.subset_train if train_split else cfg.subset_test),
-                          seed=cfg.data_seed)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    ds, info = run_split(run_config, "train" if train_split else "test", data_dir=data_dir, augment=False,
+                         subset=subset)
+    loader = build_loader(ds, batch_size=batch_size, train=False)
     loader.info = info  # type: ignore[attr-defined]
     return loader
+
+
+def study_device(device: str) -> torch.device:
+    """The device a run with ``device`` ("auto", "cpu", "cuda") trains on; refuses "cuda" without CUDA."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but CUDA is not available. Use device: cpu (or auto).")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def evaluate_weights(weights: str, run_config: RunConfig | dict[str, Any], *, data_dir: str | None = None,
+                     batch_size: int | None = None) -> dict[str, Any]:
+    """Test metrics of starting ``weights`` (a registry name, a finished run or a weights file) on the run's test
+    split: loaded the way the engine starts a run from them (its architecture, ``load_start_weights``) and scored
+    by the engine's :func:`~refconv.engine.evaluate`, so the number is the arms' epoch-0 accuracy.
+
+    Returns ``loss``, ``top1``, ``top5``, ``correct1`` and ``images``.
+    """
+    from ..engine.loop import evaluate
+    from ..engine.modeling import create_stock_model, load_start_weights
+
+    cfg = _config(run_config)
+    loader = test_loader(cfg, data_dir=data_dir, batch_size=batch_size or cfg.batch_size)
+    info = loader.info  # type: ignore[attr-defined]
+    model = create_stock_model(cfg.model, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
+    load_start_weights(model, weights)
+    device = study_device(cfg.device)
+    m = evaluate(model.to(device), loader, device=device)
+    return {k: m[k] for k in ("loss", "top1", "top5", "correct1", "images")}

@@ -122,9 +122,12 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
 
 
 def _weights_label(spec: dict[str, Any]) -> str:
+    """What the arms started from, as the sweep recorded it: a registry name (sweeps recorded before names were
+    kept hold the registry file's path, shown by its name)."""
+    from ..models import pretrained
+
     w = str((spec.get("baseline") or {}).get("weights", ""))
-    stem = Path(w).name.replace(".safetensors", "")
-    return f"fmnist/{stem}" if "/weights/fmnist/" in w.replace(os.sep, "/") else w
+    return next((n for n in pretrained.names() if w.replace(os.sep, "/").endswith(f"/{n}.safetensors")), w)
 
 
 def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
