@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from refconv.analysis.redundancy import _check_int, fold_for_analysis, has_refconv_layers
+from refconv.analysis._common import check_int, fold_for_analysis, has_refconv_layers
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -254,8 +254,8 @@ def measure_latency(
         Name -> ``{"median_ms", "p25_ms", "p75_ms", "repeats"}``.
     """
     _check_regime(regime)
-    _check_int("warmup", warmup, 0, 1000)
-    _check_int("repeats", repeats, 1, 100_000)
+    check_int("warmup", warmup, 0, 1000)
+    check_int("repeats", repeats, 1, 100_000)
     names = list(models)
     times: dict[str, list[float]] = {n: [] for n in names}
     steps = {}

@@ -12,7 +12,7 @@ from typing import Any
 from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
 
-__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells"]
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "cell_record"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,25 @@ def run_cells(
             if on_done:
                 on_done(cell, res, i, total)
     return results
+
+
+def cell_record(res: RunResult, out: Path) -> dict[str, Any]:
+    """A finished run as a study's ``results.json`` holds it: every number its report prints, and its directory
+    relative to the study's ``out`` (so a recorded study can be moved and still checked against its runs)."""
+    return {
+        "run_dir": os.path.relpath(res.run_dir, out),
+        "method": res.method,
+        "seed": res.config.get("seed"),
+        "epochs": res.config.get("epochs"),
+        "lr": res.config.get("lr"),
+        "final": res.final,
+        "best": res.best,
+        "history": res.history,
+        "trainable_params": res.trainable_params,
+        "total_params": res.total_params,
+        "deploy_params": res.deploy_params,
+        "wall_time_s": res.wall_time_s,
+        "cached": res.cached,
+        "fold_max_abs_err": res.fold_max_abs_err,
+        "folded_top1": (res.folded_metrics or {}).get("top1"),
+    }

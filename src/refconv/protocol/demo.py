@@ -34,7 +34,7 @@ from ..engine.rundir import RunDirLock, check_out_path, is_empty
 from ..engine.rundir import clear as clear_dir
 from ..errors import CheckpointError, ConfigError
 from ..environment import environment
-from .cells import Arm, Cell, cell_config, run_cell, run_cells
+from .cells import Arm, Cell, cell_config, cell_record, run_cell, run_cells
 from .progress import StudyProgress
 from .tables import arm_table
 
@@ -282,7 +282,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
                                     seed=0, out=str(root / "baseline"))
             baseline = run_cell(base_cfg)
             prog.cell(f"{model} baseline", baseline)
-            start = {**_run_summary(baseline, out), "kind": "trained here", "name": None,
+            start = {**cell_record(baseline, out), "kind": "trained here", "name": None,
                      "weights": str(baseline.run_dir), "card": None}
 
         prog.stage(2, n_stages, f"{', '.join(a.name for a in arms)} from the start, {len(seeds)} seed(s), "
@@ -312,7 +312,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
         results["models"][model] = {
             "slug": slug,
             "start": start,
-            "cells": {f"{a.name}/seed{s}": _run_summary(cell_results[(a.name, s)], out) for a in arms for s in seeds},
+            "cells": {f"{a.name}/seed{s}": cell_record(cell_results[(a.name, s)], out) for a in arms for s in seeds},
             "table": table,
             "table_top5": table_top5,
             "equivalence": equivalence,
@@ -366,25 +366,6 @@ def _pretrained_start(name: str, base: RunConfig, out: Path, data_dir: str | Non
                                              "params", "image_size")}}
     cache.write_text(json.dumps(rec, indent=2, default=str))
     return rec
-
-
-def _run_summary(res: RunResult, out: Path) -> dict[str, Any]:
-    return {
-        "run_dir": os.path.relpath(res.run_dir, out),
-        "method": res.method,
-        "final": res.final,
-        "best": res.best,
-        "history": res.history,
-        "trainable_params": res.trainable_params,
-        "total_params": res.total_params,
-        "deploy_params": res.deploy_params,
-        "wall_time_s": res.wall_time_s,
-        "cached": res.cached,
-        "fold_max_abs_err": res.fold_max_abs_err,
-        "seed": res.config.get("seed"),
-        "epochs": res.config.get("epochs"),
-        "lr": res.config.get("lr"),
-    }
 
 
 def _commands(p: DemoProfile, out: Path) -> list[str]:

@@ -33,7 +33,7 @@ from ..engine.rundir import RunDirLock, check_out_path
 from ..engine.rundir import clear as clear_dir
 from ..environment import environment
 from ..runlayout import is_finished
-from .cells import Cell, run_cell, run_cells
+from .cells import Cell, cell_record, run_cell, run_cells
 from .evaldata import evaluate_weights
 from .progress import StudyProgress
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
@@ -75,24 +75,6 @@ class SweepResult:
     results: dict[str, Any] | None = None
     report_md: Path | None = None
     report_html: Path | None = None
-
-
-def _cell_record(res: RunResult, out: Path) -> dict[str, Any]:
-    return {
-        "run_dir": os.path.relpath(res.run_dir, out),
-        "method": res.method,
-        "seed": res.config.get("seed"),
-        "epochs": res.config.get("epochs"),
-        "final": res.final,
-        "best": res.best,
-        "history": res.history,
-        "trainable_params": res.trainable_params,
-        "total_params": res.total_params,
-        "deploy_params": res.deploy_params,
-        "wall_time_s": res.wall_time_s,
-        "fold_max_abs_err": res.fold_max_abs_err,
-        "folded_top1": (res.folded_metrics or {}).get("top1"),
-    }
 
 
 def _baseline_eval(weights: str, base: RunConfig, out: Path, fingerprint: str) -> dict[str, Any]:
@@ -211,7 +193,7 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
         log(f"[sweep] baseline: {spec.baseline['epochs']} epoch(s) of {base.model}"
             + (" (cached)" if not baseline_todo else ""))
         baseline_res = run_cell(plan.baseline_cfg)
-        baseline = {"trained": True, **_cell_record(baseline_res, out)}
+        baseline = {"trained": True, **cell_record(baseline_res, out)}
     else:
         fp = identity(spec, base)["baseline"]["sha256"]
         rec = _baseline_eval(spec.baseline_weights, base, out, fp)
@@ -238,7 +220,7 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
                f"its checkpoint). Rerun the same command to continue: {command or _command(spec, out)}")
         raise RunInterrupted(msg, getattr(exc, "checkpoint", None)) from None
 
-    cells = {cell_key(c): _cell_record(cell_results[(c.arm.name, c.seed)], out) for c in plan.cells}
+    cells = {cell_key(c): cell_record(cell_results[(c.arm.name, c.seed)], out) for c in plan.cells}
     baseline_top1 = float(baseline["final"]["top1"])
     tables = [budget_rows(spec, e, cells, baseline_top1) for e in spec.budgets]
     results: dict[str, Any] = {
