@@ -48,25 +48,18 @@ _OPTION_KEYS = ("sections", "num_batches", "resolution_1d", "resolution_2d", "ep
 
 def main(args: argparse.Namespace) -> int:
     from ..analysis import AnalysisConfig, analyze
-    from ..data import build_dataset
     from ..engine.artifacts import load_model
     from ..errors import ConfigError
-    from torch.utils.data import DataLoader
+    from ..protocol.evaldata import artefact_test_loader
 
     options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k) is not None}
     config = AnalysisConfig.from_dict(options)  # ranges checked before anything heavy is loaded
     kw = dict(model_name=args.model, num_classes=args.num_classes, in_chans=args.in_chans)
     base = load_model(args.baseline, **kw)
     ref = load_model(args.refconv, which="last" if Path(args.refconv).is_dir() else None, **kw)
-    cfg = ref.config or base.config
-    data = args.data or (cfg.data if cfg else None) or "fashion-mnist"
-    ds, info = build_dataset(
-        data, "test", data_dir=args.data_dir or (cfg.data_dir if cfg else None),
-        image_size=args.image_size or ref.image_size or base.image_size, in_chans=ref.in_chans, augment=False,
-        subset=args.subset if args.subset is not None else (cfg.subset_test if cfg else None),
-        seed=cfg.data_seed if cfg else 0,
-    )
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False)
+    loader = artefact_test_loader(ref, base, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
+                                  subset=args.subset, batch_size=args.batch_size)
+    info = loader.info
     need = max(config.num_batches, config.attack_batches or 0)
     batches = []
     for i, b in enumerate(loader):
@@ -75,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             break
     if not batches:
-        raise ConfigError(f"the {data} test set selected holds no images: drop --subset or give a larger one.")
+        raise ConfigError(f"the {info.name} test set selected holds no images: drop --subset or give a larger one.")
     if "num_batches" not in options and len(batches) < config.num_batches:  # a small --subset: use what there is
         config = AnalysisConfig.from_dict({**options, "num_batches": len(batches)})
     result = analyze(base.model, ref.model, args.out, held_out=batches[: config.num_batches],

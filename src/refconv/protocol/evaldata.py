@@ -9,7 +9,7 @@ loader builder :func:`refconv.data.build_loader`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,7 +19,10 @@ from ..engine import RunConfig
 from ..engine.config import make_config
 from ..errors import ConfigError
 
-__all__ = ["run_split", "test_loader", "study_device", "evaluate_weights"]
+if TYPE_CHECKING:
+    from ..engine.artifacts import LoadedModel
+
+__all__ = ["run_split", "test_loader", "artefact_test_loader", "study_device", "evaluate_weights"]
 
 
 def _config(run_config: RunConfig | dict[str, Any]) -> RunConfig:
@@ -50,6 +53,27 @@ def test_loader(run_config: RunConfig | dict[str, Any], *, data_dir: str | None 
     ds, info = run_split(run_config, "train" if train_split else "test", data_dir=data_dir, augment=False,
                          subset=subset)
     loader = build_loader(ds, batch_size=batch_size, train=False)
+    loader.info = info  # type: ignore[attr-defined]
+    return loader
+
+
+def artefact_test_loader(*loaded: LoadedModel, data: str | None = None, data_dir: str | None = None,
+                         image_size: int | None = None, subset: int | None = None, batch_size: int = 128,
+                         workers: int = 0) -> DataLoader:
+    """The test split that loaded models were trained on (``refconv eval``, ``refconv analyze``), in order.
+
+    Each setting left ``None`` comes from the first model that records it (its run's config, else what its
+    weights file records), then the defaults (Fashion-MNIST at its native size); the input channels are the
+    first model's. The loader's ``info`` attribute is the split's :class:`~refconv.data.DatasetInfo`.
+    """
+    cfg = next((m.config for m in loaded if m.config is not None), None)
+    data = data or (cfg.data if cfg else None) or next((m.meta["data"] for m in loaded if m.meta.get("data")), None)
+    ds, info = build_dataset(
+        data or "fashion-mnist", "test", data_dir=data_dir or (cfg.data_dir if cfg else None),
+        image_size=image_size or next((m.image_size for m in loaded if m.image_size), None),
+        in_chans=loaded[0].in_chans, augment=False, subset=subset if subset is not None else (cfg.subset_test if cfg else None),
+        seed=cfg.data_seed if cfg else 0)
+    loader = build_loader(ds, batch_size=batch_size, train=False, workers=workers)
     loader.info = info  # type: ignore[attr-defined]
     return loader
 
