@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from refconv.convert import refconv_layers, reparameterize
@@ -18,7 +19,7 @@ from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 from refconv.layers import RefConv
 
 __all__ = ["has_refconv_layers", "fold_for_analysis", "eligible_convs", "require_convs", "check_same_architecture",
-           "check_int", "check_float"]
+           "device_of", "check_int", "check_float"]
 
 
 def has_refconv_layers(model: nn.Module) -> bool:
@@ -38,6 +39,13 @@ def fold_for_analysis(model: nn.Module) -> tuple[nn.Module, bool]:
     if not has_refconv_layers(model):
         return model, False
     return reparameterize(model, inplace=False), True
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s tensors live (CPU for a model without any): inputs must be moved there."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _is_plain_conv(module: nn.Module) -> bool:

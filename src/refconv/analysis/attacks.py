@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refconv.analysis._common import check_float, check_int, check_same_architecture, fold_for_analysis
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -211,12 +211,6 @@ def pgd(
     return norm.to_inputs(best).detach()
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def robust_accuracy(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -273,7 +267,7 @@ def robust_accuracy(
     if max_batches is not None:
         check_int("max_batches", max_batches, 1, 1_000_000)
     m, folded = fold_for_analysis(model)
-    device = _device_of(m)
+    device = device_of(m)
     gen = torch.Generator().manual_seed(seed)
     correct = {a: [0] * len(eps) for a in attacks}
     clean_correct, n = 0, 0

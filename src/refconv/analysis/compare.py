@@ -27,7 +27,7 @@ from refconv.analysis.landscape import (
     compare_landscape,
     take_batches,
 )
-from refconv.analysis._common import check_float, check_int, check_same_architecture, fold_for_analysis
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
 from refconv.analysis.redundancy import compare_redundancy
 from refconv.analysis.skeleton import compare_skeleton
 from refconv.environment import environment
@@ -243,7 +243,7 @@ def analyze(
             },
         },
         "config": asdict(config),
-        "environment": environment(device=str(next(base_folded.parameters(), torch.empty(0)).device)),
+        "environment": environment(device=str(device_of(base_folded))),
     }
     files: list[str] = []
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refconv.analysis._common import check_float, check_int, check_same_architecture, fold_for_analysis
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -91,12 +91,6 @@ def take_batches(batches: Iterable[Batch], num_batches: int) -> list[Batch]:
     return taken
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[Batch], *, loss_fn: LossFn | None = None) -> dict:
     """Sample-weighted mean loss (and accuracy) of ``model`` in eval mode over fixed batches.
@@ -111,7 +105,7 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], *, loss_fn: LossFn | No
         and targets are class indices.
     """
     loss_fn = loss_fn or F.cross_entropy
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     total_loss, total_n, correct, classify = 0.0, 0, 0, True
@@ -279,7 +273,7 @@ def interpolation_curve(
     a, _ = fold_for_analysis(model_a)
     b, _ = fold_for_analysis(model_b)
     check_same_architecture(a, b, names=names)
-    device = _device_of(a)
+    device = device_of(a)
     end_p = {n: p.detach().to(device) for n, p in b.named_parameters()}
     end_b = {n: t.detach().to(device) for n, t in b.named_buffers()}
     alphas = torch.linspace(lo, hi, resolution, dtype=torch.float64).tolist()
@@ -444,7 +438,7 @@ def compare_landscape(
     base, _ = fold_for_analysis(baseline)
     ref, _ = fold_for_analysis(refconv_model)
     check_same_architecture(base, ref)
-    device = _device_of(base)  # moved once: every point re-reads the same batches
+    device = device_of(base)  # moved once: every point re-reads the same batches
     fixed = [(x.to(device), y.to(device)) for x, y in take_batches(batches, num_batches)]
     out: dict = {
         "interpolation": interpolation_curve(

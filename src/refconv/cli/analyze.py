@@ -8,8 +8,11 @@ analyses (the result says so) and costed in both forms. Writes ``analysis.json``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
+
+from . import add_model_data_options
 
 __all__ = ["register", "main"]
 
@@ -20,12 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", required=True, metavar="PATH", help="run directory, checkpoint or weights file")
     p.add_argument("--refconv", required=True, metavar="PATH",
                    help="RefConv run directory or checkpoint (training-time or folded)")
-    p.add_argument("--model", help="architecture, for weights that do not record it (both sides)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--data", help="dataset (default: the RefConv run's, else fashion-mnist)")
-    p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int)
+    add_model_data_options(p, model_help="architecture, for weights that do not record it (both sides)",
+                           data_help="dataset (default: the RefConv run's, else fashion-mnist)")
     p.add_argument("--subset", type=int, default=None, help="use a class-stratified subset of the test set")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default="analysis-out", help="output directory (default: analysis-out)")
@@ -60,13 +59,9 @@ def main(args: argparse.Namespace) -> int:
     loader = artefact_test_loader(ref, base, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
                                   subset=args.subset, batch_size=args.batch_size)
     info = loader.info
-    need = max(config.num_batches, config.attack_batches or 0)
-    batches = []
-    for i, b in enumerate(loader):
-        if config.attack_batches is None or i < need:
-            batches.append(b)
-        else:
-            break
+    # Every batch when every batch is attacked, else only as many as the landscape and the attacks use.
+    need = None if config.attack_batches is None else max(config.num_batches, config.attack_batches)
+    batches = list(itertools.islice(loader, need))
     if not batches:
         raise ConfigError(f"the {info.name} test set selected holds no images: drop --subset or give a larger one.")
     if "num_batches" not in options and len(batches) < config.num_batches:  # a small --subset: use what there is

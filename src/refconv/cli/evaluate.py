@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from . import add_model_data_options
+
 __all__ = ["register", "main"]
 
 
@@ -22,12 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a pretrained model (fmnist/mobilenetv3_small_100; `refconv pretrained` lists them)")
     p.add_argument("--checkpoint", choices=("last", "best"), default=None,
                    help="for a run directory: evaluate this training checkpoint instead of the deployable weights")
-    p.add_argument("--model", help="architecture (needed for weights that do not record it)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--data", help="dataset (default: the run's, else fashion-mnist)")
-    p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int)
+    add_model_data_options(p, model_help="architecture (needed for weights that do not record it)",
+                           data_help="dataset (default: the run's, else fashion-mnist)")
     p.add_argument("--subset-test", type=int)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)

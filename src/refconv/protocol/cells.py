@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
 
-__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "cell_record"]
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "cell_record", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,20 @@ class Cell:
     arm: Arm
     seed: int
     config: RunConfig
+
+
+@contextmanager
+def study_dir(out: Path, *, lock: bool = True) -> Iterator[None]:
+    """Own a study's output directory while the study runs: one study per directory (each of its runs also locks
+    its own), and a directory this created is removed again when nothing was written (a refused study leaves no
+    trace). ``lock=False`` only checks the path, for a study that writes nothing (an estimate)."""
+    rundir.check_out_path(out)
+    held = rundir.RunDirLock(out).acquire() if lock else None
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release(remove_if_empty=True)
 
 
 def cell_config(base: RunConfig, baseline_dir: str | os.PathLike, arm: Arm, seed: int, root: str | os.PathLike) -> RunConfig:

@@ -30,11 +30,11 @@ from typing import Any
 
 from ..engine import RunConfig, RunResult
 from ..engine.config import make_config
-from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import is_empty
 from ..engine.rundir import clear as clear_dir
 from ..errors import CheckpointError, ConfigError
 from ..environment import environment
-from .cells import Arm, Cell, cell_config, cell_record, run_cell, run_cells
+from .cells import Arm, Cell, cell_config, cell_record, run_cell, run_cells, study_dir
 from .progress import StudyProgress
 from .tables import arm_table
 
@@ -234,14 +234,9 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the whole protocol for profile ``p`` into ``out``; see the module docstring."""
-    out = Path(out)
-    check_out_path(out)
-    lock = RunDirLock(out).acquire()  # one demo per directory; each of its runs also locks its own
-    try:
-        return _run_demo(p, out, data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
+    with study_dir(Path(out)):
+        return _run_demo(p, Path(out), data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
                          download=download, log=log)
-    finally:
-        lock.release(remove_if_empty=True)
 
 
 def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: bool, workers: int, progress: str,

@@ -71,8 +71,8 @@ def artefact_test_loader(*loaded: LoadedModel, data: str | None = None, data_dir
     ds, info = build_dataset(
         data or "fashion-mnist", "test", data_dir=data_dir or (cfg.data_dir if cfg else None),
         image_size=image_size or next((m.image_size for m in loaded if m.image_size), None),
-        in_chans=loaded[0].in_chans, augment=False, subset=subset if subset is not None else (cfg.subset_test if cfg else None),
-        seed=cfg.data_seed if cfg else 0)
+        in_chans=loaded[0].in_chans, augment=False, seed=cfg.data_seed if cfg else 0,
+        subset=subset if subset is not None else (cfg.subset_test if cfg else None))
     loader = build_loader(ds, batch_size=batch_size, train=False, workers=workers)
     loader.info = info  # type: ignore[attr-defined]
     return loader

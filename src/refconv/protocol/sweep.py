@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import RunConfig, RunInterrupted, RunResult
-from ..engine.rundir import RunDirLock, check_out_path
 from ..engine.rundir import clear as clear_dir
 from ..environment import environment
 from ..runlayout import is_finished
-from .cells import Cell, cell_record, run_cell, run_cells
+from .cells import Cell, cell_record, run_cell, run_cells, study_dir
 from .evaldata import evaluate_weights
 from .progress import StudyProgress
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
@@ -42,24 +41,9 @@ from .sweep_spec import (CONTROLS, REFCONV_KEYS, TOP_LEVEL_KEYS, Setting, SweepS
                          packaged_sweeps, parse_sweep, resolve_sweep_path)
 from .tables import budget_rows, compare_arms
 
-__all__ = [
-    "SweepSpec",
-    "Setting",
-    "SweepResult",
-    "SweepTooLarge",
-    "TOP_LEVEL_KEYS",
-    "REFCONV_KEYS",
-    "CONTROLS",
-    "load_sweep",
-    "parse_sweep",
-    "packaged_sweeps",
-    "resolve_sweep_path",
-    "expand_grid",
-    "compare_arms",
-    "budget_rows",
-    "estimate_sweep",
-    "run_sweep",
-]
+__all__ = ["SweepSpec", "Setting", "SweepResult", "SweepTooLarge", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS",
+           "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid", "compare_arms",
+           "budget_rows", "estimate_sweep", "run_sweep"]
 
 RESULTS_FILE = "results.json"
 BASELINE_EVAL_FILE = "baseline-eval.json"
@@ -135,18 +119,10 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_sweep(spec)
     out = Path(out) if out is not None else Path("sweeps") / spec.name
-    check_out_path(out)
-    if estimate_only:  # writes nothing: no need to own the directory
+    with study_dir(out, lock=not estimate_only):  # an estimate writes nothing: no need to own the directory
         return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
-                          workers=workers, progress=progress, estimate_only=True, on_cell_done=on_cell_done,
+                          workers=workers, progress=progress, estimate_only=estimate_only, on_cell_done=on_cell_done,
                           command=command)
-    lock = RunDirLock(out).acquire()  # one sweep per directory; each cell's run also locks its own
-    try:
-        return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
-                          workers=workers, progress=progress, estimate_only=False, on_cell_done=on_cell_done,
-                          command=command)
-    finally:
-        lock.release(remove_if_empty=True)
 
 
 def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float, *, data_dir: str | None,

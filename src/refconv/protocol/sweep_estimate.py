@@ -210,14 +210,8 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
     baseline_s = run_s(int(spec.baseline.get("epochs", 0)), baseline_step, False) if baseline_todo else 0.0
     cells_s = sum(run_s(c.arm.epochs, step_s[c.arm.name.split("/", 1)[1]] if c.arm.method == "refconv"
                         else step_s["plain"], c.arm.method == "refconv") for c in todo)
-    cores = os.cpu_count() or 1
-    if parallel > 1 and device.type == "cpu":
-        cells_wall = cells_s / min(parallel, cores)
-    elif parallel > 1:
-        cells_wall = cells_s / parallel
-    else:
-        cells_wall = cells_s
-    wall = baseline_s + cells_wall
+    # P processes share the CPU cores (at most one process per core helps); on CUDA each has the device.
+    wall = baseline_s + cells_s / (min(parallel, os.cpu_count() or 1) if device.type == "cpu" else parallel)
     # The interquartile range of the steps, relative to their median, bounds the estimate (steps dominate it).
     lo = min((a for a, _ in spreads), default=1.0)
     hi = max((b for _, b in spreads), default=1.0)

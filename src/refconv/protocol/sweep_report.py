@@ -18,7 +18,7 @@ import yaml
 
 from ..report import Code, Document, Image, Table, Text
 from ..report.plots import plot_curves
-from .demo_report import fmt, fmt_diff, fmt_summary
+from .demo_report import fmt, fmt_diff, fmt_params, fmt_summary, shift_epochs
 
 __all__ = ["write_sweep_report", "plot_accuracy_vs_budget", "plot_differences", "fmt_changes", "t_multiplier"]
 
@@ -127,14 +127,6 @@ def plot_differences(results: dict[str, Any], path: str | Path) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
-
-
-def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
-    return [{**h, "epoch": h["epoch"] + offset} for h in history]
-
-
-def _params(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1e6:.3f}M"
 
 
 def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
@@ -263,7 +255,7 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         if bl["trained"] and bl.get("history"):
             hist["baseline"] = [bl["history"]]
         for r in b["rows"]:
-            hist[r["arm"]] = [_shift(results["cells"][c]["history"], offset) for c in r["cells"]]
+            hist[r["arm"]] = [shift_epochs(results["cells"][c]["history"], offset) for c in r["cells"]]
         png = out / f"curves-e{b['budget']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_top1"), title=f"E = {b['budget']}")
         s.add(Image(png.name, caption=f"E = {b['budget']}: per-epoch training loss and test top-1 of every run"
@@ -275,8 +267,8 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         rows = []
         for r in b["rows"]:
             c = r["cost"]
-            rows.append([r["arm"], _params(c["trainable_params"]), _params(c["total_params"]),
-                         _params(c["deploy_params"]), fmt(c["epoch_time_s"]), fmt(c["epoch_time_ratio"]),
+            rows.append([r["arm"], fmt_params(c["trainable_params"]), fmt_params(c["total_params"]),
+                         fmt_params(c["deploy_params"]), fmt(c["epoch_time_s"]), fmt(c["epoch_time_ratio"]),
                          fmt(c["wall_time_s"], 1)])
         s.add(Table(
             ["arm", "trainable params", "params while training", "deployed params", "s / epoch",

@@ -66,6 +66,7 @@ _SWEEP_OWNED = {
 # Keys that define the data and the architecture: every run of a comparison shares them, so only 'base' sets them.
 _SHARED_ONLY = ("model", "data", "data_dir", "download", "num_classes", "in_chans", "image_size", "subset_train",
                 "subset_test", "data_seed")
+_SHARED_REASONS = {k: "the data and model are shared by every run: set it in 'base'" for k in _SHARED_ONLY}
 _RESERVED_NAMES = ("baseline",) + CONTROLS
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -253,69 +254,84 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     if unknown:
         raise _unknown_keys_error(unknown, where, TOP_LEVEL_KEYS)
     warnings: list[str] = []
-
-    # ---- base: the shared recipe
     base = _mapping(data.get("base"), "base")
     _check_run_keys(base, "base", {**_SWEEP_OWNED, "pretrained": "hub weights start the baseline: put "
                                                                  "'pretrained: true' under 'baseline'"})
     base_cfg = _validated("base", base)
     base = {k: getattr(base_cfg, k) for k in base}  # values as coerced by the engine
-
-    # ---- baseline: trained here, or an existing checkpoint
-    baseline = _mapping(data.get("baseline"), "baseline")
-    if "weights" in baseline:
-        others = [k for k in baseline if k != "weights"]
-        if others:
-            raise ConfigError(f"baseline: 'weights' starts the arms from an existing checkpoint and cannot be combined "
-                              f"with training keys ({', '.join(others)}). Remove them, or remove 'weights' to train "
-                              "the baseline here.")
-        w = baseline["weights"]
-        if not isinstance(w, (str, os.PathLike)) or not str(w):
-            raise ConfigError(f"baseline.weights must be a path or a pretrained model's name, got {w!r}.")
-        from ..models import pretrained
-
-        if pretrained.is_pretrained_name(w):  # fmnist/...: its card must fit 'base'; its SHA-256 is checked
-            pretrained.check_compatible(str(w), model=base_cfg.model, data=base_cfg.data, image_size=base_cfg.image_size,
-                                        in_chans=base_cfg.in_chans, num_classes=base_cfg.num_classes)
-            pretrained.weights_path(str(w))
-            # The name, not the file it resolves to: results then say which model the arms started from and stay
-            # valid on another machine (the engine and the fingerprint resolve the name themselves).
-            baseline = {"weights": str(w)}
-        else:
-            path = Path(w).expanduser()
-            if not path.exists():
-                raise ConfigError(f"baseline.weights {str(w)!r} does not exist. Give a weights file, a finished run "
-                                  "directory or a pretrained model (`refconv pretrained` lists them).")
-            baseline = {"weights": str(path.resolve())}
-    else:
-        _check_run_keys(baseline, "baseline", {
-            **{k: v for k, v in _SWEEP_OWNED.items() if k not in ("epochs", "seed", "weights")},
-            **{k: "the data and model are shared by every run: set it in 'base'" for k in _SHARED_ONLY},
-        })
-        if "epochs" not in baseline:
-            raise ConfigError("baseline needs 'epochs' (how long to train the baseline here), or 'weights: PATH' to "
-                              "start every arm from an existing checkpoint.")
-        cfg = _validated("baseline", base, baseline, {"method": "baseline"})
-        baseline = {k: getattr(cfg, k) for k in baseline}
-
-    # ---- seeds, budgets, controls
-    if "seeds" not in data:
-        raise ConfigError("the sweep needs 'seeds': a count (e.g. 3) or a list of seeds.")
-    seeds_v = data["seeds"]
-    if isinstance(seeds_v, int) and not isinstance(seeds_v, bool):
-        if seeds_v < 1:
-            raise ConfigError(f"seeds must be >= 1, got {seeds_v}.")
-        seeds = list(range(seeds_v))
-    else:
-        seeds = _int_list(seeds_v, "seeds", minimum=0)
+    baseline = _parse_baseline(_mapping(data.get("baseline"), "baseline"), base, base_cfg)
+    seeds = _parse_seeds(data)
     if len(seeds) < 2:
         warnings.append(f"only {len(seeds)} seed: results are reported without confidence intervals, and no setting "
                         "can be said to beat a control. Use seeds: 2 or more for a statistical claim.")
     if "budgets" not in data:
         raise ConfigError("the sweep needs 'budgets': a list of epoch budgets E, e.g. [1, 3].")
     budgets = sorted(_int_list(data["budgets"], "budgets", minimum=1))
-    controls_v = data.get("controls", list(CONTROLS))
-    controls = [controls_v] if isinstance(controls_v, str) else list(controls_v or [])
+    controls = _parse_controls(data.get("controls", list(CONTROLS)))
+    settings = _parse_settings(data, base, warnings)
+    parallel, tb, ci, conf = _parse_options(data)
+    if ci == "bootstrap" and len(seeds) < 10:
+        warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
+                        "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
+    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
+                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
+    if warmup:
+        warnings.append(warmup)
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
+    return SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
+                     seeds=seeds, budgets=budgets, settings=settings, controls=controls, parallel=parallel,
+                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
+
+
+def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig) -> dict[str, Any]:
+    """``{"weights": name or absolute path}`` for given starting weights, else the baseline's own RunConfig keys."""
+    if "weights" not in baseline:
+        _check_run_keys(baseline, "baseline", {
+            **{k: v for k, v in _SWEEP_OWNED.items() if k not in ("epochs", "seed", "weights")}, **_SHARED_REASONS})
+        if "epochs" not in baseline:
+            raise ConfigError("baseline needs 'epochs' (how long to train the baseline here), or 'weights: PATH' to "
+                              "start every arm from an existing checkpoint.")
+        cfg = _validated("baseline", base, baseline, {"method": "baseline"})
+        return {k: getattr(cfg, k) for k in baseline}
+    others = [k for k in baseline if k != "weights"]
+    if others:
+        raise ConfigError(f"baseline: 'weights' starts the arms from an existing checkpoint and cannot be combined "
+                          f"with training keys ({', '.join(others)}). Remove them, or remove 'weights' to train "
+                          "the baseline here.")
+    w = baseline["weights"]
+    if not isinstance(w, (str, os.PathLike)) or not str(w):
+        raise ConfigError(f"baseline.weights must be a path or a pretrained model's name, got {w!r}.")
+    from ..models import pretrained
+
+    if pretrained.is_pretrained_name(w):  # fmnist/...: its card must fit 'base'; its SHA-256 is checked
+        pretrained.check_compatible(str(w), model=base_cfg.model, data=base_cfg.data, image_size=base_cfg.image_size,
+                                    in_chans=base_cfg.in_chans, num_classes=base_cfg.num_classes)
+        pretrained.weights_path(str(w))
+        # The name, not the file it resolves to: results then say which model the arms started from and stay
+        # valid on another machine (the engine and the fingerprint resolve the name themselves).
+        return {"weights": str(w)}
+    path = Path(w).expanduser()
+    if not path.exists():
+        raise ConfigError(f"baseline.weights {str(w)!r} does not exist. Give a weights file, a finished run "
+                          "directory or a pretrained model (`refconv pretrained` lists them).")
+    return {"weights": str(path.resolve())}
+
+
+def _parse_seeds(data: Mapping[str, Any]) -> list[int]:
+    if "seeds" not in data:
+        raise ConfigError("the sweep needs 'seeds': a count (e.g. 3) or a list of seeds.")
+    seeds = data["seeds"]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {seeds}.")
+        return list(range(seeds))
+    return _int_list(seeds, "seeds", minimum=0)
+
+
+def _parse_controls(value: Any) -> list[str]:
+    controls = [value] if isinstance(value, str) else list(value or [])
     bad = [c for c in controls if c not in CONTROLS]
     if bad:
         raise ConfigError(f"unknown control(s) {', '.join(repr(c) for c in bad)}; controls are {', '.join(CONTROLS)}.")
@@ -324,27 +340,26 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
                           "finetune).")
     if len(set(controls)) != len(controls):
         raise ConfigError(f"controls repeats a value: {controls}.")
+    return controls
 
-    # ---- settings: explicit list, then the grid
+
+def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: list[str]) -> list[Setting]:
+    """The explicit settings, then the grid's; each validated as a refconv run on ``base``, named, and unique both
+    by name and by resolved configuration. Appends a warning for a setting that changes the shared recipe."""
     raw: list[tuple[str | None, dict[str, Any], str]] = []
     settings_v = data.get("settings") or []
     if not isinstance(settings_v, list):
         raise ConfigError(f"settings must be a list of mappings (e.g. - {{name: zero-init, init: zeros}}), got "
                           f"{type(settings_v).__name__}.")
     for i, entry in enumerate(settings_v):
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        entry = _mapping(entry, f"settings[{i}]")
+        entry = _mapping({"name": entry} if isinstance(entry, str) else entry, f"settings[{i}]")
         name = entry.pop("name", None)
         raw.append((None if name is None else str(name), entry, f"settings[{i}]"))
     grid = _mapping(data.get("grid"), "grid")
-    for name, overrides in expand_grid(grid) if grid else []:
-        raw.append((name, overrides, "grid"))
+    raw += [(name, overrides, "grid") for name, overrides in (expand_grid(grid) if grid else [])]
     if not raw:
         raise ConfigError("the sweep has no RefConv setting: add 'settings' (e.g. - {name: authors}) or a 'grid'.")
-    forbidden = {**_SWEEP_OWNED,
-                 "pretrained": "every arm starts from the baseline's weights",
-                 **{k: "the data and model are shared by every run: set it in 'base'" for k in _SHARED_ONLY}}
+    forbidden = {**_SWEEP_OWNED, "pretrained": "every arm starts from the baseline's weights", **_SHARED_REASONS}
     settings: list[Setting] = []
     seen_cfg: dict[str, str] = {}
     for name, overrides, where_s in raw:
@@ -370,8 +385,11 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
             warnings.append(f"setting {name!r} changes {', '.join(recipe_changes)}, which the controls keep at the base "
                             "value: its comparison with them is not at an equal recipe.")
         settings.append(Setting(name, overrides, where_s))
+    return settings
 
-    # ---- how to run and how to judge
+
+def _parse_options(data: Mapping[str, Any]) -> tuple[int | str, float, str, float]:
+    """How to run and how to judge: ``(parallel, time_budget_minutes, ci, confidence)``."""
     parallel = data.get("parallel", 1)
     if not (parallel == "auto" or (isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1)):
         raise ConfigError(f"parallel must be an integer >= 1 or 'auto', got {parallel!r}.")
@@ -384,19 +402,4 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     conf = data.get("confidence", 0.95)
     if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 < conf < 1:
         raise ConfigError(f"confidence must be in (0, 1), e.g. 0.95, got {conf!r}.")
-    if ci == "bootstrap" and len(seeds) < 10:
-        warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
-                        "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
-    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
-                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
-    if warmup:
-        warnings.append(warmup)
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
-    desc = data.get("description", "") or ""
-    return SweepSpec(name=name, description=str(desc).strip(), base=base, baseline=baseline, seeds=seeds,
-                     budgets=budgets, settings=settings, controls=controls, parallel=parallel,
-                     time_budget_minutes=float(tb), ci=ci, confidence=float(conf), source=source or None,
-                     warnings=warnings)
-
+    return parallel, float(tb), ci, float(conf)

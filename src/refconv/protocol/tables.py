@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .cells import Arm
     from .sweep_spec import SweepSpec
 
-__all__ = ["compare_arms", "arm_table", "budget_rows"]
+__all__ = ["compare_arms", "arm_table", "budget_rows", "mean_epoch_time"]
 
 
 def compare_arms(values: Mapping[str, Sequence[float]], controls: Sequence[str], *, ci: str = "t",
@@ -122,3 +122,8 @@ def _epoch_times(cell: Mapping[str, Any]) -> list[float]:
 
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
+
+
+def mean_epoch_time(cell: Mapping[str, Any]) -> float | None:
+    """Mean seconds per epoch of a run record (None when its history times no epoch)."""
+    return _mean(_epoch_times(cell))
