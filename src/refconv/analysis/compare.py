@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from refconv.analysis import plots

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 
-from ..engine import RunConfig, RunResult
+from ..engine import RunConfig
 from ..engine.config import make_config
 from ..engine.rundir import is_empty
 from ..engine.rundir import clear as clear_dir
@@ -340,27 +340,17 @@ def _check_starts(p: DemoProfile) -> None:
 
 
 def _pretrained_start(name: str, base: RunConfig, out: Path, data_dir: str | None) -> dict[str, Any]:
-    """The shipped model's record for the report: its card, and its accuracy on this demo's test split.
-
-    Cached in ``start-<name>.json`` by the weights' SHA-256 (a republished model is evaluated again).
-    """
+    """The shipped model's record for the report: its card, and its accuracy on this demo's test split (cached in
+    ``start-<name>.json`` by the weights' SHA-256: a republished model is evaluated again)."""
     from ..models import pretrained
-    from .evaldata import evaluate_weights
+    from .evaldata import evaluate_start
 
     card = pretrained.read_card(name) or {}
-    cache = out / f"start-{_slug(name)}.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("card", {}).get("sha256") == card.get("sha256"):
-            return saved
-    t0 = time.perf_counter()
-    final = evaluate_weights(name, base, data_dir=data_dir)
-    rec = {"kind": "pretrained", "name": name, "weights": name, "method": "pretrained", "final": final,
-           "epochs": card.get("epochs"), "history": [], "seed": None, "wall_time_s": time.perf_counter() - t0,
-           "card": {k: card.get(k) for k in ("sha256", "test_top1", "test", "epochs", "machine", "recipe", "plateau",
-                                             "params", "image_size")}}
-    cache.write_text(json.dumps(rec, indent=2, default=str))
-    return rec
+    rec = evaluate_start(name, base, out / f"start-{_slug(name)}.json", data_dir=data_dir)
+    return {"kind": "pretrained", "name": name, "weights": name, "method": "pretrained", "final": rec["final"],
+            "epochs": card.get("epochs"), "history": [], "seed": None, "wall_time_s": rec["wall_time_s"],
+            "card": {k: card.get(k) for k in ("sha256", "test_top1", "test", "epochs", "machine", "recipe", "plateau",
+                                              "params", "image_size")}}
 
 
 def _commands(p: DemoProfile, out: Path) -> list[str]:

@@ -9,6 +9,10 @@ loader builder :func:`refconv.data.build_loader`.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,36 +26,26 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from ..engine.artifacts import LoadedModel
 
-__all__ = ["run_split", "test_loader", "artefact_test_loader", "study_device", "evaluate_weights"]
+__all__ = ["run_split", "test_loader", "artefact_test_loader", "study_device", "evaluate_weights", "weights_fingerprint",
+           "evaluate_start"]
 
 
-def _config(run_config: RunConfig | dict[str, Any]) -> RunConfig:
-    return run_config if isinstance(run_config, RunConfig) else make_config(run_config)
-
-
-def run_split(run_config: RunConfig | dict[str, Any], split: str, *, data_dir: str | None = None,
-              augment: bool | None = None, subset: int | None = None) -> tuple[Dataset, DatasetInfo]:
-    """The run's ``split`` ("train" or "test") with the run's own data settings, as the engine builds it.
-
-    ``augment`` defaults to the run's for the training split and to False for the test split; ``subset`` to the
-    run's subset of that split.
-    """
-    cfg = _config(run_config)
+def run_split(run_config: RunConfig | dict[str, Any], split: str, *,
+              data_dir: str | None = None) -> tuple[Dataset, DatasetInfo]:
+    """The run's ``split`` ("train": augmented as the run's is; "test") with the run's own data settings and
+    subset, as the engine builds it."""
+    cfg = make_config(run_config)
     train = split == "train"
     return build_dataset(cfg.data, split, data_dir=data_dir or cfg.data_dir, image_size=cfg.image_size,
-                         in_chans=cfg.in_chans, download=cfg.download, seed=cfg.data_seed,
-                         augment=(cfg.augment and train) if augment is None else augment,
-                         subset=subset if subset is not None else (cfg.subset_train if train else cfg.subset_test))
+                         in_chans=cfg.in_chans, download=cfg.download, seed=cfg.data_seed, augment=cfg.augment and train,
+                         subset=cfg.subset_train if train else cfg.subset_test)
 
 
-def test_loader(run_config: RunConfig | dict[str, Any], *, data_dir: str | None = None, batch_size: int = 128,
-                train_split: bool = False, subset: int | None = None) -> DataLoader:
-    """Build the run's test (or un-augmented train) split with the run's own data settings, in order.
-
-    The loader's ``info`` attribute is the split's :class:`~refconv.data.DatasetInfo` (normalisation etc.).
-    """
-    ds, info = run_split(run_config, "train" if train_split else "test", data_dir=data_dir, augment=False,
-                         subset=subset)
+def test_loader(run_config: RunConfig | dict[str, Any], *, data_dir: str | None = None,
+                batch_size: int = 128) -> DataLoader:
+    """The run's test split, in order; the loader's ``info`` attribute is its :class:`~refconv.data.DatasetInfo`
+    (normalisation etc.)."""
+    ds, info = run_split(run_config, "test", data_dir=data_dir)
     loader = build_loader(ds, batch_size=batch_size, train=False)
     loader.info = info  # type: ignore[attr-defined]
     return loader
@@ -96,7 +90,7 @@ def evaluate_weights(weights: str, run_config: RunConfig | dict[str, Any], *, da
     from ..engine.loop import evaluate
     from ..engine.modeling import create_stock_model, load_start_weights
 
-    cfg = _config(run_config)
+    cfg = make_config(run_config)
     loader = test_loader(cfg, data_dir=data_dir, batch_size=batch_size or cfg.batch_size)
     info = loader.info  # type: ignore[attr-defined]
     model = create_stock_model(cfg.model, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
@@ -104,3 +98,37 @@ def evaluate_weights(weights: str, run_config: RunConfig | dict[str, Any], *, da
     device = study_device(cfg.device)
     m = evaluate(model.to(device), loader, device=device)
     return {k: m[k] for k in ("loss", "top1", "top5", "correct1", "images")}
+
+
+def weights_fingerprint(weights: str) -> str:
+    """The first 16 hex digits of the SHA-256 of the file ``weights`` means (a registry name, a finished run or a
+    file: :func:`refconv.models.resolve_weights_path`, so an unusable one is refused here, before any work)."""
+    from ..models import resolve_weights_path
+
+    h = hashlib.sha256()
+    with open(resolve_weights_path(weights), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def evaluate_start(weights: str, run_config: RunConfig | dict[str, Any], cache: Path, *,
+                   data_dir: str | None = None) -> dict[str, Any]:
+    """:func:`evaluate_weights`, cached in the JSON file ``cache`` by the weights' fingerprint (a rerun reuses it; a
+    republished or replaced file under the same name is evaluated again).
+
+    Returns ``{"weights", "sha256", "final": metrics, "wall_time_s"}``.
+    """
+    fingerprint = weights_fingerprint(weights)
+    if cache.is_file():
+        try:
+            rec = json.loads(cache.read_text())
+            if rec.get("sha256") == fingerprint:
+                return rec
+        except (OSError, json.JSONDecodeError):
+            pass
+    t0 = time.perf_counter()
+    final = evaluate_weights(weights, run_config, data_dir=data_dir)
+    rec = {"weights": weights, "sha256": fingerprint, "final": final, "wall_time_s": time.perf_counter() - t0}
+    cache.write_text(json.dumps(rec, indent=2))
+    return rec

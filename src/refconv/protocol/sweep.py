@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import RunConfig, RunInterrupted, RunResult
+from ..engine import RunInterrupted, RunResult
 from ..engine.rundir import clear as clear_dir
 from ..environment import environment
 from ..runlayout import is_finished
 from .cells import Cell, cell_record, run_cell, run_cells, study_dir
-from .evaldata import evaluate_weights
+from .evaldata import evaluate_start
 from .progress import StudyProgress
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
 from .sweep_plan import SWEEP_FILE, cell_key, identity, plan_sweep, resolve_parallel
@@ -59,23 +59,6 @@ class SweepResult:
     results: dict[str, Any] | None = None
     report_md: Path | None = None
     report_html: Path | None = None
-
-
-def _baseline_eval(weights: str, base: RunConfig, out: Path, fingerprint: str) -> dict[str, Any]:
-    """Test metrics of the given starting weights, cached in ``baseline-eval.json`` by the weights' fingerprint
-    (another file under the same name is evaluated again)."""
-    cache = out / BASELINE_EVAL_FILE
-    if cache.is_file():
-        try:
-            rec = json.loads(cache.read_text())
-            if rec.get("sha256") == fingerprint:
-                return rec
-        except (OSError, json.JSONDecodeError):
-            pass
-    m = evaluate_weights(weights, base)
-    rec = {"weights": weights, "sha256": fingerprint, "final": {k: m[k] for k in ("loss", "top1", "top5", "correct1")}}
-    cache.write_text(json.dumps(rec, indent=2))
-    return rec
 
 
 def run_sweep(
@@ -171,8 +154,7 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
         baseline_res = run_cell(plan.baseline_cfg)
         baseline = {"trained": True, **cell_record(baseline_res, out)}
     else:
-        fp = identity(spec, base)["baseline"]["sha256"]
-        rec = _baseline_eval(spec.baseline_weights, base, out, fp)
+        rec = evaluate_start(spec.baseline_weights, base, out / BASELINE_EVAL_FILE)
         baseline = {"trained": False, "weights": spec.baseline_weights, "final": rec["final"], "history": [],
                     "epochs": None, "seed": None}
         log(f"[sweep] baseline: given weights {spec.baseline_weights} (top-1 {rec['final']['top1']:.2f})")
@@ -224,7 +206,6 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
 
 
 def _command(spec: SweepSpec, out: Path) -> str:
-    if sys.argv and Path(sys.argv[0]).name in ("refconv", "__main__.py") and "sweep" in sys.argv:
-        return " ".join(["refconv"] + sys.argv[sys.argv.index("sweep"):])
+    """The command that reruns this sweep, for a call without the command line (the CLI passes its own)."""
     return f"refconv sweep {spec.source or spec.name} --out {out}"
 

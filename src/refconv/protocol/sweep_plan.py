@@ -8,7 +8,6 @@ fingerprint when given). ``sweep.json`` records that identity; a change refuses 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..engine.rundir import inspect as inspect_run_dir
 from ..engine.rundir import is_empty
 from ..errors import CheckpointError
 from .cells import Cell, cell_config
+from .evaldata import weights_fingerprint
 from .sweep_spec import SweepSpec
 
 __all__ = ["SWEEP_FILE", "Plan", "plan_sweep", "cell_key", "identity", "resolve_parallel"]
@@ -65,20 +65,8 @@ def identity(spec: SweepSpec, base: RunConfig) -> dict[str, Any]:
     recipe = {k: v for k, v in base.to_dict().items() if k not in NON_RECIPE_KEYS}
     baseline = dict(spec.baseline)
     if spec.baseline_weights:
-        baseline["sha256"] = _fingerprint(spec.baseline_weights)
+        baseline["sha256"] = weights_fingerprint(spec.baseline_weights)
     return json.loads(json.dumps({"base": recipe, "baseline": baseline}, default=str))
-
-
-def _fingerprint(weights: str) -> str:
-    """The first 16 hex digits of the SHA-256 of the file ``weights`` means (a registry name, a finished run or
-    a file: :func:`refconv.models.resolve_weights_path`, so an unusable one is refused here, before any work)."""
-    from ..models import resolve_weights_path
-
-    h = hashlib.sha256()
-    with open(resolve_weights_path(weights), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def plan_sweep(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> Plan:
