@@ -5,7 +5,7 @@ baseline checkpoint with the same recipe, once per seed; every cell is a normal 
 ``done.json``, resumed from its ``last.pt``), so a sweep can be stopped, extended (more seeds, budgets or
 settings) and rerun without redoing finished cells.
 
-The sweep lives in rooms, each one job, imported in this order:
+The sweep lives in rooms, each one job:
 :mod:`~refconv.protocol.sweep_spec` (the YAML schema and its validation), :mod:`~refconv.protocol.sweep_plan`
 (what the directory holds and what is left), :mod:`~refconv.protocol.sweep_estimate` (timed steps, the time
 guard), :mod:`~refconv.protocol.tables` (the statistics, shared with the demo), this module (running it) and
