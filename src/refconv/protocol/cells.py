@@ -109,27 +109,26 @@ def run_cells(
     ``on_done(cell, result, done_count, total)`` is called as each cell finishes (progress/ETA).
     """
     results: dict[tuple[str, int], RunResult] = {}
-    total = len(cells)
+    for i, (cell, res) in enumerate(_finished(cells, parallel, overwrite, reporter), 1):
+        results[(cell.arm.name, cell.seed)] = res
+        if on_done:
+            on_done(cell, res, i, len(cells))
+    return results
+
+
+def _finished(cells: Sequence[Cell], parallel: int, overwrite: bool, reporter: Any) -> Iterator[tuple[Cell, RunResult]]:
+    """``(cell, result)`` as each cell finishes: in order in this process, or as they complete in ``parallel``
+    spawned processes (one thread each, so P processes do not fight over the cores)."""
     if parallel <= 1:
-        for i, cell in enumerate(cells, 1):
-            res = run_cell(cell.config, overwrite=overwrite, reporter=reporter)
-            results[(cell.arm.name, cell.seed)] = res
-            if on_done:
-                on_done(cell, res, i, total)
-        return results
+        for cell in cells:
+            yield cell, run_cell(cell.config, overwrite=overwrite, reporter=reporter)
+        return
     import multiprocessing as mp
 
     with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_run_cell_in_subprocess, c.config.to_dict(), overwrite): c for c in cells
-        }
-        for i, fut in enumerate(cf.as_completed(futures), 1):
-            cell = futures[fut]
-            res = RunResult.from_dict(fut.result())
-            results[(cell.arm.name, cell.seed)] = res
-            if on_done:
-                on_done(cell, res, i, total)
-    return results
+        futures = {pool.submit(_run_cell_in_subprocess, c.config.to_dict(), overwrite): c for c in cells}
+        for fut in cf.as_completed(futures):
+            yield futures[fut], RunResult.from_dict(fut.result())
 
 
 def cell_record(res: RunResult, out: Path) -> dict[str, Any]:

@@ -120,7 +120,7 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
     plan = plan_sweep(spec, out, base, overwrite)
     todo = plan.todo
     n_par = resolve_parallel(parallel if parallel is not None else spec.parallel, len(todo))
-    baseline_todo = plan.baseline_cfg is not None and plan.baseline_status != "done"
+    baseline_todo = plan.baseline_todo
     est = estimate_sweep(spec, base, baseline_todo=baseline_todo, todo=todo, parallel=n_par,
                          cells_total=len(plan.cells))
     n_cached = len(plan.cells) - len(todo)

@@ -32,14 +32,17 @@ SWEEP_FILE = "sweep.json"
 class Plan:
     """What a sweep will do in its directory (see :func:`plan_sweep`)."""
 
-    base: RunConfig
     baseline_cfg: RunConfig | None  # None: the arms start from spec.baseline_weights
-    baseline_dir: str
     cells: list[Cell]
     status: dict[str, str]  # cell key -> done | partial | new | mismatch
     mismatch: dict[str, str]  # cell key -> diff text
     baseline_status: str
     clear_all: bool
+
+    @property
+    def baseline_todo(self) -> bool:
+        """Whether a baseline is trained here and is not finished yet."""
+        return self.baseline_cfg is not None and self.baseline_status != "done"
 
     @property
     def todo(self) -> list[Cell]:
@@ -131,7 +134,7 @@ def plan_sweep(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> 
         status = {k: "new" for k in status}
         mismatch = {}
         baseline_status = "new"
-    return Plan(base, baseline_cfg, baseline_dir, cells, status, mismatch, baseline_status, clear_all)
+    return Plan(baseline_cfg, cells, status, mismatch, baseline_status, clear_all)
 
 
 def resolve_parallel(parallel: int | str, todo: int) -> int:
