@@ -34,6 +34,7 @@ __all__ = [
     "AMP_MODES",
     "NON_RECIPE_KEYS",
     "load_yaml",
+    "read_yaml",
     "make_config",
     "config_hash",
     "config_diff",
@@ -362,23 +363,30 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return resolve_packaged(name_or_path, shipped, "config", "recipe")
 
 
-def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict of config keys, with errors that name the file and the key."""
-    path = resolve_config_path(name_or_path)
+def read_yaml(path: Path, kind: str = "config file") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (empty: ``{}``), with errors that name the file, the line and the
+    fix. The one YAML reader of refconv: recipes and sweeps (``kind`` names which in the errors) share it."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise ConfigError(f"config file {path} is not valid YAML ({problem}{where}). Fix the syntax there (e.g. "
+        raise ConfigError(f"{kind} {path} is not valid YAML ({problem}{where}). Fix the syntax there (e.g. "
                           "an unclosed bracket or quote, or tabs used for indentation).") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}.") from None
+        raise ConfigError(f"cannot read {kind} {path}: {exc.strerror}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}.")
+        raise ConfigError(f"{kind} {path} must hold a mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe into a dict of config keys, with errors that name the file and the key."""
+    path = resolve_config_path(name_or_path)
+    data = read_yaml(path)
     _check_keys(data, str(path))
     return data
 

@@ -132,20 +132,22 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
 
 
 def _weights_label(spec: dict[str, Any]) -> str:
+    """What the arms started from, as the sweep recorded it: a registry name (sweeps recorded before names were
+    kept hold the registry file's path, shown by its name)."""
+    from ..models import pretrained
+
     w = str((spec.get("baseline") or {}).get("weights", ""))
-    stem = Path(w).name.replace(".safetensors", "")
-    return f"fmnist/{stem}" if "/weights/fmnist/" in w.replace(os.sep, "/") else w
+    return next((n for n in pretrained.names() if w.replace(os.sep, "/").endswith(f"/{n}.safetensors")), w)
 
 
 def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError:  # pragma: no cover
         return False
-    fig, axes = plt.subplots(1, len(study), figsize=(5.5 * len(study), 4), sharey=True, squeeze=False)
+    from ..report.plots import new_figure, save_figure
+
+    fig, axes = new_figure(len(study), figsize=(5.5 * len(study), 4), sharey=True)
     for ax, (label, res) in zip(axes[0], study.items()):
         by_arm: dict[str, list[dict[str, Any]]] = {}
         for r in _rows(res):
@@ -163,15 +165,13 @@ def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["budget"] for r in _rows(res)}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("budget (epochs)")
         ax.set_title(f"{label} start ({res['baseline']['final']['top1']:.2f} %)")
     axes[0][0].set_ylabel("top-1 Δ vs best control, pt (95 % CI)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
