@@ -1,1 +1,185 @@
-from ..downstream.cli import register  # noqa: F401  (adds `refconv detect` and `refconv segment`)
+"""``refconv detect`` and ``refconv segment``: thin argparse front-ends over :func:`refconv.engine.run`.
+
+A detection / segmentation run is an engine run with ``task="detection"`` / ``"segmentation"``, so the flags
+are ``refconv train``'s (those that mean something for the task, with the task's defaults: ``--arch`` names
+the torchvision model, ``--onnx`` exports) plus one per task option (:class:`~refconv.downstream.tasks.
+DownstreamOptions`: ``--scope``, ``--weights-backbone``, the data splits and synthetic-data settings...), so
+the CLI cannot lag behind the config. Examples::
+
+    refconv detect --method baseline --epochs 5 --out runs/det-base                  # synthetic VOC data
+    refconv detect --method refconv --weights runs/det-base/checkpoints/last.pt --out runs/det-ref
+    refconv segment --arch lraspp_mobilenet_v3_large --data voc --data-dir VOCdevkit/VOC2012 \\
+        --weights-backbone IMAGENET1K_V1 --method refconv --out runs/seg-ref
+    refconv detect --epochs 0 --weights runs/det-ref/checkpoints/last.pt --out runs/det-fold  # fold + export only
+    refconv detect --resume --out runs/det-ref       # continue an interrupted run with its own config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Any
+
+from ..errors import ConfigError
+from .train import HELP as RUN_HELP
+from .train import add_config_flags
+
+__all__ = ["add_detect_parser", "add_segment_parser", "config_from_args", "main_detect", "main_segment", "register"]
+
+HELP: dict[str, str] = {
+    **RUN_HELP,
+    "model": "torchvision architecture",
+    "data": "synthetic (Fashion-MNIST scenes, VOC format, generated offline) | synthetic-cityscapes | voc | cityscapes",
+    "data_dir": "dataset root (VOC: the VOC20xx directory); for synthetic data: where to write it [cache]",
+    "image_size": "network input height (width = height; 2x for Cityscapes) [synthetic canvas / arch default]",
+    "weights": "whole-model starting weights: torchvision name (COCO_V1...) or file (a run's checkpoint, .pth, "
+               ".safetensors)",
+    "epochs": "training epochs (0: evaluate, fold and export the starting weights)",
+    "lr": "learning rate",
+    "out": "run directory",
+    "export_onnx": "export model.onnx with an onnxruntime parity check",
+    "scope": "refconv: convert the pretrained backbone or all eligible convs (backbone | all)",
+    "include": "refconv: convert modules matching this glob instead of the scope's (repeatable)",
+    "weights_backbone": "ImageNet backbone weights: torchvision name (IMAGENET1K_V1) or a classifier file / run dir",
+    "aux_weight": "weight of the auxiliary head's loss (DeepLabV3 / FCN with --weights having one)",
+    "fashion_mnist_dir": "where Fashion-MNIST's IDX files are, for synthetic data [the usual places]",
+    "train_split": "training split (VOC ImageSets file name / Cityscapes split)",
+    "val_split": "validation split",
+    "classes": "VOC object class names, comma-separated [classes.txt in the root, else VOC's 20]",
+    "clip_boxes": "clip out-of-image VOC boxes instead of refusing the dataset",
+    "synthetic_train": "synthetic data: training images",
+    "synthetic_val": "synthetic data: validation images",
+    "synthetic_size": "synthetic data: canvas height in px (Cityscapes format: width = 2x)",
+    "synthetic_seed": "synthetic data: generator seed",
+    "max_steps": "stop every epoch after this many steps (smoke tests)",
+    "eval_images": "evaluate on the first N validation images only",
+}
+# RunConfig keys that mean nothing for detection / segmentation (no flag; refused in a config).
+_NOT_FOR_TASKS = {"augment", "download", "data_seed", "input_pipeline", "base_lr", "lr_base_size", "pretrained",
+                  "num_classes", "in_chans", "subset_train", "subset_test", "layers", "basis", "label_smoothing"}
+_FLAGS = {"model": "--arch", "export_onnx": "--onnx"}
+
+
+def _add_flags(p: argparse.ArgumentParser, task: str) -> None:
+    from ..downstream.models import list_archs
+    from ..downstream.tasks import DownstreamOptions
+    from ..downstream.train import DEFAULTS
+    from ..engine.config import RunConfig
+
+    keys = {f.name for f in dataclasses.fields(RunConfig)} - _NOT_FOR_TASKS
+    archs = list_archs(task)
+    defaults = {**DEFAULTS, "model": archs[0], "out": f"runs/{'detect' if task == 'detection' else 'segment'}"}
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from checkpoints/"
+                                                          "last.pt, with its own config.yaml (flags may not change it)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    helps = {**HELP, "model": f"torchvision architecture: {', '.join(archs)}"}
+    add_config_flags(p, keys=keys, defaults=defaults, flags=_FLAGS, helps=helps)
+    hints = typing.get_type_hints(DownstreamOptions)
+    for f in dataclasses.fields(DownstreamOptions):
+        if f.name == "aux_weight" and task == "detection":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{HELP.get(f.name, f.name)} [{f.default}]"
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=help_)
+        elif f.name == "classes":
+            p.add_argument(flag, dest=f.name, metavar="A,B,...", default=argparse.SUPPRESS, help=help_)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, metavar={int: "N", float: "X"}.get(kind, "STR"),
+                           default=argparse.SUPPRESS, help=help_)
+
+
+def add_detect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``detect`` to a ``refconv`` subparsers object; sets ``func=main_detect``."""
+    p = subparsers.add_parser(
+        "detect", help="train / fold / export an SSD detector with a RefConv backbone",
+        description="Object detection (torchvision SSD / SSDlite) with RefConv: baseline, refconv, continue or "
+                    "finetune on Pascal VOC or the offline synthetic VOC-format dataset, then fold and export. "
+                    "The engine of refconv train: AMP, DDP (torchrun), EMA, exact resume, Ctrl-C saves.",
+    )
+    _add_flags(p, "detection")
+    p.set_defaults(func=main_detect)
+    return p
+
+
+def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``segment`` to a ``refconv`` subparsers object; sets ``func=main_segment``."""
+    p = subparsers.add_parser(
+        "segment", help="train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone",
+        description="Semantic segmentation with RefConv on Pascal VOC, Cityscapes or the offline synthetic "
+                    "datasets (VOC or Cityscapes format), then fold and export. The engine of refconv train: AMP, "
+                    "DDP (torchrun), EMA, exact resume, Ctrl-C saves.",
+    )
+    _add_flags(p, "segmentation")
+    p.set_defaults(func=main_segment)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add both ``detect`` and ``segment``."""
+    add_detect_parser(subparsers)
+    add_segment_parser(subparsers)
+
+
+def config_from_args(args: argparse.Namespace, task: str) -> Any:
+    """The :class:`~refconv.engine.RunConfig` the parsed flags describe; with ``--resume``, the run's own
+    ``config.yaml`` with the given flags on top (the engine refuses flags that change the recipe)."""
+    from ..downstream.tasks import DownstreamOptions
+    from ..downstream.train import downstream_config
+    from ..engine.config import RunConfig, make_config
+
+    names = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(DownstreamOptions)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if isinstance(given.get("classes"), str):
+        given["classes"] = [c.strip() for c in given["classes"].split(",") if c.strip()]
+    if not getattr(args, "resume", False):
+        return downstream_config(task, **given)
+    from ..engine.rundir import load_run_config
+
+    out = given.get("out") or f"runs/{'detect' if task == 'detection' else 'segment'}"
+    base = load_run_config(out)
+    if base.task != task:
+        raise ConfigError(f"{out} holds a {base.task} run: resume it with `refconv "
+                          f"{'detect' if base.task == 'detection' else 'segment'} --resume --out {out}`.")
+    options = {f.name for f in dataclasses.fields(DownstreamOptions)}
+    task_options = {**base.task_options, **{k: given.pop(k) for k in list(given) if k in options}}
+    return make_config(base, given, {"out": out, "task_options": task_options}, source="command line")
+
+
+def _main(args: argparse.Namespace, task: str) -> int:
+    from ..downstream.train import run_downstream
+
+    cfg = config_from_args(args, task)
+    quiet = getattr(args, "json", False)
+    if quiet:
+        cfg = cfg.replace(progress="none")
+    res = run_downstream(cfg, resume=args.resume)
+    if quiet:
+        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+        return 0
+    key = "map_50" if task == "detection" else "miou"
+    extra = " (mAP@[.5:.95] {:.4f})".format(res.final["map"]) if task == "detection" else ""
+    print(f"{res.method} {res.model}: {key} {res.final[key]:.4f}{extra} -> {res.run_dir}")
+    print(f"  deployable weights: {res.weights_path} (stock keys, load strict=True)")
+    if res.fold:
+        print(f"  fold check: raw outputs max abs err {res.fold['max_abs_err']:.3g}; folded {key} "
+              f"{res.folded_metrics[key]:.4f}")
+    if res.onnx:
+        print(f"  ONNX: {res.onnx['path']} (onnxruntime max abs err {res.onnx['max_abs_err']:.3g})")
+    print(f"  params: {res.trainable_params:,} trainable while training -> {res.deploy_params:,} deployed")
+    return 0
+
+
+def main_detect(args: argparse.Namespace) -> int:
+    """Run ``refconv detect`` with parsed ``args``; returns the exit code."""
+    return _main(args, "detection")
+
+
+def main_segment(args: argparse.Namespace) -> int:
+    """Run ``refconv segment`` with parsed ``args``; returns the exit code."""
+    return _main(args, "segmentation")

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import yaml
@@ -94,14 +95,26 @@ def _metavar(hint: Any) -> str:
     return {int: "N", float: "X", str: "STR"}.get(base, "VALUE")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override."""
+def add_config_flags(parser: argparse.ArgumentParser, *, keys: Collection[str] | None = None,
+                     defaults: Mapping[str, Any] | None = None, flags: Mapping[str, str] | None = None,
+                     helps: Mapping[str, str] | None = None) -> None:
+    """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override.
+
+    Args:
+        keys: only these keys (``refconv detect`` / ``segment`` take the keys that mean something for them).
+        defaults: defaults to show in the help where they are not RunConfig's.
+        flags: flag names for keys (``{"model": "--arch"}``).
+        helps: help texts (default: :data:`HELP`).
+    """
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("task", "task_options") or (keys is not None and f.name not in keys):
+            continue
+        flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = HELP.get(f.name, f.name) + ("" if f.name == "model" else f" [{default}]")  # model: no default
+        default = (defaults or {}).get(f.name, default)
+        help_text = (helps or HELP).get(f.name, f.name) + ("" if f.name == "model" and not defaults else f" [{default}]")
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
