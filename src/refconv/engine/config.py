@@ -441,7 +441,7 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
         from .task import task_class
 
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
-        data["task_options"] = {k: v for k, v in sorted(data["task_options"].items()) if k not in skip}
+        data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}
 
 
