@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
 from typing import Any
 
 from ..errors import ConfigError
@@ -63,61 +62,42 @@ _NOT_FOR_TASKS = {"augment", "download", "data_seed", "input_pipeline", "base_lr
 _FLAGS = {"model": "--arch", "export_onnx": "--onnx"}
 
 
-def _add_flags(p: argparse.ArgumentParser, task: str) -> None:
+def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str, what: str) -> argparse.ArgumentParser:
     from ..downstream.models import list_archs
     from ..downstream.tasks import DownstreamOptions
     from ..downstream.train import DEFAULTS
     from ..engine.config import RunConfig
 
-    keys = {f.name for f in dataclasses.fields(RunConfig)} - _NOT_FOR_TASKS
-    archs = list_archs(task)
-    defaults = {**DEFAULTS, "model": archs[0], "out": f"runs/{'detect' if task == 'detection' else 'segment'}"}
+    name = "detect" if task == "detection" else "segment"
+    p = subparsers.add_parser(name, help=summary, description=f"{what}, then fold and export. The engine of refconv "
+                              "train: AMP, DDP (torchrun), EMA, exact resume, Ctrl-C saves a checkpoint.")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from checkpoints/"
                                                           "last.pt, with its own config.yaml (flags may not change it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    archs = list_archs(task)
     helps = {**HELP, "model": f"torchvision architecture: {', '.join(archs)}"}
-    add_config_flags(p, keys=keys, defaults=defaults, flags=_FLAGS, helps=helps)
-    hints = typing.get_type_hints(DownstreamOptions)
-    for f in dataclasses.fields(DownstreamOptions):
-        if f.name == "aux_weight" and task == "detection":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f"{HELP.get(f.name, f.name)} [{f.default}]"
-        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=help_)
-        elif f.name == "classes":
-            p.add_argument(flag, dest=f.name, metavar="A,B,...", default=argparse.SUPPRESS, help=help_)
-        else:
-            p.add_argument(flag, dest=f.name, type=kind, metavar={int: "N", float: "X"}.get(kind, "STR"),
-                           default=argparse.SUPPRESS, help=help_)
+    keys = {f.name for f in dataclasses.fields(RunConfig)} - _NOT_FOR_TASKS
+    add_config_flags(p, keys=keys, defaults={**DEFAULTS, "model": archs[0], "out": f"runs/{name}"}, flags=_FLAGS,
+                     helps=helps)
+    options = {f.name for f in dataclasses.fields(DownstreamOptions)} - ({"aux_weight"} if task == "detection" else set())
+    add_config_flags(p, schema=DownstreamOptions, keys=options, helps=helps)
+    p.set_defaults(func=main_detect if task == "detection" else main_segment)
+    return p
 
 
 def add_detect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``detect`` to a ``refconv`` subparsers object; sets ``func=main_detect``."""
-    p = subparsers.add_parser(
-        "detect", help="train / fold / export an SSD detector with a RefConv backbone",
-        description="Object detection (torchvision SSD / SSDlite) with RefConv: baseline, refconv, continue or "
-                    "finetune on Pascal VOC or the offline synthetic VOC-format dataset, then fold and export. "
-                    "The engine of refconv train: AMP, DDP (torchrun), EMA, exact resume, Ctrl-C saves.",
-    )
-    _add_flags(p, "detection")
-    p.set_defaults(func=main_detect)
-    return p
+    return _add_parser(subparsers, "detection", "train / fold / export an SSD detector with a RefConv backbone",
+                       "Object detection (torchvision SSD / SSDlite) with RefConv: baseline, refconv, continue or "
+                       "finetune on Pascal VOC or the offline synthetic VOC-format dataset")
 
 
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``segment`` to a ``refconv`` subparsers object; sets ``func=main_segment``."""
-    p = subparsers.add_parser(
-        "segment", help="train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone",
-        description="Semantic segmentation with RefConv on Pascal VOC, Cityscapes or the offline synthetic "
-                    "datasets (VOC or Cityscapes format), then fold and export. The engine of refconv train: AMP, "
-                    "DDP (torchrun), EMA, exact resume, Ctrl-C saves.",
-    )
-    _add_flags(p, "segmentation")
-    p.set_defaults(func=main_segment)
-    return p
+    return _add_parser(subparsers, "segmentation",
+                       "train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone",
+                       "Semantic segmentation with RefConv on Pascal VOC, Cityscapes or the offline synthetic "
+                       "datasets (VOC or Cityscapes format)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -135,8 +115,6 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
 
     names = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(DownstreamOptions)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    if isinstance(given.get("classes"), str):
-        given["classes"] = [c.strip() for c in given["classes"].split(",") if c.strip()]
     if not getattr(args, "resume", False):
         return downstream_config(task, **given)
     from ..engine.rundir import load_run_config

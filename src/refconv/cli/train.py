@@ -92,22 +92,25 @@ HELP: dict[str, str] = {
 def _metavar(hint: Any) -> str:
     args = typing.get_args(hint)
     base = next((a for a in args if a is not type(None)), hint)
+    if typing.get_origin(base) is list:
+        return "A,B,..."
     return {int: "N", float: "X", str: "STR"}.get(base, "VALUE")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, *, keys: Collection[str] | None = None,
+def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfig, keys: Collection[str] | None = None,
                      defaults: Mapping[str, Any] | None = None, flags: Mapping[str, str] | None = None,
                      helps: Mapping[str, str] | None = None) -> None:
     """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override.
 
     Args:
+        schema: the config dataclass (a task's options: ``refconv.downstream.tasks.DownstreamOptions``).
         keys: only these keys (``refconv detect`` / ``segment`` take the keys that mean something for them).
         defaults: defaults to show in the help where they are not RunConfig's.
         flags: flag names for keys (``{"model": "--arch"}``).
         helps: help texts (default: :data:`HELP`).
     """
-    hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
         if f.name in ("task", "task_options") or (keys is not None and f.name not in keys):
             continue
         flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..convert import RefConvWarning, convert, refconv_layers, reparameterize
 from ..engine import distributed as dist_utils
+from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec, rebuild_converted
 from ..engine.task import StepOutput, Task
@@ -103,24 +105,15 @@ class DownstreamOptions:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> DownstreamOptions:
-        """Build from ``task_options``, refusing unknown keys and values of the wrong type."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key, value in data.items():
-            if key not in fields:
-                close = difflib.get_close_matches(key, list(fields), n=1)
+        """Build from ``task_options`` (YAML or flags: strings are converted), refusing unknown keys and values of
+        the wrong type."""
+        hints = typing.get_type_hints(cls)
+        for key in data:
+            if key not in hints:
+                close = difflib.get_close_matches(key, list(hints), n=1)
                 raise ConfigError(f"unknown task option {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
-                                  + f" Options of detection / segmentation: {', '.join(fields)}.")
-            default = fields[key].default
-            kind = (str if key in ("weights_backbone", "fashion_mnist_dir") else
-                    int if key in ("max_steps", "eval_images") else
-                    list if key == "classes" else type(default))
-            ok = (value is None and (default is None)) or isinstance(value, kind) and not (
-                isinstance(value, bool) and kind is not bool) or (kind is float and isinstance(value, int)
-                                                                  and not isinstance(value, bool))
-            if not ok:
-                raise ConfigError(f"task option {key} must be {kind.__name__}"
-                                  f"{' or null' if default is None else ''}, got {value!r}.")
-        return cls(**data)
+                                  + f" Options of detection / segmentation: {', '.join(hints)}.")
+        return cls(**{k: coerce_value(k, v, "task_options", hints) for k, v in data.items()})
 
 
 def _options(cfg: RunConfig) -> DownstreamOptions:

@@ -268,9 +268,12 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check/convert one value to the field's type (YAML and argparse both hand us plain scalars)."""
-    hint = _HINTS[key]
+def coerce_value(key: str, value: Any, source: str, hints: Mapping[str, Any] | None = None) -> Any:
+    """Check/convert one value to the field's type (YAML and argparse both hand us plain scalars).
+
+    ``hints``: the type hints of another config dataclass (a task's options); default :class:`RunConfig`'s.
+    """
+    hint = (hints or _HINTS)[key]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
@@ -425,7 +428,7 @@ def make_config(*layers: Mapping[str, Any] | RunConfig | str | Path | None, sour
             data, src = dict(layer), source
             _check_keys(data, src)
         for key, value in data.items():
-            merged[key] = _coerce(key, value, src)
+            merged[key] = coerce_value(key, value, src)
     return RunConfig(**merged).validate()
 
 
