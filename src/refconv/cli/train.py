@@ -20,7 +20,11 @@ import yaml
 from ..engine.config import RunConfig, make_config
 from ..errors import ConfigError
 
-__all__ = ["register", "add_config_flags", "config_from_args", "HELP"]
+__all__ = ["register", "add_config_flags", "config_from_args", "HELP", "NOT_FLAGS"]
+
+# Config keys that are no flag: the command sets them (``refconv detect`` is task detection, its options are flags
+# of their own).
+NOT_FLAGS = ("task", "task_options")
 
 HELP: dict[str, str] = {
     "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/resnet18); required "
@@ -111,7 +115,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfi
     """
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
-        if f.name in ("task", "task_options") or (keys is not None and f.name not in keys):
+        if f.name in NOT_FLAGS or (keys is not None and f.name not in keys):
             continue
         flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
         hint = hints[f.name]

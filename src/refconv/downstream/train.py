@@ -1,20 +1,9 @@
 """``run_downstream``: a detection / segmentation run of the one engine, with the settings of ``refconv detect``.
 
-A run is :func:`refconv.engine.run` with ``task="detection"`` or ``"segmentation"``
-(:mod:`refconv.downstream.tasks`), so it has the engine's run directory (docs/engine.md)::
-
-    config.yaml                    the resolved config (the task's settings under task_options)
-    log.txt, metrics.jsonl         one line per epoch: train loss, test mAP / mIoU (test_ prefix), lr, time
-    checkpoints/last.pt, best.pt   full training state, written atomically; last.pt also mid-epoch
-                                   (checkpoint_every_steps) and on Ctrl-C: --resume continues exactly
-    folded.safetensors (+ .json)   refconv: the folded model, stock keys, loads strict=True into the stock model
-    model.safetensors (+ .json)    plain methods: the trained model
-    model.onnx                     when export_onnx
-    done.json                      the RunResult, written last
-
-After a ``refconv`` run the folded model is loaded ``strict=True`` into a freshly built stock model, and that
-model's raw outputs and detections (or logits) are compared with the RefConv model's on validation images
-and evaluated again; both numbers are in ``done.json``.
+A run is :func:`refconv.engine.run` with ``task="detection"`` or ``"segmentation"`` (:mod:`refconv.downstream.tasks`),
+so its run directory, resume, ``--overwrite`` and errors are the engine's (docs/engine.md, docs/downstream.md).
+A ``refconv`` run ends with the folded model loaded ``strict=True`` into a freshly built stock model, its raw
+outputs and detections (or logits) compared with the RefConv model's and evaluated again (``done.json``).
 """
 
 from __future__ import annotations

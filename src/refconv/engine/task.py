@@ -12,6 +12,7 @@ detection code for a classification run).
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -57,7 +58,7 @@ class StepOutput:
     correct: Tensor | None = None
 
 
-class Task:
+class Task(ABC):
     """What a run trains. Built with the validated config; :meth:`build_data` then :meth:`build_model` are
     called once, in that order, before the loop.
 
@@ -82,42 +83,41 @@ class Task:
         self.start_weights: str | None = None
         self.conversion_kwargs: dict[str, Any] | None = None
 
-    # ---- config
     @classmethod
     def validate_config(cls, cfg: RunConfig) -> None:
         """Check (and complete) the task's keys of ``cfg``; raise :class:`ConfigError` naming the fix."""
 
     # ---- data and model
+    @abstractmethod
     def build_data(self, info: DistInfo) -> list[str]:
         """Build ``self.train_ds`` / ``self.test_ds``; return warnings for the log."""
-        raise NotImplementedError
 
-    def data_name(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def data_name(self) -> str: ...
 
+    @abstractmethod
     def describe_data(self) -> str:
         """The data part of the start-up line."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loaders(self, sampler: ResumableSampler, test_sampler: Any, per_rank_batch: int,
                 info: DistInfo) -> tuple[Any, Any, str]:
         """``(train iterable, test iterable, input pipeline name)``; training order comes from ``sampler``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
         """The model to train, on the CPU. ``ckpt``: the checkpoint a resume loads next (its weights are loaded
         by the engine; starting weights need not exist any more)."""
-        raise NotImplementedError
 
-    # ---- training and evaluation
+    # ---- training and evaluation (``amp``: the autocast dtype or None)
+    @abstractmethod
     def step(self, model: nn.Module, batch: Any, *, device: torch.device, amp: torch.dtype | None,
-             channels_last: bool) -> StepOutput:
-        raise NotImplementedError
+             channels_last: bool) -> StepOutput: ...
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, loader: Any, *, device: torch.device, amp: torch.dtype | None,
                  channels_last: bool) -> dict[str, Any]:
         """The task's metrics over ``loader``, exact over all ranks."""
-        raise NotImplementedError
 
     def final_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """What ``final`` / ``folded_metrics`` of the result keep of an evaluation."""
@@ -139,24 +139,24 @@ class Task:
         return f"{cls.score} {m[cls.score]:.4f}"
 
     # ---- deployable outputs
+    @abstractmethod
     def checkpoint_meta(self) -> dict[str, Any]:
         """Checkpoint entries that rebuild the model without the data (``arch`` at least)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample(self, device: torch.device) -> Any:
         """A few test inputs: what the fold check and the ONNX export run on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fold(self, model: nn.Module, sample: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The folded stock model and the equivalence report (:func:`~refconv.engine.artifacts.fold_model`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def weights_meta(self, fold_report: dict[str, Any] | None) -> dict[str, Any]:
         """The ``.json`` sidecar of the deployable weights."""
-        raise NotImplementedError
 
-    def export_onnx(self, model: nn.Module, path: Path, sample: Any) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def export_onnx(self, model: nn.Module, path: Path, sample: Any) -> dict[str, Any]: ...
 
     def resume_command(self, run_dir: Path) -> str:
         return f"refconv {self.command} --resume {run_dir}"
