@@ -79,7 +79,8 @@ def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str,
     keys = {f.name for f in dataclasses.fields(RunConfig)} - _NOT_FOR_TASKS
     add_config_flags(p, keys=keys, defaults={**DEFAULTS, "model": archs[0], "out": f"runs/{name}"}, flags=_FLAGS,
                      helps=helps)
-    options = {f.name for f in dataclasses.fields(DownstreamOptions)} - ({"aux_weight"} if task == "detection" else set())
+    options = {f.name for f in dataclasses.fields(DownstreamOptions)}
+    options -= {"aux_weight"} if task == "detection" else set()  # a detector has no auxiliary head
     add_config_flags(p, schema=DownstreamOptions, keys=options, helps=helps)
     p.set_defaults(func=main_detect if task == "detection" else main_segment)
     return p

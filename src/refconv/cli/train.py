@@ -121,7 +121,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfi
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         default = (defaults or {}).get(f.name, default)
-        help_text = (helps or HELP).get(f.name, f.name) + ("" if f.name == "model" and not defaults else f" [{default}]")
+        shown = "" if f.name == "model" and not defaults else f" [{default}]"  # refconv train: no default model
+        help_text = (helps or HELP).get(f.name, f.name) + shown
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

@@ -19,7 +19,7 @@ from ..engine.progress import Reporter
 from ..engine.runner import RunResult, run
 from ..errors import CheckpointError, ConfigError
 from ..runlayout import checkpoint_path
-from .models import TASKS, get_spec, list_archs
+from .models import DOWNSTREAM_FORMAT, TASKS, get_spec, list_archs
 from .tasks import DownstreamOptions, model_from_checkpoint
 
 __all__ = ["DEFAULTS", "DownstreamConfig", "downstream_config", "load_checkpoint", "model_from_checkpoint",
@@ -27,8 +27,8 @@ __all__ = ["DEFAULTS", "DownstreamConfig", "downstream_config", "load_checkpoint
 
 #: Where ``refconv detect`` / ``segment`` differ from RunConfig's defaults (a classification recipe): a short
 #: SGD recipe at an explicit lr without warm-up on the CPU, ONNX exported, synthetic data, method refconv.
-DEFAULTS: dict[str, Any] = {"method": "refconv", "data": "synthetic", "epochs": 10, "batch_size": 16, "lr": 0.01, "warmup_epochs": 0.0,
-                            "device": "cpu", "export_onnx": True, "channels_last": False}
+DEFAULTS: dict[str, Any] = {"method": "refconv", "data": "synthetic", "epochs": 10, "batch_size": 16, "lr": 0.01,
+                            "warmup_epochs": 0.0, "device": "cpu", "export_onnx": True, "channels_last": False}
 # The names these settings had before detection and segmentation joined the engine's config.
 _RENAMED = {"arch": "model", "onnx": "export_onnx"}
 
@@ -125,7 +125,8 @@ def load_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
     if path.is_dir():
         path = checkpoint_path(path)
     obj = load(path)
-    if not is_run_checkpoint(obj) or obj.get("task") not in TASKS:
+    ours = is_run_checkpoint(obj) or obj.get("format") == DOWNSTREAM_FORMAT  # the engine's, or of a version before
+    if not ours or obj.get("task") not in TASKS:
         kind = ("an image-classification run checkpoint" if is_run_checkpoint(obj)
                 else "not a refconv detect/segment checkpoint")
         raise CheckpointError(
