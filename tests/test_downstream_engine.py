@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _datagen import write_fashion_mnist
 from safetensors.torch import load_file
+from test_downstream_train import data_root, fmnist  # noqa: F401  (the same small data, generated per module)
 
 from refconv.cli import main
 from refconv.downstream import downstream_config, run_downstream
@@ -29,16 +29,6 @@ SMALL = {
     "detection": dict(arch="ssdlite320_mobilenet_v3_large", synthetic_size=48),
     "segmentation": dict(arch="lraspp_mobilenet_v3_large", synthetic_size=32),
 }
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_fashion_mnist(tmp_path_factory.mktemp("fm"), n_train=30, n_test=10)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
 
 
 def _settings(task: str, fmnist: Path, data_root: Path, out: Path, **kw) -> dict:
@@ -111,7 +101,7 @@ def test_mid_epoch_interrupt_then_resume_is_exact(task: str, fmnist: Path, data_
     cfg = downstream_config(task, **_settings(task, fmnist, data_root, tmp_path / "cut", **kw))
     faults.interrupt_after(4)
     with pytest.raises(RunInterrupted, match=f"step 1/3.*refconv {'detect' if task == 'detection' else 'segment'} "
-                                              "--resume --out"):
+                                              "--resume "):
         run_downstream(cfg)
     faults.clear()
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step_in_epoch"] == 1
@@ -137,9 +127,9 @@ def test_nan_loss_and_ctrl_c_through_the_cli(fmnist: Path, data_root: Path, tmp_
     argv = _flags("detection", fmnist, data_root, tmp_path / "cut", epochs=2)
     faults.interrupt_after(2)
     assert main(argv) == 130
-    assert f"Resume with: refconv detect --resume --out {tmp_path / 'cut'}" in capsys.readouterr().err
+    assert f"Resume with: refconv detect --resume {tmp_path / 'cut'}" in capsys.readouterr().err
     faults.clear()
-    assert main(argv[:1] + ["--resume", "--out", str(tmp_path / "cut")]) == 0  # its own config.yaml
+    assert main(argv[:1] + ["--resume", str(tmp_path / "cut")]) == 0  # with its own config.yaml
     done = json.loads((tmp_path / "cut" / "done.json").read_text())
     assert [h["epoch"] for h in done["history"]] == [1, 2] and done["task"] == "detection"
 

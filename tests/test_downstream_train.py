@@ -229,6 +229,7 @@ def test_cli_detect_and_segment(fmnist: Path, data_root: Path, tmp_path: Path, c
     assert cfg.task_options["classes"] == ["a", "b"] and cfg.task == "segmentation"
     assert cfg.task_options["aux_weight"] == 0.5 and cfg.method == "refconv" and cfg.lr == 0.01
     det = add_detect_parser(sub)
+    assert det.parse_args(["--resume", "--out", "r"]).resume == "" and det.parse_args(["--resume", "r"]).resume == "r"
     with pytest.raises(SystemExit):  # no auxiliary head in a detector: no flag
         det.parse_args(["--aux-weight", "1"])
     with pytest.raises(ConfigError, match="method must be one of"):

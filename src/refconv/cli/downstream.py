@@ -11,7 +11,7 @@ the CLI cannot lag behind the config. Examples::
     refconv segment --arch lraspp_mobilenet_v3_large --data voc --data-dir VOCdevkit/VOC2012 \\
         --weights-backbone IMAGENET1K_V1 --method refconv --out runs/seg-ref
     refconv detect --epochs 0 --weights runs/det-ref/checkpoints/last.pt --out runs/det-fold  # fold + export only
-    refconv detect --resume --out runs/det-ref       # continue an interrupted run with its own config.yaml
+    refconv detect --resume runs/det-ref             # continue an interrupted run with its own config.yaml
 """
 
 from __future__ import annotations
@@ -56,27 +56,25 @@ HELP: dict[str, str] = {
     "max_steps": "stop every epoch after this many steps (smoke tests)",
     "eval_images": "evaluate on the first N validation images only",
 }
-# RunConfig keys that mean nothing for detection / segmentation (no flag; refused in a config).
-_NOT_FOR_TASKS = {"augment", "download", "data_seed", "input_pipeline", "base_lr", "lr_base_size", "pretrained",
-                  "num_classes", "in_chans", "subset_train", "subset_test", "layers", "basis", "label_smoothing"}
 _FLAGS = {"model": "--arch", "export_onnx": "--onnx"}
 
 
 def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str, what: str) -> argparse.ArgumentParser:
     from ..downstream.models import list_archs
-    from ..downstream.tasks import DownstreamOptions
+    from ..downstream.tasks import CLASSIFICATION_ONLY, DownstreamOptions
     from ..downstream.train import DEFAULTS
     from ..engine.config import RunConfig
 
     name = "detect" if task == "detection" else "segment"
     p = subparsers.add_parser(name, help=summary, description=f"{what}, then fold and export. The engine of refconv "
                               "train: AMP, DDP (torchrun), EMA, exact resume, Ctrl-C saves a checkpoint.")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from checkpoints/"
-                                                          "last.pt, with its own config.yaml (flags may not change it)")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                   help="continue the unfinished run RUN_DIR (or --out) from its checkpoints/last.pt, with its own "
+                        "config.yaml (flags may not change it), as refconv train --resume does")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     archs = list_archs(task)
     helps = {**HELP, "model": f"torchvision architecture: {', '.join(archs)}"}
-    keys = {f.name for f in dataclasses.fields(RunConfig)} - _NOT_FOR_TASKS
+    keys = {f.name for f in dataclasses.fields(RunConfig)} - set(CLASSIFICATION_ONLY)
     add_config_flags(p, keys=keys, defaults={**DEFAULTS, "model": archs[0], "out": f"runs/{name}"}, flags=_FLAGS,
                      helps=helps)
     options = {f.name for f in dataclasses.fields(DownstreamOptions)}
@@ -116,11 +114,14 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
 
     names = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(DownstreamOptions)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    if not getattr(args, "resume", False):
+    resume = getattr(args, "resume", None)
+    if resume is None:
         return downstream_config(task, **given)
     from ..engine.rundir import load_run_config
 
-    out = given.get("out") or f"runs/{'detect' if task == 'detection' else 'segment'}"
+    if resume and given.get("out", resume) != resume:
+        raise ConfigError(f"--resume {resume} and --out {given['out']} name different runs: give only --resume.")
+    out = resume or given.get("out") or f"runs/{'detect' if task == 'detection' else 'segment'}"
     base = load_run_config(out)
     if base.task != task:
         raise ConfigError(f"{out} holds a {base.task} run: resume it with `refconv "
@@ -137,7 +138,7 @@ def _main(args: argparse.Namespace, task: str) -> int:
     quiet = getattr(args, "json", False)
     if quiet:
         cfg = cfg.replace(progress="none")
-    res = run_downstream(cfg, resume=args.resume)
+    res = run_downstream(cfg, resume=args.resume is not None)
     if quiet:
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
         return 0

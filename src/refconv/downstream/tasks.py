@@ -56,17 +56,18 @@ if TYPE_CHECKING:
     from ..engine.distributed import DistInfo
     from ..engine.progress import Reporter
 
-__all__ = ["DATASETS", "DownstreamOptions", "DetectionTask", "SegmentationTask", "build_datasets", "evaluate",
+__all__ = ["CLASSIFICATION_ONLY", "DATASETS", "DownstreamOptions", "DetectionTask", "SegmentationTask", "build_datasets", "evaluate",
            "input_size", "model_from_checkpoint", "rebuild_model"]
 
 _log = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "synthetic-cityscapes", "voc", "cityscapes")
 
-# RunConfig keys that mean something for classification only: a detection/segmentation config that sets one is
-# refused (the setting would silently do nothing).
-_CLASSIFICATION_ONLY = {"pretrained": False, "num_classes": None, "in_chans": None, "subset_train": None,
-                        "subset_test": None, "layers": "all", "basis": "pretrained", "label_smoothing": 0.0}
+# RunConfig keys that mean something for classification only, with their defaults: a detection/segmentation
+# config that sets one otherwise is refused (it would silently do nothing), and refconv detect/segment have no flag.
+CLASSIFICATION_ONLY = {"pretrained": False, "num_classes": None, "in_chans": None, "subset_train": None,
+                       "subset_test": None, "layers": "all", "basis": "pretrained", "label_smoothing": 0.0,
+                       "augment": True, "download": False, "data_seed": 0, "input_pipeline": "auto"}
 
 
 @dataclass
@@ -320,10 +321,7 @@ class _DownstreamTask(Task):
                 raise ConfigError(f"{key} must be >= 1 when given, got {getattr(opt, key)}.")
         if cls.name == "segmentation" and cfg.batch_size < 2 and cfg.epochs > 0:
             raise ConfigError("segmentation training needs batch_size >= 2 (BatchNorm in the ASPP pooling branch).")
-        if cfg.input_pipeline == "resident":
-            raise ConfigError(f"input_pipeline='resident' is for tensor classification datasets; {cls.name} reads "
-                              "images item by item. Use --input-pipeline auto (or loader).")
-        for key, default in _CLASSIFICATION_ONLY.items():
+        for key, default in CLASSIFICATION_ONLY.items():
             if getattr(cfg, key) != default:
                 raise ConfigError(f"{key}={getattr(cfg, key)!r} is a classification setting; refconv {cls.command} "
                                   "does not use it. Remove it (start weights: --weights / --weights-backbone).")
@@ -331,7 +329,7 @@ class _DownstreamTask(Task):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self.options = _options(cfg)
-        self.max_steps = self.options.max_steps  # the engine caps steps_per_epoch with it
+        self.max_steps = self.options.max_steps
 
     # ---- data
     def build_data(self, info: DistInfo) -> list[str]:
@@ -426,9 +424,6 @@ class _DownstreamTask(Task):
         from .export import export_onnx
 
         return export_onnx(model, self.name, path, sample[:1])
-
-    def resume_command(self, run_dir: Path) -> str:
-        return f"refconv {self.command} --resume --out {run_dir}"
 
 
 class DetectionTask(_DownstreamTask):

@@ -300,7 +300,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training images: no full "
                           "batch. Lower --batch-size or use more data (--subset-train).")
-    steps_per_epoch = min(steps_per_epoch, getattr(task, "max_steps", None) or steps_per_epoch)
+    steps_per_epoch = min(steps_per_epoch, task.max_steps or steps_per_epoch)
     test_sampler = ShardSampler(len(test_ds), rank=info.rank, world_size=info.world_size)
     train_loader, test_loader, pipeline = task.loaders(sampler, test_sampler, per_rank_batch, info)
 

@@ -74,6 +74,7 @@ class Task(ABC):
     score: ClassVar[str]
     MIN_EPOCHS: ClassVar[int] = 1
     NON_RECIPE_OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    max_steps: int | None = None  # caps the steps of every epoch (smoke tests)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
