@@ -24,7 +24,7 @@ from refconv.downstream import (
     model_from_checkpoint,
     run_downstream,
 )
-from refconv.downstream.cli import add_detect_parser, add_segment_parser, register
+from refconv.cli.downstream import add_detect_parser, add_segment_parser, register
 from refconv.downstream.metrics import DetectionMetric, SegmentationMetric
 from refconv.engine import RunConfig
 from refconv.errors import CheckpointError, ConfigError
@@ -223,7 +223,7 @@ def test_cli_detect_and_segment(fmnist: Path, data_root: Path, tmp_path: Path, c
     a = seg.parse_args(["--arch", "fcn_resnet50", "--scope", "all", "--include", "backbone.layer1", "--classes",
                         "a,b"])
     assert a.include == ["backbone.layer1"] and a.scope == "all"
-    from refconv.downstream.cli import config_from_args
+    from refconv.cli.downstream import config_from_args
 
     cfg = config_from_args(a, "segmentation")
     assert cfg.task_options["classes"] == ["a", "b"] and cfg.task == "segmentation"

@@ -28,9 +28,8 @@ from .train import add_config_flags
 
 __all__ = ["add_detect_parser", "add_segment_parser", "config_from_args", "main_detect", "main_segment", "register"]
 
-HELP: dict[str, str] = {
+HELP: dict[str, str] = {  # where detect / segment differ from refconv train (task options: their fields' help)
     **RUN_HELP,
-    "model": "torchvision architecture",
     "data": "synthetic (Fashion-MNIST scenes, VOC format, generated offline) | synthetic-cityscapes | voc | cityscapes",
     "data_dir": "dataset root (VOC: the VOC20xx directory); for synthetic data: where to write it [cache]",
     "image_size": "network input height (width = height; 2x for Cityscapes) [synthetic canvas / arch default]",
@@ -39,22 +38,7 @@ HELP: dict[str, str] = {
     "epochs": "training epochs (0: evaluate, fold and export the starting weights)",
     "lr": "learning rate",
     "out": "run directory",
-    "export_onnx": "export model.onnx with an onnxruntime parity check",
-    "scope": "refconv: convert the pretrained backbone or all eligible convs (backbone | all)",
     "include": "refconv: convert modules matching this glob instead of the scope's (repeatable)",
-    "weights_backbone": "ImageNet backbone weights: torchvision name (IMAGENET1K_V1) or a classifier file / run dir",
-    "aux_weight": "weight of the auxiliary head's loss (DeepLabV3 / FCN with --weights having one)",
-    "fashion_mnist_dir": "where Fashion-MNIST's IDX files are, for synthetic data [the usual places]",
-    "train_split": "training split (VOC ImageSets file name / Cityscapes split)",
-    "val_split": "validation split",
-    "classes": "VOC object class names, comma-separated [classes.txt in the root, else VOC's 20]",
-    "clip_boxes": "clip out-of-image VOC boxes instead of refusing the dataset",
-    "synthetic_train": "synthetic data: training images",
-    "synthetic_val": "synthetic data: validation images",
-    "synthetic_size": "synthetic data: canvas height in px (Cityscapes format: width = 2x)",
-    "synthetic_seed": "synthetic data: generator seed",
-    "max_steps": "stop every epoch after this many steps (smoke tests)",
-    "eval_images": "evaluate on the first N validation images only",
 }
 _FLAGS = {"model": "--arch", "export_onnx": "--onnx"}
 

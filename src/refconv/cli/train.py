@@ -122,7 +122,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfi
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         default = (defaults or {}).get(f.name, default)
         shown = "" if f.name == "model" and not defaults else f" [{default}]"  # refconv train: no default model
-        help_text = (helps or HELP).get(f.name, f.name) + shown
+        help_text = (helps or HELP).get(f.name) or f.metadata.get("help", f.name)
+        help_text += shown
         if hint is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)

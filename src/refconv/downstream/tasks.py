@@ -21,7 +21,7 @@ import json
 import logging
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -70,39 +70,33 @@ CLASSIFICATION_ONLY = {"pretrained": False, "num_classes": None, "in_chans": Non
                        "augment": True, "download": False, "data_seed": 0, "input_pipeline": "auto"}
 
 
+def _opt(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class DownstreamOptions:
-    """The ``task_options`` of a detection / segmentation run (each is a ``refconv detect/segment`` flag).
+    """The ``task_options`` of a detection / segmentation run; each is a ``refconv detect/segment`` flag, whose help
+    is the field's."""
 
-    Attributes:
-        scope: ``backbone`` converts the pretrained trunk only, ``all`` every eligible conv; ``include``
-            (a config key) replaces the scope's patterns when given.
-        weights_backbone: ImageNet backbone weights (torchvision name or a classifier file / run directory).
-        aux_weight: DeepLabV3/FCN auxiliary loss weight.
-        fashion_mnist_dir: where Fashion-MNIST's IDX files are, for synthetic data (default: the usual places).
-        train_split / val_split: VOC ``ImageSets`` file names or Cityscapes split directories.
-        classes: VOC object classes (default: ``classes.txt`` in the root, else VOC's 20).
-        clip_boxes: clip out-of-image VOC boxes instead of refusing them.
-        synthetic_train / synthetic_val / synthetic_size / synthetic_seed: synthetic data: image counts, canvas
-            height (Cityscapes format: width = 2 * height) and generator seed.
-        max_steps: stop each epoch after this many steps (smoke tests).
-        eval_images: evaluate on the first N validation images only.
-    """
-
-    scope: str = "backbone"
-    weights_backbone: str | None = None
-    aux_weight: float = 0.5
-    fashion_mnist_dir: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    classes: list[str] | None = None
-    clip_boxes: bool = False
-    synthetic_train: int = 256
-    synthetic_val: int = 64
-    synthetic_size: int = 96
-    synthetic_seed: int = 0
-    max_steps: int | None = None
-    eval_images: int | None = None
+    scope: str = _opt("backbone", "refconv: convert the pretrained backbone or all eligible convs (backbone | all); "
+                                  "--include replaces the scope's patterns")
+    weights_backbone: str | None = _opt(None, "ImageNet backbone weights: torchvision name (IMAGENET1K_V1) or a "
+                                              "classifier file / run dir")
+    aux_weight: float = _opt(0.5, "weight of the auxiliary head's loss (DeepLabV3 / FCN with --weights having one)")
+    fashion_mnist_dir: str | None = _opt(None, "where Fashion-MNIST's IDX files are, for synthetic data [the usual "
+                                               "places]")
+    train_split: str = _opt("train", "training split (VOC ImageSets file name / Cityscapes split)")
+    val_split: str = _opt("val", "validation split")
+    classes: list[str] | None = _opt(None, "VOC object class names, comma-separated [classes.txt in the root, else "
+                                           "VOC's 20]")
+    clip_boxes: bool = _opt(False, "clip out-of-image VOC boxes instead of refusing the dataset")
+    synthetic_train: int = _opt(256, "synthetic data: training images")
+    synthetic_val: int = _opt(64, "synthetic data: validation images")
+    synthetic_size: int = _opt(96, "synthetic data: canvas height in px (Cityscapes format: width = 2x)")
+    synthetic_seed: int = _opt(0, "synthetic data: generator seed")
+    max_steps: int | None = _opt(None, "stop every epoch after this many steps (smoke tests)")
+    eval_images: int | None = _opt(None, "evaluate on the first N validation images only")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> DownstreamOptions:

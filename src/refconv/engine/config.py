@@ -43,7 +43,14 @@ __all__ = [
     "resolve_config_path",
 ]
 
-TASKS = ("classification", "detection", "segmentation")
+#: Every task a run can train (refconv.engine.task), by name: ``"module:Class"``, imported on first use (the config
+#: stays plain data: naming a task imports nothing).
+TASK_CLASSES: dict[str, str] = {
+    "classification": "refconv.engine.task:ClassificationTask",
+    "detection": "refconv.downstream.tasks:DetectionTask",
+    "segmentation": "refconv.downstream.tasks:SegmentationTask",
+}
+TASKS = tuple(TASK_CLASSES)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 LAYER_SELECTIONS = ("all", "depthwise", "dense", "no-stem")
 AMP_MODES = ("none", "bf16", "fp16")

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from .config import TASK_CLASSES
 from .loop import autocast, evaluate, to_device, topk_correct
 
 if TYPE_CHECKING:
@@ -30,15 +31,7 @@ if TYPE_CHECKING:
     from .progress import Reporter
     from .sampling import ResumableSampler
 
-__all__ = ["Task", "StepOutput", "ClassificationTask", "task_class", "TASK_CLASSES"]
-
-#: Every task by name: ``"module:Class"``, imported on first use.
-TASK_CLASSES: dict[str, str] = {
-    "classification": "refconv.engine.task:ClassificationTask",
-    "detection": "refconv.downstream.tasks:DetectionTask",
-    "segmentation": "refconv.downstream.tasks:SegmentationTask",
-}
-
+__all__ = ["Task", "StepOutput", "ClassificationTask", "task_class"]
 
 def task_class(name: str) -> type[Task]:
     """The :class:`Task` class registered as ``name``."""
