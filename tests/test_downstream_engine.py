@@ -165,16 +165,32 @@ def test_classifier_commands_refuse_a_detection_run(fmnist: Path, data_root: Pat
 
 
 @pytest.mark.slow
-def test_segmentation_under_two_gloo_processes(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
-    """torchrun with 2 CPU processes: every val image evaluated once, the same steps as one process."""
-    argv = _flags("segmentation", fmnist, data_root, tmp_path / "ddp", batch_size=4, synthetic_val=3)
-    single = run_downstream(downstream_config("segmentation", **_settings(
-        "segmentation", fmnist, data_root, tmp_path / "one", batch_size=4, synthetic_val=3)))
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_two_gloo_processes(task: str, fmnist: Path, data_root: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes: the steps of one process, every val image evaluated once and the ranks'
+    detections (confusion matrices) combined into the metric one process computes for the same model."""
+    kw = dict(batch_size=4, synthetic_val=3)
+    single = run_downstream(downstream_config(task, **_settings(task, fmnist, data_root, tmp_path / "one", **kw)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "refconv.cli", *argv]
+           "-m", "refconv.cli", *_flags(task, fmnist, data_root, tmp_path / "ddp", **kw)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
     assert done["extra"]["world_size"] == 2 and done["extra"]["steps_per_epoch"] == single.extra["steps_per_epoch"]
     assert done["final"]["images"] == single.final["images"] == 3
     assert done["history"][0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], rel=0.05)
+    # the 2-rank metric equals the metric of the same deployed model evaluated in one process
+    from refconv.downstream import build_model
+    from refconv.downstream.tasks import build_datasets, evaluate
+    from refconv.downstream.transforms import detection_collate, segmentation_collate
+
+    cfg = downstream_config(task, **_settings(task, fmnist, data_root, tmp_path / "x", **kw))
+    _, val, _, n_cls = build_datasets(cfg)
+    meta = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    model = build_model(cfg.model, n_cls, task=task, image_size=tuple(meta["image_size"]))
+    model.load_state_dict(_weights(tmp_path / "ddp" / "model.safetensors"))
+    collate = detection_collate if task == "detection" else segmentation_collate
+    loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=collate)
+    again = evaluate(model, task, loader, n_cls, torch.device("cpu"))
+    key = "map_50" if task == "detection" else "miou"
+    assert again[key] == pytest.approx(done["final"][key], abs=1e-6, nan_ok=True)
