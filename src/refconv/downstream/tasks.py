@@ -21,6 +21,7 @@ import json
 import logging
 import typing
 import warnings
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -381,7 +382,17 @@ class _DownstreamTask(Task):
                 "classes": list(self.class_names), "image_size": list(self.size), "backbone_layout": self.layout,
                 "aux_loss": self.aux_loss}
 
-    # ---- evaluation
+    # ---- training and evaluation
+    @abstractmethod
+    def losses(self, model: nn.Module, batch: Any, device: torch.device, channels_last: bool) -> tuple[dict, int]:
+        """``({name: loss}, images)`` of one batch: the losses the step minimises the sum of."""
+
+    def step(self, model: nn.Module, batch: Any, *, device: torch.device, amp: torch.dtype | None,
+             channels_last: bool) -> StepOutput:
+        with autocast(device, amp):
+            losses, count = self.losses(model, batch, device, channels_last)
+        return StepOutput(sum(v.float() for v in losses.values()), count)
+
     def evaluate(self, model: nn.Module, loader: Any, *, device: torch.device, amp: torch.dtype | None,
                  channels_last: bool) -> dict[str, Any]:
         return evaluate(model, self.name, loader, self.num_classes, device, amp=amp)
@@ -428,17 +439,14 @@ class DetectionTask(_DownstreamTask):
     score = "map_50"
     input_note = "RGB in [0, 1], any size (the model resizes)"
 
-    def step(self, model: nn.Module, batch: Any, *, device: torch.device, amp: torch.dtype | None,
-             channels_last: bool) -> StepOutput:
+    def losses(self, model: nn.Module, batch: Any, device: torch.device, channels_last: bool) -> tuple[dict, int]:
         images, targets = batch
         images = [im.to(device, non_blocking=True) for im in images]
         wanted = []
         for t in targets:  # VOC "difficult" objects are not trained on (the VOC protocol)
             keep = ~t["difficult"] if "difficult" in t else torch.ones(len(t["labels"]), dtype=torch.bool)
             wanted.append({"boxes": t["boxes"][keep].to(device), "labels": t["labels"][keep].to(device)})
-        with autocast(device, amp):
-            losses = model(images, wanted)
-        return StepOutput(sum(v.float() for v in losses.values()), len(images))
+        return model(images, wanted), len(images)
 
     @classmethod
     def format_metrics(cls, m: dict[str, Any]) -> str:
@@ -454,19 +462,17 @@ class SegmentationTask(_DownstreamTask):
     score = "miou"
     input_note = "RGB normalised with mean/std, (N, 3, H, W)"
 
-    def step(self, model: nn.Module, batch: Any, *, device: torch.device, amp: torch.dtype | None,
-             channels_last: bool) -> StepOutput:
+    def losses(self, model: nn.Module, batch: Any, device: torch.device, channels_last: bool) -> tuple[dict, int]:
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        aux_weight = self.options.aux_weight
-        with autocast(device, amp):
-            out = model(x)
-            loss = F.cross_entropy(out["out"].float(), y, ignore_index=IGNORE_INDEX)
-            if "aux" in out and aux_weight > 0:
-                loss = loss + aux_weight * F.cross_entropy(out["aux"].float(), y, ignore_index=IGNORE_INDEX)
-        return StepOutput(loss, x.shape[0])
+        out = model(x)
+        losses = {"out": F.cross_entropy(out["out"].float(), y, ignore_index=IGNORE_INDEX)}
+        if "aux" in out and self.options.aux_weight > 0:
+            aux = F.cross_entropy(out["aux"].float(), y, ignore_index=IGNORE_INDEX)
+            losses["aux"] = self.options.aux_weight * aux
+        return losses, x.shape[0]
 
     @classmethod
     def format_metrics(cls, m: dict[str, Any]) -> str:
