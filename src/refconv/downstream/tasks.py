@@ -36,7 +36,7 @@ from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec, rebuild_converted
-from ..engine.task import StepOutput, Task
+from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
@@ -211,7 +211,7 @@ def _deploy_params(model: nn.Module) -> int:
     return count_params(model)[1] - sum(m.refocus_weight.numel() for m in refconv_layers(model).values())
 
 
-def _starting_model(cfg: RunConfig, num_classes: int, size: tuple[int, int], reporter: Reporter) -> nn.Module:
+def _starting_model(cfg: RunConfig, num_classes: int, size: tuple[int, int]) -> nn.Module:
     """The model a new run starts from: built with its weights, then converted (``refconv``) or folded (a RefConv
     checkpoint as the start of a plain method)."""
     opt = _options(cfg)
@@ -328,15 +328,7 @@ class _DownstreamTask(Task):
 
     # ---- data
     def build_data(self, info: DistInfo) -> list[str]:
-        def datasets() -> tuple:
-            return build_datasets(self.cfg)
-
-        if info.is_main:  # rank 0 first: synthetic data is generated once
-            built = datasets()
-            dist_utils.barrier()
-        else:
-            dist_utils.barrier()
-            built = datasets()
+        built = rank0_first(info, lambda: build_datasets(self.cfg))  # synthetic data is generated once
         self.train_ds, val, self.class_names, self.num_classes = built
         self.val_ds = val
         n = self.options.eval_images
@@ -370,7 +362,7 @@ class _DownstreamTask(Task):
             model = rebuild_model(ckpt)
             self.layout = ckpt.get("backbone_layout", "scratch")
         else:
-            model = _starting_model(cfg, self.num_classes, self.size, reporter)
+            model = _starting_model(cfg, self.num_classes, self.size)
             self.layout = model.refconv_backbone_layout
         self.aux_loss = getattr(model, "aux_classifier", None) is not None
         self.deploy_params = _deploy_params(model)

@@ -15,7 +15,8 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
     from .progress import Reporter
     from .sampling import ResumableSampler
 
-__all__ = ["Task", "StepOutput", "ClassificationTask", "task_class"]
+__all__ = ["Task", "StepOutput", "ClassificationTask", "task_class", "rank0_first"]
+
+T = TypeVar("T")
 
 def task_class(name: str) -> type[Task]:
     """The :class:`Task` class registered as ``name``."""
@@ -39,6 +42,18 @@ def task_class(name: str) -> type[Task]:
         raise ConfigError(f"task must be one of {', '.join(TASK_CLASSES)}; got {name!r}.")
     module, cls = TASK_CLASSES[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def rank0_first(info: DistInfo, build: Callable[[], T]) -> T:
+    """``build()`` on rank 0, then on the other ranks (what downloads or generates files does it once)."""
+    from . import distributed as dist_utils
+
+    if not info.is_main:
+        dist_utils.barrier()
+    built = build()
+    if info.is_main:
+        dist_utils.barrier()
+    return built
 
 
 @dataclass
@@ -172,7 +187,6 @@ class ClassificationTask(Task):
 
     def build_data(self, info: DistInfo) -> list[str]:
         from ..data import build_dataset
-        from . import distributed as dist_utils
 
         cfg = self.cfg
 
@@ -183,12 +197,7 @@ class ClassificationTask(Task):
             test = build_dataset(cfg.data, "test", augment=False, subset=cfg.subset_test, **common)
             return train, test
 
-        if info.is_main:  # rank 0 first, so a download happens once
-            (self.train_ds, self.data_info), (self.test_ds, _) = datasets()
-            dist_utils.barrier()
-        else:
-            dist_utils.barrier()
-            (self.train_ds, self.data_info), (self.test_ds, _) = datasets()
+        (self.train_ds, self.data_info), (self.test_ds, _) = rank0_first(info, datasets)  # a download happens once
         warnings = self._check_data_means_something()
         self.num_classes = cfg.num_classes or self.data_info.num_classes
         if self.num_classes < self.data_info.num_classes:
