@@ -1,7 +1,8 @@
 """``run(config) -> RunResult``: one training run from data to deployable weights.
 
-The run is a function so that Python users, ``refconv train`` and the protocol drivers (demo, sweep) share
-one code path. A run directory is the unit of work:
+The run is a function so that Python users, ``refconv train`` / ``detect`` / ``segment`` and the protocol drivers
+(demo, sweep) share one code path; what it trains is the config's task (:mod:`refconv.engine.task`: data, model,
+loss step, metric, fold check, export), everything else is here. A run directory is the unit of work:
 
 - ``config.yaml``: the resolved config; ``log.txt``: everything printed;
 - ``metrics.jsonl``: one JSON object per epoch (loss, top-1, top-5, lr, images/s, epoch time...);
