@@ -20,7 +20,7 @@ from refconv.analysis import (
     layer_redundancy,
     redundancy_report,
 )
-from refconv.errors import CheckpointError, ConfigError, ConversionError, NoEligibleConvError
+from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
 
 @pytest.fixture(autouse=True)
@@ -162,24 +162,15 @@ def test_different_architectures_name_the_layers():
         compare_redundancy(_net(6), extra)
 
 
-class _FakeRefConv(nn.Module):
-    """Looks like a training-time RefConv layer but no core can fold it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.refocus_weight = nn.Parameter(torch.zeros(12, 1, 3, 3))
-
-    def transformed_weight(self) -> torch.Tensor:
-        return self.conv.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-def test_unfoldable_refconv_layers_raise_instead_of_analysing_the_basis():
-    with pytest.raises(ConversionError, match="reparameterize"):
-        fold_for_analysis(nn.Sequential(_FakeRefConv()))
+def test_the_basis_inside_a_refconv_layer_is_never_analysed():
+    """A converted model's ``.conv`` children hold the basis Wb, not the applied kernel: they are not eligible,
+    and the analyses fold the model (through the core's reparameterize) to read Wt instead."""
+    model = refconv.convert(_net(), init="zeros")
+    assert eligible_convs(_net()) and not eligible_convs(model)
+    folded, was_folded = fold_for_analysis(model)
+    assert was_folded and folded is not model and list(eligible_convs(folded)) == list(eligible_convs(_net()))
+    plain = _net()
+    assert fold_for_analysis(plain) == (plain, False)
 
 
 def test_refconv_model_is_folded_on_a_copy():
@@ -189,6 +180,6 @@ def test_refconv_model_is_folded_on_a_copy():
     assert report["folded_from_refconv"] is True
     # zero-initialised RT: Wt == Wb, so the folded weights equal the baseline's
     assert report["overall"] == pytest.approx(redundancy_report(base)["overall"], rel=1e-9)
-    from refconv.analysis.redundancy import has_refconv_layers
+    from refconv.analysis import has_refconv_layers
 
     assert has_refconv_layers(model)  # the caller's model is untouched

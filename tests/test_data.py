@@ -542,6 +542,18 @@ def test_loader_distributed_shards_and_set_epoch():
         build_loader(ds, batch_size=5, train=True, distributed=True)
 
 
+def test_loader_takes_an_explicit_sampler_order():
+    """The engine's resumable sampler decides the order (it can start mid-epoch): the loader neither shuffles
+    nor drops the last partial batch of it unless asked."""
+    ds = _index_dataset(10)
+    order = [9, 3, 5, 0, 1, 7, 2]
+    loader = build_loader(ds, batch_size=3, train=True, sampler=order)
+    assert _order(loader) == order and len(loader) == 3
+    assert _order(build_loader(ds, batch_size=3, train=True, sampler=order, drop_last=True)) == order[:6]
+    with pytest.raises(ConfigError, match="either sampler or distributed"):
+        build_loader(ds, batch_size=3, train=True, sampler=order, distributed=True)
+
+
 def test_loader_with_workers_is_reproducible(tmp_path):
     root = write_fashion_mnist(tmp_path, n_train=16)
     ds, _ = build_dataset("fashion-mnist", "train", data_dir=root, augment=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,16 @@ from safetensors.torch import load_file
 from refconv.convert import RefConvWarning
 from refconv.downstream import (
     DownstreamConfig,
+    build_datasets,
     build_model,
+    downstream_config,
     load_checkpoint,
     model_from_checkpoint,
     run_downstream,
 )
-from refconv.downstream.cli import add_detect_parser, add_segment_parser, register
+from refconv.cli.downstream import add_detect_parser, add_segment_parser, register
 from refconv.downstream.metrics import DetectionMetric, SegmentationMetric
-from refconv.downstream.train import build_datasets
+from refconv.engine import RunConfig
 from refconv.errors import CheckpointError, ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::refconv.convert.RefConvWarning")
@@ -39,7 +42,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def _cfg(fmnist: Path, data_root: Path, out: Path, **kw) -> DownstreamConfig:
+def _cfg(fmnist: Path, data_root: Path, out: Path, **kw) -> RunConfig:
     base = dict(task="detection", arch="ssdlite320_mobilenet_v3_large", data="synthetic",
                 data_dir=str(data_root / kw.get("data", "synthetic") / kw.get("task", "detection")),
                 fashion_mnist_dir=str(fmnist), synthetic_train=4, synthetic_val=2, synthetic_size=48,
@@ -52,7 +55,7 @@ def _stock_keys(arch: str, num_classes: int) -> list[str]:
     return list(build_model(arch, num_classes).state_dict())
 
 
-def _reevaluate(model: torch.nn.Module, cfg: DownstreamConfig) -> dict:
+def _reevaluate(model: torch.nn.Module, cfg: RunConfig) -> dict:
     """Score ``model`` on the run's val split with a loop of this test's own (metrics from refconv.downstream.metrics,
     which test_downstream_metrics checks against hand-computed cases and pycocotools)."""
     _, val, _, num_classes = build_datasets(cfg)
@@ -74,8 +77,8 @@ def test_detection_end_to_end_refconv(fmnist: Path, data_root: Path, tmp_path: P
     cfg = _cfg(fmnist, data_root, tmp_path / "run", onnx=True)
     res = run_downstream(cfg)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "folded.safetensors",
-                                                "folded.json", "model.onnx", "done.json"}
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints",
+                                                "folded.safetensors", "folded.json", "model.onnx", "done.json"}
     assert 0.0 <= res.final["map_50"] <= 1.0 and 0.0 <= res.final["map"] <= res.final["map_50"] + 1e-9
     # the folded detector: the stock model's keys, strict load, same outputs and the same metrics
     weights = load_file(run / "folded.safetensors")
@@ -87,7 +90,10 @@ def test_detection_end_to_end_refconv(fmnist: Path, data_root: Path, tmp_path: P
     assert again["images"] == res.final["images"] == 2
     for key in ("map", "map_50", "map_75", "mar_100"):
         assert again[key] == pytest.approx(res.final[key], abs=1e-6, nan_ok=True), key
-    assert res.fold["rel_err"] < 1e-5 and res.fold["detections"]["unmatched"] == 0
+    # the folded detector finds the same boxes: as many per image, every one matched, same scores and coordinates
+    det = res.fold["detections"]
+    assert res.fold["rel_err"] < 1e-5 and det["unmatched"] == 0 and det["count_equal"] and det["detections"] > 0
+    assert det["max_box_err"] < 1e-3 and det["max_score_err"] < 1e-5
     assert res.folded_metrics["map_50"] == pytest.approx(res.final["map_50"], abs=1e-6)
     assert res.onnx["unmatched"] == 0 and res.onnx["max_abs_err"] < 1e-3
     assert res.deploy_params < res.trainable_params  # training-time cost vs deployed cost
@@ -151,16 +157,22 @@ def test_protocol_methods_from_one_baseline(fmnist: Path, data_root: Path, tmp_p
                             weights=str(tmp_path / "ref0" / "checkpoints" / "last.pt"), **kw))
 
 
-def test_resume_and_refusals(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
+def test_reruns_and_refusals_as_refconv_train(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
+    """The engine's run-directory rules: the same finished config is returned cached, another is refused
+    (naming --overwrite), and --resume continues only the run's own config."""
     kw = dict(task="segmentation", arch="lraspp_mobilenet_v3_large", synthetic_size=32)
     cfg = _cfg(fmnist, data_root, tmp_path / "run", **kw)
-    run_downstream(cfg)
-    with pytest.raises(CheckpointError, match="already holds a run"):
-        run_downstream(cfg)
+    first = run_downstream(cfg)
+    again = run_downstream(cfg)
+    assert again.cached and again.final == first.final
     cfg.epochs = 2
-    res = run_downstream(cfg, resume=True)
+    with pytest.raises(CheckpointError, match="different config .*epochs: 1 -> 2.*--overwrite"):
+        run_downstream(cfg)
+    with pytest.raises(CheckpointError, match="cannot resume .*config differs"):
+        run_downstream(cfg, resume=True)
+    res = run_downstream(cfg, overwrite=True)
     assert [h["epoch"] for h in res.history] == [1, 2]
-    assert res.history[1]["lr"] < res.history[0]["lr"]  # the schedule continued, not restarted
+    assert res.history[1]["lr"] < res.history[0]["lr"]  # one cosine schedule over both epochs
 
 
 def test_checkpoint_of_another_task(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
@@ -172,9 +184,8 @@ def test_checkpoint_of_another_task(fmnist: Path, data_root: Path, tmp_path: Pat
         load_checkpoint(ckpt, task="detection")
     with pytest.raises(CheckpointError, match="segmentation checkpoint"):
         run_downstream(_cfg(fmnist, data_root, tmp_path / "det", weights=str(ckpt)))
-    with pytest.raises(CheckpointError, match="segmentation checkpoint"):  # resume a detection run from it
-        (tmp_path / "det2" / "checkpoints").mkdir(parents=True)
-        (tmp_path / "det2" / "checkpoints" / "last.pt").write_bytes(ckpt.read_bytes())
+    with pytest.raises(CheckpointError, match="config differs .*task: 'segmentation' -> 'detection'"):
+        shutil.copytree(tmp_path / "seg", tmp_path / "det2")  # resume a detection run from a segmentation run
         run_downstream(_cfg(fmnist, data_root, tmp_path / "det2"), resume=True)
     torch.save({"format": "refconv-run", "arch": "tv/mobilenet_v3_small", "state_dict": {}}, tmp_path / "cls.pt")
     with pytest.raises(CheckpointError, match="image-classification run checkpoint"):
@@ -188,8 +199,12 @@ def test_bad_configs(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
         run_downstream(_cfg(fmnist, data_root, tmp_path / "b", data="voc", data_dir=None))
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         run_downstream(_cfg(fmnist, data_root, tmp_path / "c", task="segmentation", arch="lraspp", batch_size=1))
-    with pytest.raises(ConfigError, match="unknown config keys"):
-        DownstreamConfig.from_dict({"task": "detection", "lr_rate": 1})
+    with pytest.raises(ConfigError, match="unknown config keys.*'lr_rate'"):
+        DownstreamConfig(task="detection", lr_rate=1)
+    with pytest.raises(ConfigError, match="label_smoothing=0.1 is a classification setting"):
+        downstream_config("detection", label_smoothing=0.1)
+    with pytest.raises(ConfigError, match="unknown task option 'scop'; did you mean 'scope'"):
+        RunConfig(task="detection", model="ssdlite", data="synthetic", task_options={"scop": "all"}).validate()
 
 
 def test_cli_detect_and_segment(fmnist: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -207,12 +222,15 @@ def test_cli_detect_and_segment(fmnist: Path, data_root: Path, tmp_path: Path, c
     seg = add_segment_parser(sub)
     a = seg.parse_args(["--arch", "fcn_resnet50", "--scope", "all", "--include", "backbone.layer1", "--classes",
                         "a,b"])
-    assert a.aux_weight == 0.5 and a.include == ["backbone.layer1"] and a.scope == "all"
-    from refconv.downstream.cli import config_from_args
+    assert a.include == ["backbone.layer1"] and a.scope == "all"
+    from refconv.cli.downstream import config_from_args
 
     cfg = config_from_args(a, "segmentation")
-    assert cfg.classes == ["a", "b"] and cfg.task == "segmentation"
+    assert cfg.task_options["classes"] == ["a", "b"] and cfg.task == "segmentation"
+    assert cfg.task_options["aux_weight"] == 0.5 and cfg.method == "refconv" and cfg.lr == 0.01
     det = add_detect_parser(sub)
-    assert "aux_weight" not in vars(det.parse_args([]))
-    with pytest.raises(SystemExit):
-        det.parse_args(["--method", "magic"])
+    assert det.parse_args(["--resume", "--out", "r"]).resume == "" and det.parse_args(["--resume", "r"]).resume == "r"
+    with pytest.raises(SystemExit):  # no auxiliary head in a detector: no flag
+        det.parse_args(["--aux-weight", "1"])
+    with pytest.raises(ConfigError, match="method must be one of"):
+        config_from_args(det.parse_args(["--method", "magic"]), "detection")

@@ -17,14 +17,15 @@ from safetensors.torch import load_file, save_file
 
 import refconv
 from refconv.cli import main as cli_main
-from refconv.downstream import DownstreamConfig, build_model, run_downstream
+from refconv.downstream import DownstreamConfig, build_datasets, build_model, run_downstream
 from refconv.downstream.backbones import load_backbone, trunk_reference
 from refconv.downstream.export import compare_detections, compare_masks
 from refconv.downstream.metrics import DetectionMetric
 from refconv.downstream.models import DOWNSTREAM_FORMAT, scope_patterns
 from refconv.downstream.study import StudyConfig, TaskPlan, load_study_config, packaged_studies, run_study
 from refconv.downstream.synthetic import SyntheticConfig, write_voc
-from refconv.downstream.train import build_datasets
+from refconv.engine import RunInterrupted
+from refconv.engine.checkpoint import load_checkpoint
 from refconv.errors import ConfigError, DataError, ModelError, UnknownPretrainedError
 from refconv.models import pretrained
 
@@ -45,12 +46,12 @@ def classifier_state() -> dict[str, torch.Tensor]:
     return load_file(str(pretrained.weights_path(BACKBONE)))
 
 
-def _tiny(fmnist: Path, out: Path, **kw) -> DownstreamConfig:
+def _tiny(fmnist: Path, out: Path, **kw):
     base = dict(task="detection", arch="ssdlite_timm", data="synthetic", data_dir=str(out.parent / "data" / kw.get(
         "task", "detection")), fashion_mnist_dir=str(fmnist), synthetic_train=4, synthetic_val=2, synthetic_size=48,
         epochs=1, batch_size=2, lr=0.01, onnx=False, out=str(out), weights_backbone=BACKBONE)
     base.update(kw)
-    return DownstreamConfig(**base)
+    return DownstreamConfig(**base)  # the engine's RunConfig of a detection / segmentation run
 
 
 # ----------------------------------------------------------------------------------------------- transfer
@@ -215,7 +216,7 @@ def test_cli_names_the_backbone_and_refuses_a_non_voc_dir(tmp_path: Path, fmnist
     assert ("backbone fmnist/mobilenetv3_small_100, 91.80 % Fashion-MNIST test top-1 (240/240 trunk tensors "
             "loaded)") in out
     done = json.loads((tmp_path / "run" / "done.json").read_text())
-    assert done["backbone"]["name"] == BACKBONE
+    assert done["extra"]["backbone"]["name"] == BACKBONE  # done.json is the engine's RunResult
     (tmp_path / "notvoc" / "images").mkdir(parents=True)
     bad = ["detect", "--arch", "ssdlite_timm", "--data", "voc", "--data-dir", str(tmp_path / "notvoc"),
            "--out", str(tmp_path / "bad")]
@@ -228,12 +229,20 @@ def test_cli_names_the_backbone_and_refuses_a_non_voc_dir(tmp_path: Path, fmnist
     assert "not a Cityscapes root" in capsys.readouterr().err
 
 
-def test_resume_and_runs_from_a_checkpoint_keep_the_backbone(tmp_path: Path, fmnist: Path) -> None:
-    first = run_downstream(_tiny(fmnist, tmp_path / "base", method="baseline"))
-    resumed = run_downstream(_tiny(fmnist, tmp_path / "base", method="baseline", epochs=2), resume=True)
-    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.backbone == first.backbone
-    ref = run_downstream(_tiny(fmnist, tmp_path / "ref", weights_backbone=None, weights=str(first.checkpoint_path)))
-    assert ref.backbone["name"] == BACKBONE and ref.backbone["loaded"] == 240  # named through the checkpoint
+def test_resume_and_runs_from_a_checkpoint_keep_the_backbone(tmp_path: Path, fmnist: Path, faults) -> None:
+    # the engine resumes interrupted runs only (a finished one is its result): Ctrl-C in epoch 2, then --resume
+    cfg = _tiny(fmnist, tmp_path / "base", method="baseline", epochs=2, checkpoint_every_steps=1)
+    faults.interrupt_after(3)
+    with pytest.raises(RunInterrupted):
+        run_downstream(cfg)
+    faults.clear()
+    first = load_checkpoint(tmp_path / "base" / "checkpoints" / "last.pt")["backbone"]
+    assert first["name"] == BACKBONE
+    resumed = run_downstream(cfg, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.extra["backbone"] == first
+    ref = run_downstream(_tiny(fmnist, tmp_path / "ref", weights_backbone=None,
+                               weights=str(tmp_path / "base" / "checkpoints" / "last.pt")))
+    assert ref.extra["backbone"]["name"] == BACKBONE and ref.extra["backbone"]["loaded"] == 240  # via the checkpoint
     assert json.loads(Path(str(ref.weights_path).replace(".safetensors", ".json")).read_text())["backbone"]["name"] \
         == BACKBONE
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from refconv.cli import build_parser
-from refconv.cli.train import HELP, config_from_args
+from refconv.cli.train import HELP, NOT_FLAGS, config_from_args
 from refconv.engine import RunConfig, config_diff, config_hash, load_yaml, make_config, packaged_configs
 from refconv.errors import ConfigError
 
@@ -92,7 +92,7 @@ def test_packaged_recipes_load():
 
 def test_every_config_key_has_a_documented_flag():
     parser = build_parser()
-    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_FLAGS]  # task: the command's
     assert set(HELP) == set(fields)
     args = parser.parse_args(["train", "--epochs", "4", "--no-augment", "--include", "a", "--include", "b",
                               "--method", "refconv", "--groups", "none", "--lr", "0.5"])
@@ -102,3 +102,27 @@ def test_every_config_key_has_a_documented_flag():
     help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
     for name in fields:
         assert "--" + name.replace("_", "-") in help_text
+
+
+def test_task_keys_and_the_config_hash():
+    """The task keys joined the config without changing a classification run's identity: the shipped model's
+    recorded config (trained before tasks existed) still hashes to the hash recorded with it."""
+    import json
+    from importlib import resources
+
+    card = json.loads((resources.files("refconv") / "weights/fmnist/mobilenetv3_small_100.json").read_text())
+    recorded = card["recipe"]
+    assert "task" not in recorded["config"]
+    resolved = make_config(recorded["config"])
+    assert resolved.task == "classification" and config_hash(resolved) == recorded["config_hash"]
+    with pytest.raises(ConfigError, match="task must be one of classification, detection, segmentation"):
+        make_config({"task": "detect"})
+    with pytest.raises(ConfigError, match="not classification settings"):
+        make_config({"task_options": {"scope": "all"}})
+    # a detection run: its options count, except where its data lives
+    det = make_config({"task": "detection", "model": "ssdlite320_mobilenet_v3_large", "data": "synthetic"})
+    assert det.task_options["scope"] == "backbone"  # resolved: config.yaml names every option
+    moved = det.replace(task_options={**det.task_options, "fashion_mnist_dir": "/elsewhere"})
+    assert config_hash(moved) == config_hash(det)
+    other = det.replace(task_options={**det.task_options, "scope": "all"})
+    assert config_diff(det, other) == {"task_options.scope": ("backbone", "all")}

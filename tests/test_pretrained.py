@@ -314,7 +314,7 @@ def test_sweep_baseline_weights_take_a_registry_name(published):
     base = {"model": "timm/test_resnet", "data": "fashion-mnist", "image_size": 32}
     spec = parse_sweep({"base": base, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
                         "settings": [{"name": "refconv"}], "controls": ["continue"]})
-    assert spec.baseline_weights == str(reg.entry_files(TINY)["weights"].resolve())
+    assert spec.baseline_weights == TINY  # the name, not the file it resolves to on this machine
     with pytest.raises(PretrainedError, match="What matches"):
         parse_sweep({"base": {**base, "image_size": 28}, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
                      "settings": [{"name": "refconv"}], "controls": ["continue"]})

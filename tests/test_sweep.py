@@ -169,7 +169,7 @@ def test_pretrained_study_configs_validate_and_estimate(name, tmp_path_factory):
 
     spec = load_sweep(name)
     start = "fmnist/mobilenetv3_small_100" + ("_e2" if "undertrained" in name else "")
-    assert spec.baseline_weights == str(pretrained.weights_path(start).resolve())
+    assert spec.baseline_weights == start  # the name, not the file it resolves to on this machine
     assert spec.budgets == [1, 3, 10] and len(spec.seeds) >= 3 and spec.controls == ["continue", "finetune"]
     by_name = {s.name: s.overrides for s in spec.settings}
     assert by_name == {"authors": {}, "zero-init": {"init": "zeros"}, "refocus-lr-x0.1": {"refocus_lr_mult": 0.1},

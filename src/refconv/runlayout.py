@@ -2,7 +2,7 @@
 
 A run directory (``refconv train``, ``detect``, ``segment``, a sweep or demo cell) holds::
 
-    config.yaml            the resolved config (detect/segment: config.json)
+    config.yaml            the resolved config (detect/segment runs of earlier versions: config.json)
     metrics.jsonl, log.txt
     checkpoints/last.pt    full training state (what --resume continues); best.pt, epoch-N.pt
     model.safetensors      deployable weights of a plain run    } one of the two, with a .json sidecar

@@ -37,13 +37,10 @@ from refconv.analysis.plots import (
     plot_robustness,
     plot_skeleton,
 )
+from refconv.analysis._common import check_same_architecture, eligible_convs, fold_for_analysis, has_refconv_layers
 from refconv.analysis.redundancy import (
     channel_diversity,
-    check_same_architecture,
     compare_redundancy,
-    eligible_convs,
-    fold_for_analysis,
-    has_refconv_layers,
     kernel_distributions,
     layer_redundancy,
     redundancy_report,

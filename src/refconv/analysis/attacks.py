@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refconv.analysis.redundancy import _check_float, _check_int, check_same_architecture, fold_for_analysis
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -81,7 +81,7 @@ class _Normaliser:
 
 
 def _check_eps(eps: float) -> None:
-    _check_float("eps", eps, 0.0, 1.0)
+    check_float("eps", eps, 0.0, 1.0)
 
 
 def _input_grad(model: nn.Module, norm: _Normaliser, pixels: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -168,12 +168,12 @@ def pgd(
         Normalised adversarial inputs, same shape as ``x``, detached.
     """
     _check_eps(eps)
-    _check_int("steps", steps, 1, 1000)
-    _check_int("restarts", restarts, 1, 100)
+    check_int("steps", steps, 1, 1000)
+    check_int("restarts", restarts, 1, 100)
     if step_size is None:
         step_size = 2.5 * eps / steps
     else:
-        _check_float("step_size", step_size, 0.0, 1.0, low_open=True)
+        check_float("step_size", step_size, 0.0, 1.0, low_open=True)
     norm = _Normaliser(x, mean, std)
     clean = norm.to_pixels(x.detach())
     lo, hi = (clean - eps).clamp_min(0.0), (clean + eps).clamp_max(1.0)
@@ -209,12 +209,6 @@ def pgd(
             with torch.no_grad():
                 keep_best(adv, model(norm.to_inputs(adv)))
     return norm.to_inputs(best).detach()
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def robust_accuracy(
@@ -265,15 +259,15 @@ def robust_accuracy(
     bad = [a for a in attacks if a not in _ATTACKS]
     if bad or not attacks:
         raise ConfigError(f"attacks={list(attacks)!r} is invalid: expected a non-empty subset of {list(_ATTACKS)}")
-    _check_int("steps", steps, 1, 1000)
-    _check_int("restarts", restarts, 1, 100)
-    _check_int("seed", seed, 0, 2**63 - 1)
+    check_int("steps", steps, 1, 1000)
+    check_int("restarts", restarts, 1, 100)
+    check_int("seed", seed, 0, 2**63 - 1)
     if step_size is not None:
-        _check_float("step_size", step_size, 0.0, 1.0, low_open=True)
+        check_float("step_size", step_size, 0.0, 1.0, low_open=True)
     if max_batches is not None:
-        _check_int("max_batches", max_batches, 1, 1_000_000)
+        check_int("max_batches", max_batches, 1, 1_000_000)
     m, folded = fold_for_analysis(model)
-    device = _device_of(m)
+    device = device_of(m)
     gen = torch.Generator().manual_seed(seed)
     correct = {a: [0] * len(eps) for a in attacks}
     clean_correct, n = 0, 0
@@ -348,7 +342,7 @@ def compare_robustness(
         CheckpointError: The folded models differ in architecture.
     """
     if max_batches is not None:
-        _check_int("max_batches", max_batches, 1, 1_000_000)
+        check_int("max_batches", max_batches, 1, 1_000_000)
     base, _ = fold_for_analysis(baseline)
     ref, _ = fold_for_analysis(refconv_model)
     check_same_architecture(base, ref)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from refconv.analysis import plots
@@ -28,14 +26,10 @@ from refconv.analysis.landscape import (
     compare_landscape,
     take_batches,
 )
-from refconv.analysis.redundancy import (
-    _check_float,
-    _check_int,
-    check_same_architecture,
-    compare_redundancy,
-    fold_for_analysis,
-)
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
+from refconv.analysis.redundancy import compare_redundancy
 from refconv.analysis.skeleton import compare_skeleton
+from refconv.environment import environment
 from refconv.errors import ConfigError
 
 __all__ = ["SECTIONS", "AnalysisConfig", "analyze", "to_jsonable"]
@@ -118,32 +112,32 @@ class AnalysisConfig:
             )
         if self.redundancy_mode not in ("filter", "spatial"):
             raise ConfigError(f"redundancy_mode={self.redundancy_mode!r} is invalid: expected 'filter' or 'spatial'")
-        _check_int("min_kernel_size", self.min_kernel_size, 1, 1000)
-        _check_int("max_pairs", self.max_pairs, 1, 100_000_000)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        _check_int("num_batches", self.num_batches, *NUM_BATCHES_RANGE)
-        _check_int("resolution_1d", self.resolution_1d, *RESOLUTION_1D_RANGE)
+        check_int("min_kernel_size", self.min_kernel_size, 1, 1000)
+        check_int("max_pairs", self.max_pairs, 1, 100_000_000)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("num_batches", self.num_batches, *NUM_BATCHES_RANGE)
+        check_int("resolution_1d", self.resolution_1d, *RESOLUTION_1D_RANGE)
         if self.resolution_2d != 0:
-            _check_int("resolution_2d", self.resolution_2d, *RESOLUTION_2D_RANGE)
-        _check_float("span", self.span, 0.0, 100.0, low_open=True)
+            check_int("resolution_2d", self.resolution_2d, *RESOLUTION_2D_RANGE)
+        check_float("span", self.span, 0.0, 100.0, low_open=True)
         if len(self.interp_range) != 2:
             raise ConfigError(f"interp_range={self.interp_range!r} is invalid: expected (start, end)")
         for k, v in enumerate(self.interp_range):
-            _check_float(f"interp_range[{k}]", v, -10.0, 10.0)
+            check_float(f"interp_range[{k}]", v, -10.0, 10.0)
         if not self.interp_range[0] < self.interp_range[1]:
             raise ConfigError(f"interp_range={self.interp_range!r} is invalid: expected start < end")
         if not self.eps:
             raise ConfigError("eps is empty: give at least one budget in [0, 1]")
         for e in self.eps:
-            _check_float("eps", e, 0.0, 1.0)
-        _check_int("pgd_steps", self.pgd_steps, 1, 1000)
+            check_float("eps", e, 0.0, 1.0)
+        check_int("pgd_steps", self.pgd_steps, 1, 1000)
         if self.pgd_step_size is not None:
-            _check_float("pgd_step_size", self.pgd_step_size, 0.0, 1.0, low_open=True)
-        _check_int("pgd_restarts", self.pgd_restarts, 1, 100)
+            check_float("pgd_step_size", self.pgd_step_size, 0.0, 1.0, low_open=True)
+        check_int("pgd_restarts", self.pgd_restarts, 1, 100)
         if self.attack_batches is not None:
-            _check_int("attack_batches", self.attack_batches, 1, 1_000_000)
-        _check_int("latency_warmup", self.latency_warmup, 0, 1000)
-        _check_int("latency_repeats", self.latency_repeats, 1, 100_000)
+            check_int("attack_batches", self.attack_batches, 1, 1_000_000)
+        check_int("latency_warmup", self.latency_warmup, 0, 1000)
+        check_int("latency_repeats", self.latency_repeats, 1, 100_000)
         if not self.cost_regimes or any(r not in REGIMES for r in self.cost_regimes):
             raise ConfigError(
                 f"cost_regimes={list(self.cost_regimes)!r} is invalid: expected a non-empty subset of {list(REGIMES)}"
@@ -248,11 +242,7 @@ def analyze(
             },
         },
         "config": asdict(config),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(next(base_folded.parameters(), torch.empty(0)).device),
-        },
+        "environment": environment(device=str(device_of(base_folded))),
     }
     files: list[str] = []
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from refconv.analysis.redundancy import _check_int, fold_for_analysis, has_refconv_layers
+from refconv.analysis._common import check_int, device_of, fold_for_analysis, has_refconv_layers
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -79,12 +79,6 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _first_tensor(out: object) -> Tensor:
     if isinstance(out, Tensor):
         return out
@@ -104,7 +98,7 @@ def _check_regime(regime: str) -> None:
 def _step(model: nn.Module, example_input: Tensor, regime: str) -> Iterator[Callable[[], None]]:
     """Yield a zero-argument callable running one call of ``regime``; restores the model afterwards."""
     _check_regime(regime)
-    x = example_input.to(_device_of(model))
+    x = example_input.to(device_of(model))
     if regime == "inference":
         was_training = model.training
         model.eval()
@@ -166,7 +160,7 @@ def peak_memory(model: nn.Module, example_input: Tensor, *, regime: str = "infer
     Returns:
         ``{"bytes": int | None, "method": str}``; ``method`` says what the number covers.
     """
-    device = _device_of(model)
+    device = device_of(model)
     with _step(model, example_input, regime) as run:
         run()
         if device.type == "cuda":
@@ -254,12 +248,12 @@ def measure_latency(
         Name -> ``{"median_ms", "p25_ms", "p75_ms", "repeats"}``.
     """
     _check_regime(regime)
-    _check_int("warmup", warmup, 0, 1000)
-    _check_int("repeats", repeats, 1, 100_000)
+    check_int("warmup", warmup, 0, 1000)
+    check_int("repeats", repeats, 1, 100_000)
     names = list(models)
     times: dict[str, list[float]] = {n: [] for n in names}
     steps = {}
-    devices = {n: _device_of(models[n]) for n in names}
+    devices = {n: device_of(models[n]) for n in names}
     contexts = [_step(models[n], example_input, regime) for n in names]
     try:
         for n, ctx in zip(names, contexts):
@@ -315,7 +309,7 @@ def cost_report(
         _check_regime(r)
     out: dict = {"models": {}, "input_shape": list(example_input.shape), "regimes": list(regimes)}
     for name, m in models.items():
-        entry: dict = {"params": count_parameters(m), "device": str(_device_of(m))}
+        entry: dict = {"params": count_parameters(m), "device": str(device_of(m))}
         for regime in regimes:
             flops = count_flops(m, example_input, regime=regime)
             entry[regime] = {

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refconv.analysis.redundancy import _check_float, _check_int, check_same_architecture, fold_for_analysis
+from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -74,7 +74,7 @@ def take_batches(batches: Iterable[Batch], num_batches: int) -> list[Batch]:
     Raises:
         ConfigError: ``num_batches`` is out of range or the iterable holds fewer batches.
     """
-    _check_int("num_batches", num_batches, *NUM_BATCHES_RANGE)
+    check_int("num_batches", num_batches, *NUM_BATCHES_RANGE)
     taken: list[Batch] = []
     for batch in batches:
         if len(taken) == num_batches:
@@ -91,12 +91,6 @@ def take_batches(batches: Iterable[Batch], num_batches: int) -> list[Batch]:
     return taken
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[Batch], *, loss_fn: LossFn | None = None) -> dict:
     """Sample-weighted mean loss (and accuracy) of ``model`` in eval mode over fixed batches.
@@ -111,7 +105,7 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], *, loss_fn: LossFn | No
         and targets are class indices.
     """
     loss_fn = loss_fn or F.cross_entropy
-    device = _device_of(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     total_loss, total_n, correct, classify = 0.0, 0, 0, True
@@ -197,8 +191,8 @@ def _set_point(
 
 
 def _coords(resolution: int, span: float, rng: tuple[int, int], name: str) -> list[float]:
-    _check_int(name, resolution, *rng)
-    _check_float("span", span, 0.0, 100.0, low_open=True)
+    check_int(name, resolution, *rng)
+    check_float("span", span, 0.0, 100.0, low_open=True)
     return torch.linspace(-span, span, resolution, dtype=torch.float64).tolist()
 
 
@@ -270,16 +264,16 @@ def interpolation_curve(
         CheckpointError: The models differ in architecture (the message lists the entries).
         ConfigError: An option is out of range.
     """
-    _check_int("resolution", resolution, *RESOLUTION_1D_RANGE)
+    check_int("resolution", resolution, *RESOLUTION_1D_RANGE)
     lo, hi = alpha_range
-    _check_float("alpha_range[0]", lo, -10.0, 10.0)
-    _check_float("alpha_range[1]", hi, -10.0, 10.0)
+    check_float("alpha_range[0]", lo, -10.0, 10.0)
+    check_float("alpha_range[1]", hi, -10.0, 10.0)
     if not lo < hi:
         raise ConfigError(f"alpha_range={alpha_range!r} is invalid: expected start < end")
     a, _ = fold_for_analysis(model_a)
     b, _ = fold_for_analysis(model_b)
     check_same_architecture(a, b, names=names)
-    device = _device_of(a)
+    device = device_of(a)
     end_p = {n: p.detach().to(device) for n, p in b.named_parameters()}
     end_b = {n: t.detach().to(device) for n, t in b.named_buffers()}
     alphas = torch.linspace(lo, hi, resolution, dtype=torch.float64).tolist()
@@ -323,7 +317,7 @@ def loss_surface_2d(
         ``{"x": [...], "y": [...], "loss": rows}`` with ``loss[i][j]`` at ``(x[j], y[i])``.
     """
     coords = _coords(resolution, span, RESOLUTION_2D_RANGE, "resolution")
-    _check_int("seed", seed, 0, 2**63 - 1)
+    check_int("seed", seed, 0, 2**63 - 1)
     m, _ = fold_for_analysis(model)
     gen = torch.Generator().manual_seed(seed)
     d1 = filter_normalized_direction(m, generator=gen)
@@ -366,7 +360,7 @@ def sharpness(
         ``{"center_loss", "radii", "rise": [mean rise per radius], "rise_std": [std over the 2*directions points],
         "directions", "seed"}``; the weights are restored exactly.
     """
-    _check_int("directions", directions, 1, 100)
+    check_int("directions", directions, 1, 100)
     if not radii or any(not (isinstance(r, (int, float)) and 0 < r <= 100) for r in radii):
         raise ConfigError(f"radii must be numbers in (0, 100], got {list(radii)}")
     center = evaluate(model, batches, loss_fn=loss_fn)["loss"]
@@ -437,14 +431,14 @@ def compare_landscape(
         it (whole range: dominated by where the loss explodes) and ``sharpness``, the mean rise at the small radii
         of :data:`SHARPNESS_RADII` over three shared directions (lower = flatter: the number to compare).
     """
-    _check_int("resolution_1d", resolution_1d, *RESOLUTION_1D_RANGE)
-    _check_int("resolution_2d", resolution_2d, *RESOLUTION_2D_RANGE)
-    _check_float("span", span, 0.0, 100.0, low_open=True)
-    _check_int("seed", seed, 0, 2**63 - 1)
+    check_int("resolution_1d", resolution_1d, *RESOLUTION_1D_RANGE)
+    check_int("resolution_2d", resolution_2d, *RESOLUTION_2D_RANGE)
+    check_float("span", span, 0.0, 100.0, low_open=True)
+    check_int("seed", seed, 0, 2**63 - 1)
     base, _ = fold_for_analysis(baseline)
     ref, _ = fold_for_analysis(refconv_model)
     check_same_architecture(base, ref)
-    device = _device_of(base)  # moved once: every point re-reads the same batches
+    device = device_of(base)  # moved once: every point re-reads the same batches
     fixed = [(x.to(device), y.to(device)) for x, y in take_batches(batches, num_batches)]
     out: dict = {
         "interpolation": interpolation_curve(

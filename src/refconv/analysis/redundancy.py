@@ -30,20 +30,19 @@ convolutions (one input channel per filter), the filter *is* the spatial kernel,
 ``mode="spatial"`` is offered for the purely spatial reading: magnitudes are summed over input channels
 first and the distribution is over the ``prod(k)`` spatial positions only (it is always 0 for 1x1 convs).
 
-This module also holds the model helpers the weight analyses share: finding eligible convolutions, folding a
-RefConv model before analysing it, and checking that two models have the same architecture.
+The model helpers every analysis shares (eligible convolutions, folding, same-architecture checks) live in
+:mod:`refconv.analysis._common`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from refconv.errors import CheckpointError, ConfigError, ConversionError, NoEligibleConvError
+from refconv.analysis._common import check_float, check_int, check_same_architecture, fold_for_analysis, require_convs
+from refconv.errors import ConfigError
 
 __all__ = [
     "channel_diversity",
@@ -51,10 +50,6 @@ __all__ = [
     "layer_redundancy",
     "redundancy_report",
     "compare_redundancy",
-    "eligible_convs",
-    "fold_for_analysis",
-    "has_refconv_layers",
-    "check_same_architecture",
 ]
 
 RedundancyMode = Literal["filter", "spatial"]
@@ -63,191 +58,6 @@ RedundancyMode = Literal["filter", "spatial"]
 DEFAULT_MAX_PAIRS = 10_000
 #: Elements processed per chunk when evaluating pairs, to bound memory on wide layers.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-# --------------------------------------------------------------------------------------------------------
-# Model helpers shared by the weight analyses (redundancy, skeleton) and the model comparisons.
-# --------------------------------------------------------------------------------------------------------
-
-
-def _refconv_class() -> type | None:
-    """Return ``refconv.layers.RefConv`` if the core library provides it (imported lazily)."""
-    try:
-        from refconv.layers import RefConv  # noqa: PLC0415 - lazy: the analysis must not depend on the core
-    except ImportError:
-        return None
-    return RefConv
-
-
-def _is_refconv_layer(module: nn.Module, refconv_cls: type | None) -> bool:
-    if refconv_cls is not None and isinstance(module, refconv_cls):
-        return True
-    # Duck typing keeps RefConv layers recognisable even if the core is absent or renamed.
-    return hasattr(module, "refocus_weight") and callable(getattr(module, "transformed_weight", None))
-
-
-def has_refconv_layers(model: nn.Module) -> bool:
-    """Whether ``model`` holds training-time RefConv layers (which must be folded before weight analysis)."""
-    cls = _refconv_class()
-    return any(_is_refconv_layer(m, cls) for m in model.modules())
-
-
-def fold_for_analysis(model: nn.Module) -> tuple[nn.Module, bool]:
-    """Return a model whose convolutions hold the weights the network really applies.
-
-    A training-time RefConv layer stores a frozen basis ``Wb`` in its child ``.conv``; the kernel it applies
-    is ``Wt = Wb + RT(Wb)``. Analysing ``.conv.weight`` would therefore analyse the wrong tensor, so models
-    with RefConv layers are folded on a deep copy (the caller's model is untouched).
-
-    Args:
-        model: Any model; plain convolution models are returned as they are.
-
-    Returns:
-        ``(model_to_analyse, folded)`` where ``folded`` says whether a folded copy was made.
-
-    Raises:
-        ConversionError: The model has RefConv layers but ``refconv.reparameterize`` is not available.
-    """
-    if not has_refconv_layers(model):
-        return model, False
-    cls = _refconv_class()
-    try:
-        from refconv import reparameterize  # noqa: PLC0415 - lazy import of the core
-    except ImportError:
-        reparameterize = None
-    if reparameterize is None or cls is None or not any(isinstance(m, cls) for m in model.modules()):
-        raise ConversionError(
-            "the model holds RefConv-like layers (with refocus_weight / transformed_weight), whose applied "
-            "kernel is Wb + RT(Wb), not the stored basis, and refconv.reparameterize cannot fold them here; "
-            "fold the model first (refconv.reparameterize(model), or the layers' own fuse()) and analyse that"
-        )
-    folded = reparameterize(copy.deepcopy(model), inplace=True)
-    if has_refconv_layers(folded):
-        raise ConversionError(
-            "refconv.reparameterize left RefConv-like layers in the model; fold them before analysing it"
-        )
-    return folded, True
-
-
-def _is_plain_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and not isinstance(
-        module, nn.modules.conv._ConvTransposeNd
-    )
-
-
-def eligible_convs(
-    model: nn.Module, *, min_kernel_size: int = 3, min_out_channels: int = 1
-) -> dict[str, nn.modules.conv._ConvNd]:
-    """Name -> convolution for every convolution the weight analyses look at.
-
-    Eligible: ``nn.Conv1d/2d/3d`` and their subclasses (timm's ``Conv2dSame``...; transposed convolutions
-    excluded) whose kernel is at least ``min_kernel_size`` in every spatial dimension and that have at least
-    ``min_out_channels`` output channels. The default ``min_kernel_size=3`` selects the layers RefConv
-    converts with its default ``map_k=3``; pass 1 to include pointwise convolutions.
-
-    Args:
-        model: A model without RefConv layers (see :func:`fold_for_analysis`).
-        min_kernel_size: Smallest kernel size, in every spatial dimension, of an eligible layer (>= 1).
-        min_out_channels: Smallest number of output channels of an eligible layer (>= 1).
-
-    Returns:
-        Ordered mapping of qualified module names to convolutions.
-
-    Raises:
-        ConfigError: A bound is out of range.
-    """
-    _check_int("min_kernel_size", min_kernel_size, 1, 1_000)
-    _check_int("min_out_channels", min_out_channels, 1, 1_000_000)
-    cls = _refconv_class()
-    result: dict[str, nn.modules.conv._ConvNd] = {}
-    for name, module in _named_modules_outside_refconv(model, cls):
-        if not _is_plain_conv(module):
-            continue
-        if min(module.kernel_size) < min_kernel_size or module.out_channels < min_out_channels:
-            continue
-        result[name] = module
-    return result
-
-
-def _named_modules_outside_refconv(model: nn.Module, cls: type | None) -> Iterator[tuple[str, nn.Module]]:
-    """``named_modules`` that does not descend into RefConv layers (their ``.conv`` is only a basis)."""
-    stack: list[tuple[str, nn.Module]] = [("", model)]
-    while stack:
-        name, module = stack.pop()
-        yield name, module
-        if _is_refconv_layer(module, cls):
-            continue
-        children = list(module.named_children())
-        for child_name, child in reversed(children):
-            stack.append((f"{name}.{child_name}" if name else child_name, child))
-
-
-def _require_convs(
-    model: nn.Module, *, min_kernel_size: int, min_out_channels: int, what: str
-) -> dict[str, nn.modules.conv._ConvNd]:
-    convs = eligible_convs(model, min_kernel_size=min_kernel_size, min_out_channels=min_out_channels)
-    if not convs:
-        n_conv = sum(1 for m in model.modules() if _is_plain_conv(m))
-        raise NoEligibleConvError(
-            f"{what}: the model ({type(model).__name__}) has no convolution with a kernel of at least "
-            f"{min_kernel_size} in every spatial dimension and at least {min_out_channels} output channels "
-            f"({n_conv} convolution(s) in total); pass a smaller min_kernel_size (1 includes pointwise convs) "
-            "or a model with convolutions"
-        )
-    return convs
-
-
-def check_same_architecture(
-    a: nn.Module, b: nn.Module, *, names: tuple[str, str] = ("baseline", "refconv")
-) -> None:
-    """Raise if two (folded) models do not have the same parameters and buffers with the same shapes.
-
-    Comparisons (redundancy per layer, interpolation between the models) are only meaningful layer by layer;
-    the error lists which entries differ so a mismatched checkpoint is easy to spot.
-
-    Args:
-        a: First model (folded, see :func:`fold_for_analysis`).
-        b: Second model (folded).
-        names: How the two models are called in the error message.
-
-    Raises:
-        CheckpointError: Names or shapes differ; the message lists up to 10 differences of each kind.
-    """
-    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
-    sb = {k: tuple(v.shape) for k, v in b.state_dict().items()}
-    only_a = [k for k in sa if k not in sb]
-    only_b = [k for k in sb if k not in sa]
-    shapes = [f"{k}: {sa[k]} vs {sb[k]}" for k in sa if k in sb and sa[k] != sb[k]]
-    if not (only_a or only_b or shapes):
-        return
-    parts = []
-    for label, items in (
-        (f"only in {names[0]}", only_a),
-        (f"only in {names[1]}", only_b),
-        (f"shape differs ({names[0]} vs {names[1]})", shapes),
-    ):
-        if items:
-            shown = ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
-            parts.append(f"{label}: {shown}")
-    raise CheckpointError(
-        f"the {names[0]} and {names[1]} models have different architectures; " + "; ".join(parts)
-        + ". Load both checkpoints into the same architecture (and fold RefConv checkpoints first)"
-    )
-
-
-def _check_int(name: str, value: int, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{name}={value!r} is out of range: expected an integer in [{low}, {high}]")
-
-
-def _check_float(name: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        v = float(value)
-        ok = (low < v if low_open else low <= v) and v <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{name}={value!r} is out of range: expected a number in {bracket}{low}, {high}]")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -275,7 +85,7 @@ def kernel_distributions(weight: Tensor, *, mode: RedundancyMode = "filter", eps
             f"expected a convolution weight (Cout, Cin/groups, *kernel) with at least 3 dims, got shape "
             f"{tuple(weight.shape)}"
         )
-    _check_float("eps", eps, 0.0, 1e-2)
+    check_float("eps", eps, 0.0, 1e-2)
     mag = weight.detach().to(device="cpu", dtype=torch.float64).abs()
     if mode == "filter":
         mag = mag.flatten(1)
@@ -305,8 +115,8 @@ def _pair_indices(c: int, max_pairs: int, seed: int) -> tuple[Tensor, Tensor, bo
 def _diversity_details(
     weight: Tensor, *, mode: RedundancyMode, eps: float, max_pairs: int, seed: int
 ) -> dict[str, float | int | bool]:
-    _check_int("max_pairs", max_pairs, 1, 100_000_000)
-    _check_int("seed", seed, 0, 2**63 - 1)
+    check_int("max_pairs", max_pairs, 1, 100_000_000)
+    check_int("seed", seed, 0, 2**63 - 1)
     p = kernel_distributions(weight, mode=mode, eps=eps)
     c, d = p.shape
     if c < 2:
@@ -411,7 +221,7 @@ def redundancy_report(
         NoEligibleConvError: No convolution qualifies.
     """
     analysed, folded = fold_for_analysis(model)
-    convs = _require_convs(analysed, min_kernel_size=min_kernel_size, min_out_channels=2, what="redundancy")
+    convs = require_convs(analysed, min_kernel_size=min_kernel_size, min_out_channels=2, what="redundancy")
     layers = {
         name: _diversity_details(conv.weight, mode=mode, eps=eps, max_pairs=max_pairs, seed=seed)
         for name, conv in convs.items()

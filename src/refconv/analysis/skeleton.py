@@ -27,11 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from refconv.analysis.redundancy import (
-    _require_convs,
-    check_same_architecture,
-    fold_for_analysis,
-)
+from refconv.analysis._common import check_same_architecture, fold_for_analysis, require_convs
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -122,7 +118,7 @@ def layer_skeletons(model: nn.Module, *, min_kernel_size: int = 3) -> dict[str, 
 
     Args:
         model: Any convolutional model.
-        min_kernel_size: See :func:`refconv.analysis.redundancy.eligible_convs`.
+        min_kernel_size: See :func:`refconv.analysis.eligible_convs`.
 
     Returns:
         Layer name -> skeleton map.
@@ -131,7 +127,7 @@ def layer_skeletons(model: nn.Module, *, min_kernel_size: int = 3) -> dict[str, 
         NoEligibleConvError: No convolution qualifies.
     """
     analysed, _ = fold_for_analysis(model)
-    convs = _require_convs(analysed, min_kernel_size=min_kernel_size, min_out_channels=1, what="skeleton")
+    convs = require_convs(analysed, min_kernel_size=min_kernel_size, min_out_channels=1, what="skeleton")
     return {name: kernel_skeleton(conv.weight) for name, conv in convs.items()}
 
 
@@ -196,7 +192,7 @@ def skeleton_report(
 
     Args:
         model: Any convolutional model (folded first if it holds RefConv layers).
-        min_kernel_size: See :func:`refconv.analysis.redundancy.eligible_convs`.
+        min_kernel_size: See :func:`refconv.analysis.eligible_convs`.
         stages: Layer name -> stage, as a mapping or a function. Default: by output resolution when
             ``example_input`` is given, else by the first name component.
         example_input: Input batch used to find stages by resolution.

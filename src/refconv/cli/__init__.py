@@ -68,6 +68,17 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_data_options(p: argparse.ArgumentParser, *, model_help: str, data_help: str) -> None:
+    """``--model/--num-classes/--in-chans`` (rebuild weights that do not record their architecture) and
+    ``--data/--data-dir/--image-size`` (the test split; by default the run's), shared by ``eval`` and ``analyze``."""
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--data-dir")
+    p.add_argument("--image-size", type=int)
+
+
 def _command_of(argv: Sequence[str]) -> str | None:
     """The command named in ``argv`` (the first argument that is not an option), if it is one."""
     for arg in argv:

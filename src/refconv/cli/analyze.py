@@ -8,8 +8,11 @@ analyses (the result says so) and costed in both forms. Writes ``analysis.json``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
+
+from . import add_model_data_options
 
 __all__ = ["register", "main"]
 
@@ -20,12 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", required=True, metavar="PATH", help="run directory, checkpoint or weights file")
     p.add_argument("--refconv", required=True, metavar="PATH",
                    help="RefConv run directory or checkpoint (training-time or folded)")
-    p.add_argument("--model", help="architecture, for weights that do not record it (both sides)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--data", help="dataset (default: the RefConv run's, else fashion-mnist)")
-    p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int)
+    add_model_data_options(p, model_help="architecture, for weights that do not record it (both sides)",
+                           data_help="dataset (default: the RefConv run's, else fashion-mnist)")
     p.add_argument("--subset", type=int, default=None, help="use a class-stratified subset of the test set")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default="analysis-out", help="output directory (default: analysis-out)")
@@ -48,34 +47,23 @@ _OPTION_KEYS = ("sections", "num_batches", "resolution_1d", "resolution_2d", "ep
 
 def main(args: argparse.Namespace) -> int:
     from ..analysis import AnalysisConfig, analyze
-    from ..data import build_dataset
     from ..engine.artifacts import load_model
     from ..errors import ConfigError
-    from torch.utils.data import DataLoader
+    from ..protocol.evaldata import artefact_test_loader
 
     options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k) is not None}
     config = AnalysisConfig.from_dict(options)  # ranges checked before anything heavy is loaded
     kw = dict(model_name=args.model, num_classes=args.num_classes, in_chans=args.in_chans)
     base = load_model(args.baseline, **kw)
     ref = load_model(args.refconv, which="last" if Path(args.refconv).is_dir() else None, **kw)
-    cfg = ref.config or base.config
-    data = args.data or (cfg.data if cfg else None) or "fashion-mnist"
-    ds, info = build_dataset(
-        data, "test", data_dir=args.data_dir or (cfg.data_dir if cfg else None),
-        image_size=args.image_size or ref.image_size or base.image_size, in_chans=ref.in_chans, augment=False,
-        subset=args.subset if args.subset is not None else (cfg.subset_test if cfg else None),
-        seed=cfg.data_seed if cfg else 0,
-    )
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False)
-    need = max(config.num_batches, config.attack_batches or 0)
-    batches = []
-    for i, b in enumerate(loader):
-        if config.attack_batches is None or i < need:
-            batches.append(b)
-        else:
-            break
+    loader = artefact_test_loader(ref, base, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
+                                  subset=args.subset, batch_size=args.batch_size)
+    info = loader.info
+    # Every batch when every batch is attacked, else only as many as the landscape and the attacks use.
+    need = None if config.attack_batches is None else max(config.num_batches, config.attack_batches)
+    batches = list(itertools.islice(loader, need))
     if not batches:
-        raise ConfigError(f"the {data} test set selected holds no images: drop --subset or give a larger one.")
+        raise ConfigError(f"the {info.name} test set selected holds no images: drop --subset or give a larger one.")
     if "num_batches" not in options and len(batches) < config.num_batches:  # a small --subset: use what there is
         config = AnalysisConfig.from_dict({**options, "num_batches": len(batches)})
     result = analyze(base.model, ref.model, args.out, held_out=batches[: config.num_batches],

@@ -11,7 +11,8 @@ import json
 import sys
 
 import torch
-from torch.utils.data import DataLoader
+
+from . import add_model_data_options
 
 __all__ = ["register", "main"]
 
@@ -23,12 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a pretrained model (fmnist/mobilenetv3_small_100; `refconv pretrained` lists them)")
     p.add_argument("--checkpoint", choices=("last", "best"), default=None,
                    help="for a run directory: evaluate this training checkpoint instead of the deployable weights")
-    p.add_argument("--model", help="architecture (needed for weights that do not record it)")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--in-chans", type=int)
-    p.add_argument("--data", help="dataset (default: the run's, else fashion-mnist)")
-    p.add_argument("--data-dir")
-    p.add_argument("--image-size", type=int)
+    add_model_data_options(p, model_help="architecture (needed for weights that do not record it)",
+                           data_help="dataset (default: the run's, else fashion-mnist)")
     p.add_argument("--subset-test", type=int)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
@@ -39,27 +36,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..data import build_dataset
     from ..engine.artifacts import load_model
     from ..engine.loop import evaluate
     from ..models import pretrained
+    from ..protocol.evaldata import artefact_test_loader
 
     if pretrained.is_pretrained_name(args.weights):  # a registry name: what is asked for must fit its card
         pretrained.check_compatible(args.weights, model=args.model, data=args.data, image_size=args.image_size,
                                     in_chans=args.in_chans, num_classes=args.num_classes, native_defaults=False)
     loaded = load_model(args.weights, which=args.checkpoint, model_name=args.model, num_classes=args.num_classes,
                         in_chans=args.in_chans, use_ema=not args.no_ema)
-    cfg = loaded.config
-    data = args.data or (cfg.data if cfg else loaded.meta.get("data")) or "fashion-mnist"
-    data_dir = args.data_dir or (cfg.data_dir if cfg else None)
-    image_size = args.image_size or loaded.image_size
-    subset = args.subset_test if args.subset_test is not None else (cfg.subset_test if cfg else None)
-    dataset, info = build_dataset(data, "test", data_dir=data_dir, image_size=image_size, in_chans=loaded.in_chans,
-                                  augment=False, subset=subset, seed=cfg.data_seed if cfg else 0)
+    loader = artefact_test_loader(loaded, data=args.data, data_dir=args.data_dir, image_size=args.image_size,
+                                  subset=args.subset_test, batch_size=args.batch_size, workers=args.workers)
+    info = loader.info
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     model = loaded.model.to(device)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     metrics = evaluate(model, loader, device=device)
     record = {"weights": str(loaded.source), "model": loaded.arch, "format": loaded.format, "data": info.name,
               **{k: metrics[k] for k in ("loss", "top1", "top5", "correct1", "images", "images_per_s")}}

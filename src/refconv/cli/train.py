@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import yaml
@@ -19,7 +20,11 @@ import yaml
 from ..engine.config import RunConfig, make_config
 from ..errors import ConfigError
 
-__all__ = ["register", "add_config_flags", "config_from_args", "HELP"]
+__all__ = ["register", "add_config_flags", "config_from_args", "HELP", "NOT_FLAGS"]
+
+# Config keys that are no flag: the command sets them (``refconv detect`` is task detection, its options are flags
+# of their own).
+NOT_FLAGS = ("task", "task_options")
 
 HELP: dict[str, str] = {
     "model": "architecture: timm/<name> or tv/<name> (e.g. timm/mobilenetv3_small_100, tv/resnet18); required "
@@ -91,26 +96,44 @@ HELP: dict[str, str] = {
 def _metavar(hint: Any) -> str:
     args = typing.get_args(hint)
     base = next((a for a in args if a is not type(None)), hint)
+    if typing.get_origin(base) is list:
+        return "A,B,..."
     return {int: "N", float: "X", str: "STR"}.get(base, "VALUE")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override."""
-    hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
+def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfig, keys: Collection[str] | None = None,
+                     defaults: Mapping[str, Any] | None = None, flags: Mapping[str, str] | None = None,
+                     helps: Mapping[str, str] | None = None) -> None:
+    """One flag per :class:`RunConfig` key, defaulting to "not given" so only explicit flags override.
+
+    Args:
+        schema: the config dataclass (a task's options: ``refconv.downstream.tasks.DownstreamOptions``).
+        keys: only these keys (``refconv detect`` / ``segment`` take the keys that mean something for them).
+        defaults: defaults to show in the help where they are not RunConfig's.
+        flags: flag names for keys (``{"model": "--arch"}``).
+        helps: help texts (default: :data:`HELP`).
+    """
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name in NOT_FLAGS or (keys is not None and f.name not in keys):
+            continue
+        flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
+        names = (flag, *f.metadata.get("aliases", ()))  # a field may carry other spellings of its flag
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = HELP.get(f.name, f.name) + ("" if f.name == "model" else f" [{default}]")  # model: no default
+        default = (defaults or {}).get(f.name, default)
+        shown = "" if f.name == "model" and not defaults else f" [{default}]"  # refconv train: no default model
+        help_text = (helps or HELP).get(f.name) or f.metadata.get("help", f.name)
+        help_text += shown
         if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif typing.get_origin(hint) is list:
             metavar = "N" if typing.get_args(hint)[0] is int else "GLOB"
-            parser.add_argument(flag, dest=f.name, action="append", metavar=metavar, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=f.name, action="append", metavar=metavar, default=argparse.SUPPRESS,
                                 help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*names, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, *, base: Any = None) -> RunConfig:

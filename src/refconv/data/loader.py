@@ -40,6 +40,7 @@ def build_loader(
     num_replicas: int | None = None,
     rank: int | None = None,
     pin_memory: bool | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """Make the loader an engine iterates, reproducible from ``seed``.
 
@@ -59,6 +60,8 @@ def build_loader(
             BatchNorm in training; an empty epoch would be worse).
         num_replicas / rank: passed to the DistributedSampler (default: from the process group).
         pin_memory: None = when CUDA is available.
+        sampler: an explicit order (e.g. the engine's resumable sampler, which can start mid-epoch); it
+            replaces shuffling and ``distributed``'s sampler, and ``drop_last`` defaults to False with it.
 
     Raises:
         ConfigError: bad batch size or workers, or ``distributed`` without a process group.
@@ -70,8 +73,12 @@ def build_loader(
     generator = torch.Generator()
     generator.manual_seed(int(seed))
 
-    sampler: Sampler | None = None
-    if distributed:
+    if sampler is not None:
+        if distributed:
+            raise ConfigError("give either sampler or distributed=True, not both: the sampler decides the order.")
+        if drop_last is None:
+            drop_last = False
+    elif distributed:
         from torch.utils.data.distributed import DistributedSampler
 
         try:
@@ -83,8 +90,8 @@ def build_loader(
                 f"distributed=True needs an initialised torch.distributed process group (or explicit "
                 f"num_replicas and rank): {e}"
             ) from e
-    n = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
     if drop_last is None:
+        n = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
         drop_last = bool(train) and n >= batch_size
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()

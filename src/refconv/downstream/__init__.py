@@ -6,13 +6,16 @@ SSD300-VGG16) and segmenters (DeepLabV3 with MobileNetV3-Large / ResNet-50, LR-A
 Cityscapes in their own on-disk formats, or offline on a synthetic Fashion-MNIST multi-object dataset written
 in those formats::
 
-    from refconv.downstream import DownstreamConfig, run_downstream
-    res = run_downstream(DownstreamConfig(task="detection", method="refconv", epochs=1, out="runs/det"))
+    from refconv.downstream import downstream_config, run_downstream
+    res = run_downstream(downstream_config("detection", method="refconv", epochs=1, out="runs/det"))
     res.final["map_50"], res.weights_path          # folded.safetensors: the stock SSDlite's keys
 
+Detection and segmentation are tasks of the one training engine (:mod:`refconv.engine.task`): the same config,
+loop, AMP, DDP, EMA, checkpoints, resume and run directory as ``refconv train``.
+
 Modules: :mod:`.synthetic` (the generator), :mod:`.voc` / :mod:`.cityscapes` (datasets with validation),
-:mod:`.models` (builders, weights, scopes), :mod:`.metrics` (mAP, mIoU), :mod:`.train` (the run),
-:mod:`.export` (fold checks, ONNX), :mod:`.cli` (``refconv detect`` / ``refconv segment``).
+:mod:`.models` (builders, weights, scopes), :mod:`.metrics` (mAP, mIoU), :mod:`.tasks` (the engine's detection
+and segmentation tasks), :mod:`.train` (``run_downstream``, the config), :mod:`.export` (fold checks, ONNX).
 """
 
 from __future__ import annotations
@@ -36,16 +39,8 @@ from .models import (
     scope_patterns,
 )
 from .synthetic import SyntheticConfig, write_cityscapes, write_voc
-from .train import (
-    DownstreamConfig,
-    DownstreamResult,
-    build_datasets,
-    evaluate,
-    fold_and_verify,
-    load_checkpoint,
-    model_from_checkpoint,
-    run_downstream,
-)
+from .tasks import DownstreamOptions, build_datasets, evaluate, model_from_checkpoint
+from .train import DownstreamConfig, downstream_config, load_checkpoint, run_downstream
 from .voc import VOC_CLASSES, VOCDetection, VOCSegmentation, parse_voc_xml
 
 __all__ = [
@@ -56,7 +51,7 @@ __all__ = [
     "CityscapesSegmentation",
     "DetectionMetric",
     "DownstreamConfig",
-    "DownstreamResult",
+    "DownstreamOptions",
     "SegmentationMetric",
     "SyntheticConfig",
     "VOCDetection",
@@ -65,9 +60,9 @@ __all__ = [
     "build_model",
     "compare_detections",
     "confusion_matrix",
+    "downstream_config",
     "evaluate",
     "export_onnx",
-    "fold_and_verify",
     "get_spec",
     "iou_per_class",
     "list_archs",

@@ -63,7 +63,8 @@ _log = logging.getLogger(__name__)
 
 TASKS = ("detection", "segmentation")
 SCOPES = ("backbone", "all")
-DOWNSTREAM_FORMAT = "refconv-downstream"  # the "format" entry of refconv detect/segment checkpoints
+# The "format" of detect/segment checkpoints before they joined the engine (now "refconv-run" with a "task").
+DOWNSTREAM_FORMAT = "refconv-downstream"
 _SHOW = 5
 
 

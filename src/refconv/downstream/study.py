@@ -12,8 +12,11 @@ Per task (detection, segmentation) of a :class:`StudyConfig`:
 4. per metric (mAP@0.5, mAP@[.5:.95]; mIoU, pixel accuracy): mean ± sd over seeds and the paired difference of
    ``refconv`` to each control and to the baseline, with 95 % intervals (:mod:`refconv.stats`).
 
-Runs live in ``work_dir`` (one run directory each, :func:`refconv.downstream.run_downstream`); a finished run
-whose config matches is reused, an interrupted one resumed, so the study can be stopped and started again.
+Each run is an engine run (:func:`refconv.downstream.run_downstream`) in its own directory under ``work_dir``,
+reused when finished and resumed when interrupted as the sweep's cells are
+(:func:`refconv.protocol.cells.run_cell`), so the study can be stopped and started again; the study reads
+each run's :class:`~refconv.engine.RunResult` (``final``, ``history`` with the engine's ``test_*`` columns,
+``fold``, ``extra["backbone"]``).
 What must last goes to ``out``: ``results.json``, ``report.md``, ``curves.png`` (see
 :mod:`refconv.downstream.study_report`).
 """
@@ -21,7 +24,6 @@ What must last goes to ``out``: ``results.json``, ``report.md``, ``curves.png`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -29,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.config import RunConfig
+from ..engine.runner import RunResult
 from ..errors import ConfigError
-from ..runlayout import DONE_FILE, checkpoint_path
+from ..runlayout import checkpoint_path
 from ..stats import paired_difference, summarize
-from .train import DownstreamConfig, run_downstream
+from .train import LineReporter, downstream_config
 
 __all__ = ["ARMS", "METRICS", "StudyConfig", "TaskPlan", "load_study_config", "packaged_studies", "run_study"]
 
@@ -46,10 +50,10 @@ class TaskPlan:
     """One task of the study.
 
     Attributes:
-        task / arch / data: as in :class:`~refconv.downstream.train.DownstreamConfig` (a ``*_timm`` arch).
+        task / arch / data: as in :func:`~refconv.downstream.train.downstream_config` (a ``*_timm`` arch).
         baseline_epochs: epochs of the baseline from the pretrained backbone.
         budget_epochs: epochs of every arm from the baseline (the equal budget).
-        run: other :class:`DownstreamConfig` fields shared by every run of the task (data sizes, recipe...).
+        run: other :func:`downstream_config` settings shared by every run of the task (data sizes, recipe...).
     """
 
     task: str
@@ -60,10 +64,10 @@ class TaskPlan:
     run: dict[str, Any] = field(default_factory=dict)
 
     def config(self, *, method: str, seed: int, out: Path, backbone: str | None = None,
-               weights: str | None = None) -> DownstreamConfig:
+               weights: str | None = None) -> RunConfig:
         epochs = self.baseline_epochs if method == "baseline" else self.budget_epochs
-        return DownstreamConfig.from_dict({
-            **self.run, "task": self.task, "arch": self.arch, "data": self.data, "method": method, "seed": seed,
+        return downstream_config(self.task, **{
+            **self.run, "arch": self.arch, "data": self.data, "method": method, "seed": seed,
             "epochs": epochs, "weights_backbone": backbone, "weights": weights, "out": str(out),
         }).validate()
 
@@ -151,35 +155,28 @@ def load_study_config(name_or_path: str | Path, **overrides: Any) -> StudyConfig
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _run_or_reuse(cfg: DownstreamConfig, say: Callable[[str], None]) -> dict[str, Any]:
-    """A finished run with this exact config is read back; an interrupted one resumed; anything else redone."""
-    run_dir = Path(cfg.out)
-    wanted = cfg.to_dict()
-    saved = None
-    if (run_dir / "config.json").is_file():
-        try:
-            saved = json.loads((run_dir / "config.json").read_text())
-        except json.JSONDecodeError:
-            saved = None
-    if saved == wanted and (run_dir / DONE_FILE).is_file():
-        say(f"  reusing {run_dir} (finished, same config)")
-        return json.loads((run_dir / DONE_FILE).read_text())
-    resume = saved == wanted and checkpoint_path(run_dir).is_file()
-    res = run_downstream(cfg, resume=resume, overwrite=not resume, log=lambda s: say("  " + s))
-    return res.to_dict()
+def _run_or_reuse(cfg: RunConfig, say: Callable[[str], None], overwrite: bool) -> RunResult:
+    """A finished run with this config is read back, an interrupted one resumed, a new one started; a directory
+    holding another config is refused unless ``overwrite`` (which recomputes)."""
+    from ..protocol.cells import run_cell
+
+    res = run_cell(cfg, overwrite=overwrite, reporter=LineReporter(lambda s: say("  " + s)))
+    if res.cached:
+        say(f"  reusing {res.run_dir} (finished, same config)")
+    return res
 
 
-def _metrics(done: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
-    return {k: float(done["final"][k]) for k in keys if done["final"].get(k) is not None}
+def _metrics(done: RunResult, keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: float(done.final[k]) for k in keys if done.final.get(k) is not None}
 
 
-def _fold_summary(done: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any] | None:
-    fold = done.get("fold")
+def _fold_summary(done: RunResult, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    fold = done.fold
     if not fold:
         return None
     out = {"max_abs_err": fold.get("max_abs_err"), "rel_err": fold.get("rel_err"),
-           "folded": {k: done["folded_metrics"].get(k) for k in keys},
-           "unfolded": {k: done["final"].get(k) for k in keys}}
+           "folded": {k: (done.folded_metrics or {}).get(k) for k in keys},
+           "unfolded": {k: done.final.get(k) for k in keys}}
     for part in ("detections", "masks"):
         if part in fold:
             out[part] = fold[part]
@@ -202,8 +199,10 @@ def _task_tables(plan: TaskPlan, arms: list[str], seeds: list[int], runs: dict[s
 
 
 def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
-              command: str | None = None) -> dict[str, Any]:
+              command: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) every run of the study, then write ``results.json``, ``report.md`` and a plot to ``out``.
+
+    ``overwrite`` recomputes every run (also one whose directory holds another config, otherwise refused).
 
     Returns:
         The results dict written to ``results.json``.
@@ -216,12 +215,13 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_study(cfg, say, command)
+        return _run_study(cfg, say, command, overwrite)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None) -> dict[str, Any]:
+def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None,
+               overwrite: bool) -> dict[str, Any]:
     import torch
 
     from .study_report import write_report
@@ -238,7 +238,7 @@ def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None
         say(f"[{plan.task}] baseline: {plan.arch} from {cfg.backbone}, {plan.baseline_epochs} epochs")
         t_task = time.perf_counter()
         base = _run_or_reuse(plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir, backbone=cfg.backbone),
-                             say)
+                             say, overwrite)
         start = str(checkpoint_path(base_dir))
         runs: dict[str, list[dict[str, float]]] = {a: [] for a in cfg.arms}
         details: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
@@ -246,17 +246,17 @@ def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None
             for arm in cfg.arms:
                 say(f"[{plan.task}] {arm} seed {seed}: {plan.budget_epochs} epochs from the baseline")
                 done = _run_or_reuse(plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}",
-                                                 weights=start), say)
+                                                 weights=start), say, overwrite)
                 runs[arm].append(_metrics(done, keys))
                 details[arm].append({"seed": seed, "metrics": _metrics(done, keys), "fold": _fold_summary(done, keys),
-                                     "history": done["history"], "wall_time_s": done.get("wall_time_s"),
-                                     "trainable_params": done.get("trainable_params"),
-                                     "deploy_params": done.get("deploy_params")})
+                                     "history": done.history, "wall_time_s": done.wall_time_s,
+                                     "trainable_params": done.trainable_params,
+                                     "deploy_params": done.deploy_params})
         baseline = _metrics(base, keys)
         results["tasks"][plan.task] = {
-            "arch": plan.arch, "data": plan.data, "backbone": base.get("backbone"),
-            "baseline": {"metrics": baseline, "history": base["history"], "epochs": plan.baseline_epochs,
-                         "wall_time_s": base.get("wall_time_s"), "deploy_params": base.get("deploy_params")},
+            "arch": plan.arch, "data": plan.data, "backbone": base.extra.get("backbone"),
+            "baseline": {"metrics": baseline, "history": base.history, "epochs": plan.baseline_epochs,
+                         "wall_time_s": base.wall_time_s, "deploy_params": base.deploy_params},
             "budget_epochs": plan.budget_epochs, "runs": details,
             "tables": _task_tables(plan, cfg.arms, cfg.seeds, runs, baseline),
             "wall_time_s": time.perf_counter() - t_task,

@@ -12,6 +12,7 @@ from ..engine.checkpoint import atomic_write_bytes
 __all__ = ["render_markdown", "write_report"]
 
 _LABEL = {"map_50": "mAP@0.5", "map": "mAP@[.5:.95]", "miou": "mIoU", "pixel_acc": "pixel acc."}
+_TEST = "test_"  # the engine's metrics.jsonl / history column of a test metric: test_map_50, test_miou...
 
 
 def _pct(v: float | None) -> str:
@@ -80,7 +81,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "|---|---|" + "---|" * len(keys)]
         for row in base["history"]:
             lines.append(f"| {row['epoch']} | {row.get('train_loss', float('nan')):.3f} | "
-                         + " | ".join(_pct(row.get(k)) for k in keys) + " |")
+                         + " | ".join(_pct(row.get(_TEST + k)) for k in keys) + " |")
         lines += ["", f"### Arms ({_epochs(task['budget_epochs'])} each from the baseline; mean ± sd over seeds, "
                   "x100)",
                   "", "| arm | " + " | ".join(_LABEL.get(k, k) for k in keys) + " |", "|---|" + "---|" * len(keys),
@@ -127,17 +128,15 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
+    from ..report.plots import new_figure, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     tasks = results["tasks"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    try:
+        fig, axes = new_figure(len(tasks), figsize=(5.5 * len(tasks), 4))
+    except ImportError:  # matplotlib is optional: the report goes without its plot
+        return False
     for ax, (name, task) in zip(axes[0], tasks.items()):
-        key = next(iter(task["tables"]))
+        key = _TEST + next(iter(task["tables"]))
         base = task["baseline"]["history"]
         xs = [r["epoch"] for r in base]
         ax.plot(xs, [100 * (r.get(key) or 0) for r in base], "k-o", label="baseline")
@@ -149,12 +148,10 @@ def _plot(results: dict[str, Any], path: Path) -> bool:
                         + [100 * (r.get(key) or 0) for r in h], "-", color=colour, alpha=0.7,
                         label=arm if i == 0 else None)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(_LABEL.get(key, key) + " (%)")
+        ax.set_ylabel(_LABEL[key[len(_TEST):]] + " (%)")
         ax.set_title(f"{name}: {task['arch']}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

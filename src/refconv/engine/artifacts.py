@@ -126,6 +126,11 @@ def load_model(
         obj = load_checkpoint(src)
         if is_run_checkpoint(obj):
             ckpt = obj
+    task = (ckpt or {}).get("task") or (cfg.task if cfg is not None else "classification")
+    if task != "classification":
+        command = "detect" if task == "detection" else "segment"
+        raise CheckpointError(f"{source} is a {task} run: this command handles classifiers. Evaluate, fold and export "
+                              f"it with `refconv {command} --epochs 0 --weights {src} --out NEW_DIR`.")
     if ckpt is not None:
         arch = model_name or ckpt["arch"]
         n_cls = num_classes or ckpt["model_kwargs"]["num_classes"]

@@ -30,10 +30,12 @@ from ..errors import ConfigError
 
 __all__ = [
     "RunConfig",
+    "TASKS",
     "METHODS",
     "AMP_MODES",
     "NON_RECIPE_KEYS",
     "load_yaml",
+    "read_yaml",
     "make_config",
     "config_hash",
     "config_diff",
@@ -42,6 +44,14 @@ __all__ = [
     "resolve_config_path",
 ]
 
+#: Every task a run can train (refconv.engine.task), by name: ``"module:Class"``, imported on first use (the config
+#: stays plain data: naming a task imports nothing).
+TASK_CLASSES: dict[str, str] = {
+    "classification": "refconv.engine.task:ClassificationTask",
+    "detection": "refconv.downstream.tasks:DetectionTask",
+    "segmentation": "refconv.downstream.tasks:SegmentationTask",
+}
+TASKS = tuple(TASK_CLASSES)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 LAYER_SELECTIONS = ("all", "depthwise", "dense", "no-stem")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -78,8 +88,11 @@ class RunConfig:
     multi-GPU run follows the same recipe as a single-process one.
     """
 
+    # ---- task: what is trained (refconv.engine.task): the model builder, loss step, metric, data and export
+    task: str = "classification"  # classification | detection | segmentation (refconv detect / segment)
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's own keys, checked by the task
     # ---- model
-    model: str = "tv/mobilenet_v3_small"  # "timm/<name>" or "tv/<name>"
+    model: str = "tv/mobilenet_v3_small"  # "timm/<name>" or "tv/<name>"; detection/segmentation: the torchvision arch
     num_classes: int | None = None  # default: the dataset's
     in_chans: int | None = None  # default: the dataset's (e.g. 1 for Fashion-MNIST)
     pretrained: bool = False  # hub weights (needs network)
@@ -171,7 +184,14 @@ class RunConfig:
         return Path("runs") / f"{self.data}-{model}-{self.method}-s{self.seed}"
 
     def validate(self) -> RunConfig:
-        """Check values that a type alone does not constrain; returns ``self``."""
+        """Check values that a type alone does not constrain; returns ``self``.
+
+        The task checks its own keys last (:meth:`refconv.engine.task.Task.validate_config`), and may fill
+        ``task_options`` with its defaults, so the resolved config written into a run names every setting.
+        """
+        from .task import task_class
+
+        _choice("task", self.task, TASKS)
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("progress", self.progress, PROGRESS_MODES)
@@ -180,9 +200,12 @@ class RunConfig:
         _choice("init", self.init, ("default", "zeros"))
         _choice("layers", self.layers, LAYER_SELECTIONS)
         _choice("basis", self.basis, ("pretrained", "random"))
-        for key in ("epochs", "batch_size", "lr_base_size", "map_k", "eval_every_epochs"):
+        for key in ("batch_size", "lr_base_size", "map_k", "eval_every_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
+        min_epochs = task_class(self.task).MIN_EPOCHS
+        if self.epochs < min_epochs:
+            raise ConfigError(f"epochs must be >= {min_epochs}, got {self.epochs}.")
         for key in ("workers", "checkpoint_every_steps", "log_every_steps", "warmup_epochs", "label_smoothing",
                     "weight_decay", "min_lr", "warmup_lr"):
             if getattr(self, key) < 0:
@@ -205,13 +228,16 @@ class RunConfig:
             raise ConfigError(f"map_k must be odd (RT pads by map_k // 2), got {self.map_k}. Use 3.")
         if self.groups is not None and self.max_group_size is not None:
             raise ConfigError("give groups or max_group_size, not both (max_group_size caps the authors' rule).")
-        if self.method in ("continue", "finetune") and not (self.weights or self.pretrained):
+        if self.method in ("continue", "finetune") and not (self.weights or self.pretrained) \
+                and self.task == "classification":
             raise ConfigError(
                 f"method '{self.method}' trains on from a trained model, but no weights were given. Pass "
                 "--weights PATH|RUN_DIR (e.g. the baseline run directory) or --pretrained."
             )
-        if self.weights and "/" in self.weights and not Path(self.weights).expanduser().exists():
+        if self.weights and "/" in self.weights and not Path(self.weights).expanduser().exists() \
+                and self.task == "classification":
             _check_pretrained_start(self)
+        task_class(self.task).validate_config(self)
         return self
 
 
@@ -250,9 +276,12 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check/convert one value to the field's type (YAML and argparse both hand us plain scalars)."""
-    hint = _HINTS[key]
+def coerce_value(key: str, value: Any, source: str, hints: Mapping[str, Any] | None = None) -> Any:
+    """Check/convert one value to the field's type (YAML and argparse both hand us plain scalars).
+
+    ``hints``: the type hints of another config dataclass (a task's options); default :class:`RunConfig`'s.
+    """
+    hint = (hints or _HINTS)[key]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
@@ -264,6 +293,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return []
         raise ConfigError(f"{key} cannot be null{where}.")
     try:
+        if typing.get_origin(base) is dict:
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise TypeError
+            return dict(value)
         if typing.get_origin(base) is list:
             item = typing.get_args(base)[0]
             if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -301,6 +334,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     else:
         return value
     tname = getattr(base, "__name__", str(base))
+    if typing.get_origin(base) is dict:
+        tname = "a mapping of keys to values"
     if typing.get_origin(base) is list:
         tname = f"a list of {typing.get_args(base)[0].__name__}s"
     raise ConfigError(f"{key} must be {tname}"
@@ -362,23 +397,30 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return resolve_packaged(name_or_path, shipped, "config", "recipe")
 
 
-def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict of config keys, with errors that name the file and the key."""
-    path = resolve_config_path(name_or_path)
+def read_yaml(path: Path, kind: str = "config file") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (empty: ``{}``), with errors that name the file, the line and the
+    fix. The one YAML reader of refconv: recipes and sweeps (``kind`` names which in the errors) share it."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise ConfigError(f"config file {path} is not valid YAML ({problem}{where}). Fix the syntax there (e.g. "
+        raise ConfigError(f"{kind} {path} is not valid YAML ({problem}{where}). Fix the syntax there (e.g. "
                           "an unclosed bracket or quote, or tabs used for indentation).") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}.") from None
+        raise ConfigError(f"cannot read {kind} {path}: {exc.strerror}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}.")
+        raise ConfigError(f"{kind} {path} must hold a mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe into a dict of config keys, with errors that name the file and the key."""
+    path = resolve_config_path(name_or_path)
+    data = read_yaml(path)
     _check_keys(data, str(path))
     return data
 
@@ -401,12 +443,23 @@ def make_config(*layers: Mapping[str, Any] | RunConfig | str | Path | None, sour
             data, src = dict(layer), source
             _check_keys(data, src)
         for key, value in data.items():
-            merged[key] = _coerce(key, value, src)
+            merged[key] = coerce_value(key, value, src)
     return RunConfig(**merged).validate()
 
 
 def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that define what a run computes. A classification run leaves out the task keys, so its hash
+    is what it was before tasks existed (recorded runs stay cached); the task's non-recipe options (e.g.
+    where its data lives) are left out too."""
     data = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    if data.get("task", "classification") == "classification" and not data.get("task_options"):
+        data.pop("task", None)
+        data.pop("task_options", None)
+    elif isinstance(data.get("task_options"), Mapping):
+        from .task import task_class
+
+        skip = task_class(data["task"]).NON_RECIPE_OPTIONS
+        data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "autocast",
     "amp_dtype",
     "topk_correct",
+    "to_device",
 ]
 
 
@@ -57,7 +58,7 @@ def topk_correct(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
-def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+def to_device(images: Tensor, targets: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -66,7 +67,10 @@ def _to_device(images: Tensor, targets: Tensor, device: torch.device, channels_l
 
 @dataclass
 class TrainMeter:
-    """Running sums of one epoch of training (loss x images, correct, images, seconds) for one rank.
+    """Running sums of one epoch of training (loss x items, correct, items, seconds) for one rank.
+
+    ``images`` counts the items of a step (images; a detection or segmentation step's images too); ``correct1``
+    stays 0 for tasks without an accuracy.
 
     Kept as device tensors between sync points; :meth:`totals` sums them over ranks.
     """
@@ -82,10 +86,10 @@ class TrainMeter:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.correct1 = torch.zeros((), dtype=torch.int64, device=self.device)
 
-    def add(self, loss: Tensor, logits: Tensor, targets: Tensor) -> None:
-        n = targets.shape[0]
+    def add(self, loss: Tensor, n: int, correct: Tensor | None = None) -> None:
         self.loss_sum += loss.detach().double() * n
-        self.correct1 += topk_correct(logits.detach(), targets, (1,))[0]
+        if correct is not None:
+            self.correct1 += correct
         self.images += n
         self.steps += 1
 
@@ -123,21 +127,19 @@ class EpochOutcome:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[Tensor, Tensor]],
+    loader: Iterable[Any],
     optimizer: Optimizer,
     scheduler: Any,
     *,
-    loss_fn: nn.Module,
+    step_fn: Callable[[nn.Module, Any], Any],
     device: torch.device,
     meter: TrainMeter,
     global_step: int,
     start_step: int = 0,
     steps_per_epoch: int,
-    amp: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     ema: Any = None,
     grad_clip: float | None = None,
-    channels_last: bool = False,
     is_sync_step: Callable[[int, int], bool] = lambda step, gstep: False,
     on_sync: Callable[[int, int], None] | None = None,
     stop_requested: Callable[[int], bool] = lambda gstep: False,
@@ -146,6 +148,8 @@ def train_one_epoch(
     """Train over ``loader`` (which already skips the ``start_step`` steps done before a resume).
 
     Args:
+        step_fn: ``(model, batch) -> StepOutput`` (:class:`refconv.engine.task.StepOutput`): the task's forward
+            pass and loss, under autocast when the run uses AMP; the loop does the rest of the step.
         is_sync_step: ``(step_in_epoch, global_step) -> bool``: where ranks check the loss is finite, agree on
             stopping and call ``on_sync`` (logging, periodic checkpoints). The epoch's last step always is one.
         on_sync: called at sync points after the finite check, so anything it saves is good.
@@ -161,12 +165,10 @@ def train_one_epoch(
     step = start_step
     stop = False
     t_last = time.perf_counter()
-    for images, targets in loader:
-        images, targets = _to_device(images, targets, device, channels_last)
+    for batch in loader:
         scheduler.step_update(num_updates=global_step)
-        with autocast(device, amp):
-            logits = model(images)
-            loss = loss_fn(logits, targets)
+        out = step_fn(model, batch)
+        loss = out.loss
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -184,9 +186,9 @@ def train_one_epoch(
         step += 1
         if ema is not None:
             ema.update(dist_utils.unwrap_model(model), step=global_step)
-        meter.add(loss, logits.float(), targets)
+        meter.add(loss, out.count, out.correct)
         if on_batch is not None:
-            on_batch(targets.shape[0])
+            on_batch(out.count)
         stop = stop or stop_requested(global_step)
         if is_sync_step(step, global_step) or step >= steps_per_epoch or (stop and not distributed):
             if device.type == "cuda":
@@ -224,7 +226,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, correct1, correct5, n
     start = time.perf_counter()
     for images, targets in loader:
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = to_device(images, targets, device, channels_last)
         with autocast(device, amp):
             logits = model(images)
         logits = logits.float()

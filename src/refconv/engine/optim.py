@@ -82,7 +82,7 @@ def build_scheduler(optimizer: Optimizer, cfg: RunConfig, steps_per_epoch: int) 
         scheduler, _ = create_scheduler_v2(
             optimizer,
             sched=cfg.sched,
-            num_epochs=cfg.epochs,
+            num_epochs=max(cfg.epochs, 1),  # a 0-epoch run (evaluate, fold, export) never steps it
             warmup_epochs=cfg.warmup_epochs,
             warmup_lr=cfg.warmup_lr,
             min_lr=cfg.min_lr,

@@ -1,7 +1,8 @@
 """``run(config) -> RunResult``: one training run from data to deployable weights.
 
-The run is a function so that Python users, ``refconv train`` and the protocol drivers (demo, sweep) share
-one code path. A run directory is the unit of work:
+The run is a function so that Python users, ``refconv train`` / ``detect`` / ``segment`` and the protocol drivers
+(demo, sweep) share one code path; what it trains is the config's task (:mod:`refconv.engine.task`: data, model,
+loss step, metric, fold check, export), everything else is here. A run directory is the unit of work:
 
 - ``config.yaml``: the resolved config; ``log.txt``: everything printed;
 - ``metrics.jsonl``: one JSON object per epoch (loss, top-1, top-5, lr, images/s, epoch time...);
@@ -34,14 +35,13 @@ import torch
 import torch.utils.deterministic
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..convert import conversion_config, state_dict_format
+from ..convert import conversion_config, refconv_layers, state_dict_format
 from ..errors import CheckpointError, ConfigError, CorruptImageError, DataError, RefConvError
 from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, DONE_FILE, METRICS_FILE, checkpoint_path
 from . import distributed as dist_utils
 from . import rundir
-from .artifacts import fold_model
 from .checkpoint import (
     atomic_copy,
     atomic_write_bytes,
@@ -52,21 +52,14 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import RunConfig, config_hash, make_config, warmup_warning
-from .export import export_onnx, save_weights
+from .export import save_weights
 from .hooks import StepEvent, call_step_hooks
-from .loop import NonFiniteLossError, TrainMeter, amp_dtype, evaluate, train_one_epoch
-from .modeling import (
-    apply_conversion,
-    convert_kwargs,
-    check_input_size,
-    count_params,
-    create_stock_model,
-    load_format_checked,
-    load_start_weights,
-)
+from .loop import NonFiniteLossError, TrainMeter, amp_dtype, train_one_epoch
+from .modeling import count_params, load_format_checked
 from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 from .sampling import ResumableSampler, ShardSampler
+from .task import Task, task_class
 
 __all__ = ["run", "RunResult", "RunInterrupted"]
 
@@ -81,7 +74,8 @@ class RunInterrupted(KeyboardInterrupt):
 @dataclass
 class RunResult:
     """What a finished run produced. ``final`` is the last epoch's test metrics of the exported model
-    (the EMA model when ``ema``), ``best`` the best epoch's; ``history`` one dict per epoch."""
+    (the EMA model when ``ema``), ``best`` the best epoch's; ``history`` one dict per epoch. The metrics are the
+    task's (classification: loss, top-1, top-5; detection: COCO mAP...; segmentation: mIoU...)."""
 
     run_dir: Path
     method: str
@@ -96,6 +90,7 @@ class RunResult:
     folded_path: Path | None = None  # set for refconv runs
     folded_metrics: dict[str, Any] | None = None
     fold_max_abs_err: float | None = None
+    fold: dict[str, Any] | None = None  # the fold check's full report (detection: detections compared too)
     onnx: dict[str, Any] | None = None
     trainable_params: int = 0
     total_params: int = 0
@@ -103,6 +98,7 @@ class RunResult:
     wall_time_s: float = 0.0
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -173,46 +169,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _make_loaders(train_ds: Dataset, test_ds: Dataset, sampler: ResumableSampler, cfg: RunConfig,
-                  per_rank_batch: int, info: dist_utils.DistInfo) -> tuple[Any, Any, str]:
-    """The training and test iterables and the name of the input path they use.
-
-    ``input_pipeline="auto"`` keeps tensor datasets resident on the training device and augments whole
-    batches (:mod:`refconv.data.resident`: the per-item pipeline's distribution, a fraction of its cost);
-    other datasets, or ``"loader"``, go through a ``DataLoader`` item by item. Both take their order from
-    ``sampler``, so either resumes exactly.
-    """
-    from ..data.loader import seed_worker
-    from ..data.resident import ResidentLoader, resident_images
-
-    device = info.device
-    test_sampler = ShardSampler(len(test_ds), rank=info.rank, world_size=info.world_size)
-    if cfg.input_pipeline != "loader":
-        train_res = resident_images(train_ds, device=device, channels_last=cfg.channels_last)
-        test_res = resident_images(test_ds, device=device, channels_last=cfg.channels_last)
-        if train_res is not None and test_res is not None:
-            return (ResidentLoader(train_res, sampler, per_rank_batch, seed=cfg.seed, rank=info.rank),
-                    ResidentLoader(test_res, test_sampler, per_rank_batch), "resident")
-        if cfg.input_pipeline == "resident":
-            raise ConfigError(
-                f"input_pipeline='resident' needs a tensor dataset (fashion-mnist, cifar10, cifar100); {cfg.data} "
-                "is read item by item. Use --input-pipeline auto (or loader)."
-            )
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=per_rank_batch,
-        sampler=sampler,
-        num_workers=cfg.workers,
-        generator=torch.Generator(),
-        worker_init_fn=seed_worker if cfg.workers > 0 else None,
-        pin_memory=device.type == "cuda",
-        drop_last=False,
-    )
-    test_loader = DataLoader(test_ds, batch_size=per_rank_batch, sampler=test_sampler, num_workers=cfg.workers,
-                             pin_memory=device.type == "cuda")
-    return train_loader, test_loader, "loader"
-
-
 def _resumed_meter_state(ckpt: dict[str, Any], info: dist_utils.DistInfo) -> dict[str, Any] | None:
     """This rank's share of the interrupted epoch's training sums.
 
@@ -234,7 +190,7 @@ def _resumed_meter_state(ckpt: dict[str, Any], info: dist_utils.DistInfo) -> dic
 
 def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gstep: int, meter: TrainMeter,
                               info: dist_utils.DistInfo, save_last: Callable[..., Path], run_dir: Path,
-                              steps_per_epoch: int, reporter: Reporter) -> DataError:
+                              steps_per_epoch: int, reporter: Reporter, task: Task) -> DataError:
     """The error for an unreadable image mid-epoch, after saving a checkpoint at the last finished step.
 
     The steps before the bad batch are kept (single process: the state is consistent between steps); once the
@@ -248,36 +204,10 @@ def _stopped_on_corrupt_image(exc: Exception, ep: int, start_step: int, start_gs
     last = checkpoint_path(run_dir)
     where = (f"saved {saved} at epoch {ep + 1}, step {step}/{steps_per_epoch}" if saved else
              f"the last checkpoint {last} is kept" if last.is_file() else "no checkpoint had been written yet")
-    msg = (f"{exc} Training stopped; {where}. After replacing the file, `refconv train --resume {run_dir}` continues "
+    msg = (f"{exc} Training stopped; {where}. After replacing the file, `{task.resume_command(run_dir)}` continues "
            "from there (after deleting it: the data changed, so start over with --overwrite).")
     reporter.log(msg)
     return CorruptImageError(msg)
-
-
-def _check_data_means_something(cfg: RunConfig, info: Any, train_ds: Dataset, test_ds: Dataset) -> list[str]:
-    """Refuse data a classifier learns nothing from; return warnings for a subset larger than the data.
-
-    A 1-class image folder trains to "100 %" top-1 and exits 0: a result that means nothing, so refuse it.
-    ``--subset-train 100000`` on a 60,000-image set silently used 60,000: say so (the run is still valid).
-    """
-    if info.num_classes < 2:
-        names = ", ".join(repr(c) for c in info.class_names[:3]) or "none"
-        raise DataError(
-            f"{cfg.data} has {info.num_classes} class ({names}): a classifier cannot learn anything from it and its "
-            "top-1 would be a meaningless 100%. Add at least one more class (for an image folder: another "
-            "class folder under train/ and val/)."
-        )
-    warnings = []
-    for key, ds, split in (("subset_train", train_ds, "training"), ("subset_test", test_ds, "test")):
-        asked, have = getattr(cfg, key), len(ds)  # type: ignore[arg-type]
-        if asked is not None and asked > have:
-            warnings.append(f"--{key.replace('_', '-')} {asked:,} is more than the {have:,} {split} images of "
-                            f"{cfg.data}: using all {have:,}.")
-    return warnings
-
-
-def _fmt_metrics(m: dict[str, Any]) -> str:
-    return f"loss {m['loss']:.4f}  top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%"
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -346,8 +276,6 @@ def run(config: RunConfig | dict[str, Any], *, resume: bool = False, reporter: R
 
 def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: bool, reporter: Reporter,
            t_start: float) -> RunResult:
-    from ..data import build_dataset
-
     device = info.device
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -358,28 +286,11 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     amp = amp_dtype(cfg.amp, device)
     if cfg.amp != "none" and amp is None:
         reporter.log(f"amp={cfg.amp} ignored: mixed precision is used on CUDA only (this run is on {device.type}).")
+    task = task_class(cfg.task)(cfg)
 
-    # ---- data (rank 0 first, so a download happens once)
-    def _datasets() -> tuple:
-        common = dict(data_dir=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.in_chans, download=cfg.download,
-                      seed=cfg.data_seed)
-        train = build_dataset(cfg.data, "train", augment=cfg.augment, subset=cfg.subset_train, **common)
-        test = build_dataset(cfg.data, "test", augment=False, subset=cfg.subset_test, **common)
-        return train, test
-
-    if info.is_main:
-        (train_ds, data_info), (test_ds, _) = _datasets()
-        dist_utils.barrier()
-    else:
-        dist_utils.barrier()
-        (train_ds, data_info), (test_ds, _) = _datasets()
-    warnings = _check_data_means_something(cfg, data_info, train_ds, test_ds)
-    num_classes = cfg.num_classes or data_info.num_classes
-    if num_classes < data_info.num_classes:
-        raise ConfigError(
-            f"num_classes={num_classes} is smaller than the {data_info.num_classes} classes of {cfg.data}: labels "
-            f"would be out of range. Use --num-classes {data_info.num_classes} (or leave it unset)."
-        )
+    # ---- data
+    warnings = task.build_data(info)
+    train_ds, test_ds = task.train_ds, task.test_ds
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
                           f"{info.world_size} processes.")
@@ -390,25 +301,24 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     if steps_per_epoch < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(train_ds)} training images: no full "
                           "batch. Lower --batch-size or use more data (--subset-train).")
-    train_loader, test_loader, pipeline = _make_loaders(train_ds, test_ds, sampler, cfg, per_rank_batch, info)
+    steps_per_epoch = min(steps_per_epoch, task.max_steps or steps_per_epoch)
+    test_sampler = ShardSampler(len(test_ds), rank=info.rank, world_size=info.world_size)
+    train_loader, test_loader, pipeline = task.loaders(sampler, test_sampler, per_rank_batch, info)
+
+    # ---- the checkpoint a resume continues (read first: a task may rebuild its model from its record)
+    chash = config_hash(cfg)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path(run_dir), map_location=device)
+        if not is_run_checkpoint(ckpt) or ckpt.get("config_hash") != chash:
+            raise CheckpointError(f"{checkpoint_path(run_dir)} was not written by this run's config; "
+                                  "start over with --overwrite.")
 
     # ---- model (same init on every rank: seeded before building)
     seed_everything(cfg.seed)
     # On resume the checkpoint holds every weight: the starting weights need not exist any more.
-    model = create_stock_model(cfg.model, num_classes=num_classes, in_chans=data_info.in_chans,
-                               pretrained=cfg.pretrained and not resume)
-    check_input_size(model, cfg.model, in_chans=data_info.in_chans, image_size=data_info.image_size)
-    deploy_params = count_params(model)[1]
-    start_weights = cfg.weights
-    if cfg.weights and not resume:
-        start_weights = load_start_weights(model, cfg.weights)
-    conv_kwargs = None
-    if cfg.method == "refconv":
-        if not (cfg.weights or cfg.pretrained):
-            reporter.log("warning: method 'refconv' without --weights/--pretrained converts a randomly initialised "
-                         "model: the frozen basis will be random. Pass the baseline's weights for the paper's protocol.")
-        conv_kwargs = convert_kwargs(cfg)
-        apply_conversion(model, conv_kwargs)
+    model = task.build_model(ckpt=ckpt, reporter=reporter)
+    deploy_params, start_weights = task.deploy_params, task.start_weights
     trainable, total = count_params(model)
     model.to(device)
     if cfg.channels_last:
@@ -431,19 +341,19 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
-    loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def step_fn(m: nn.Module, batch: Any) -> Any:
+        return task.step(m, batch, device=device, amp=amp, channels_last=cfg.channels_last)
+
+    def evaluate(m: nn.Module) -> dict[str, Any]:
+        return task.evaluate(m, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
 
     # ---- state
     epoch, step_in_epoch, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {}
     meter_state: dict[str, Any] | None = None
-    chash = config_hash(cfg)
-    if resume:
-        ckpt = load_checkpoint(checkpoint_path(run_dir), map_location=device)
-        if not is_run_checkpoint(ckpt) or ckpt.get("config_hash") != chash:
-            raise CheckpointError(f"{checkpoint_path(run_dir)} was not written by this run's config; "
-                                  "start over with --overwrite.")
+    if ckpt is not None:
         load_format_checked(model, ckpt["state_dict"], str(checkpoint_path(run_dir)))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -470,11 +380,11 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         atomic_write_bytes(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
         _write_metrics(run_dir, history)
         reporter.log(
-            f"run {run_dir}: {cfg.method} {cfg.model} on {data_info.name} ({len(train_ds)} train / {len(test_ds)} test "
-            f"images, {num_classes} classes, {data_info.in_chans}x{data_info.image_size}x{data_info.image_size}), "
+            f"run {run_dir}: {cfg.method} {cfg.model} on {task.describe_data()}, "
             f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}, lr {cfg.recipe_lr():.4g}, "
             f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
             f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
+            + "".join(f"; {value}" for _, value in task.fact_rows(task.run_facts()))
         )
         source = (f"split held as uint8 on {device.type}, batches augmented at once" if pipeline == "resident"
                   else f"DataLoader, {cfg.workers} workers")
@@ -484,21 +394,21 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             + ("; torch.compile: compiles once on the first training batch and once on the first evaluation batch"
                if cfg.compile else "")
         )
-        for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs)]:
+        for warning in [*warnings, warmup_warning(cfg.warmup_epochs, cfg.epochs) if cfg.epochs else None]:
             if warning:
                 reporter.log("warning: " + warning)
 
     def state_dict_for_ckpt(ep: int, step: int, gstep: int, meter: TrainMeter | None) -> dict[str, Any]:
         rngs = dist_utils.all_gather_object(rng_state())
         meters = dist_utils.all_gather_object(meter.state_dict() if meter is not None else None)
+        layers = conversion_config(model)
         return {
-            "arch": cfg.model,
-            "model_kwargs": {"num_classes": num_classes, "in_chans": data_info.in_chans},
-            "image_size": data_info.image_size,
+            "task": task.name,
+            **task.checkpoint_meta(),
             "method": cfg.method,
             "state_dict": model.state_dict(),
             "state_dict_format": state_dict_format(model.state_dict()),
-            "conversion": {"layers": conversion_config(model), "kwargs": conv_kwargs} if conv_kwargs else None,
+            "conversion": {"layers": layers, "kwargs": task.conversion_kwargs} if layers else None,
             "state_dict_ema": ema.module.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -522,6 +432,8 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             save_checkpoint(path, state)
         return path
 
+    if cfg.epochs == 0 and ckpt is None:  # evaluate, fold and export the starting weights: they are the run's state
+        save_last(0, 0, 0, None)
     stop = _StopFlag(reporter)
     final_eval: dict[str, Any] = {}
     with stop:
@@ -562,9 +474,9 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             try:
                 with bar:
                     outcome = train_one_epoch(
-                        train_model, train_loader, optimizer, scheduler, loss_fn=loss_fn, device=device, meter=meter,
-                        global_step=global_step, start_step=step_in_epoch, steps_per_epoch=steps_per_epoch, amp=amp,
-                        scaler=scaler, ema=ema, grad_clip=cfg.grad_clip, channels_last=cfg.channels_last,
+                        train_model, train_loader, optimizer, scheduler, step_fn=step_fn, device=device, meter=meter,
+                        global_step=global_step, start_step=step_in_epoch, steps_per_epoch=steps_per_epoch,
+                        scaler=scaler, ema=ema, grad_clip=cfg.grad_clip,
                         is_sync_step=is_sync, on_sync=on_sync, stop_requested=stop_requested,
                         on_batch=bar.update,
                     )
@@ -579,42 +491,33 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                 raise NonFiniteLossError(msg) from None
             except CorruptImageError as exc:
                 raise _stopped_on_corrupt_image(exc, ep, step_in_epoch, global_step, meter, info, save_last,
-                                                run_dir, steps_per_epoch, reporter) from None
+                                                run_dir, steps_per_epoch, reporter, task) from None
             global_step = outcome.global_step
             if outcome.stopped:
                 path = save_last(ep, outcome.step_in_epoch, global_step, meter)
                 msg = (f"interrupted at epoch {ep + 1}, step {outcome.step_in_epoch}/{steps_per_epoch}; saved {path}. "
-                       f"Resume with: refconv train --resume {run_dir}")
+                       f"Resume with: {task.resume_command(run_dir)}")
                 reporter.log(msg)
                 raise RunInterrupted(msg, path)
 
             train = meter.totals()
             dist_utils.sync_buffers(model)  # BN statistics drift per rank; evaluate (and save) rank 0's
+            evaluated = (ep + 1) % cfg.eval_every_epochs == 0 or ep + 1 == cfg.epochs
+            test = evaluate(eval_model) if evaluated else None
+            ema_test = evaluate(ema.module) if evaluated and ema is not None else None
             row: dict[str, Any] = {
                 "epoch": ep + 1,
                 "global_step": global_step,
                 "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": train["loss"],
-                "train_top1": train["top1"],
+                **task.epoch_row(train, test, ema_test),
                 "images_per_s": train["images"] / max(meter.seconds, 1e-9),
                 "epoch_time_s": meter.seconds,
             }
-            evaluated = (ep + 1) % cfg.eval_every_epochs == 0 or ep + 1 == cfg.epochs
-            if evaluated:
-                test = evaluate(eval_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
-                row.update({"test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
-                            "test_correct": test["correct1"], "test_images": test["images"],
-                            "eval_images_per_s": test["images_per_s"]})
-            if evaluated and ema is not None:
-                ema_test = evaluate(ema.module, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
-                row.update({"ema_test_loss": ema_test["loss"], "ema_test_top1": ema_test["top1"],
-                            "ema_test_top5": ema_test["top5"], "ema_test_correct": ema_test["correct1"]})
             history.append(row)
-            score_key = "ema_test_top1" if ema is not None else "test_top1"
-            is_best = evaluated and (not best or row[score_key] > best["top1"])
+            scored = ema_test if ema_test is not None else test
+            is_best = scored is not None and (not best or _better(scored[task.score], best[task.score]))
             if is_best:
-                best = {"epoch": ep + 1, "top1": row[score_key], "top5": row[score_key.replace("top1", "top5")],
-                        "loss": row[score_key.replace("top1", "loss")]}
+                best = task.best_entry(ep + 1, scored)
             epoch, step_in_epoch = ep + 1, 0
             path = save_last(epoch, 0, global_step, None)
             if info.is_main:
@@ -624,55 +527,49 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
                 if ep + 1 in cfg.snapshot_epochs:  # an under-trained start of the same recipe (docs/pretrained.md)
                     atomic_copy(path, checkpoint_path(run_dir, f"epoch-{ep + 1}"))
                 reporter.log(
-                    f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2f}% | "
-                    + (("test " + _fmt_metrics(test)) if evaluated else f"test not evaluated (every {cfg.eval_every_epochs})")
-                    + (f" | ema top-1 {row['ema_test_top1']:.2f}%" if evaluated and ema is not None else "")
+                    f"epoch {ep + 1}/{cfg.epochs}: train loss {train['loss']:.4f}"
+                    + (f" top-1 {train['top1']:.2f}%" if "train_top1" in row else "") + " | "
+                    + (("test " + task.format_metrics(test)) if test is not None
+                       else f"test not evaluated (every {cfg.eval_every_epochs})")
+                    + (f" | ema {task.format_metrics(ema_test)}" if ema_test is not None else "")
                     + f" | {row['images_per_s']:.0f} img/s, {meter.seconds:.1f}s"
                 )
-            if not evaluated:
-                continue
-            final_eval = test if ema is None else {"loss": row["ema_test_loss"], "top1": row["ema_test_top1"],
-                                                  "top5": row["ema_test_top5"], "correct1": row["ema_test_correct"]}
+            if scored is not None:
+                final_eval = scored
 
     # ---- deployable outputs
     deploy_model = ema.module if ema is not None else model
-    if not final_eval:  # resumed a run whose last epoch had finished: evaluate once more
-        final_eval = evaluate(deploy_model, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
-    final = {"epoch": cfg.epochs, "loss": final_eval["loss"], "top1": final_eval["top1"], "top5": final_eval["top5"],
-             "correct1": final_eval["correct1"]}
-    sample = next(iter(DataLoader(test_ds, batch_size=min(8, len(test_ds)))))[0].to(device)
-    meta = {"model": cfg.model, "num_classes": num_classes, "in_chans": data_info.in_chans,
-            "image_size": data_info.image_size, "mean": list(data_info.mean), "std": list(data_info.std),
-            "data": data_info.name, "method": cfg.method, "run_dir": str(run_dir), "format": "plain"}
-    folded_metrics = fold_err = onnx_info = None
-    if cfg.method == "refconv":
-        plain, fold_report = fold_model(deploy_model, sample)
+    if not final_eval:  # resumed a run whose last epoch had finished (or trained none): evaluate once more
+        final_eval = evaluate(deploy_model)
+    final = {"epoch": cfg.epochs, **task.final_metrics(final_eval)}
+    sample = task.sample(device)
+    folded_metrics = fold_report = fold_err = onnx_info = None
+    if refconv_layers(deploy_model):
+        plain, fold_report = task.fold(deploy_model, sample)
         fold_err = fold_report["max_abs_err"]
-        folded_metrics = evaluate(plain, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
-        folded_metrics = {k: folded_metrics[k] for k in ("loss", "top1", "top5", "correct1")}
+        folded_metrics = task.final_metrics(evaluate(plain))
         weights_name = "folded.safetensors"
-        meta.update(fold_max_abs_err=fold_err, folded_from="refconv")
     else:
         plain = deploy_model
         weights_name = "model.safetensors"
     weights_path = run_dir / weights_name
     if info.is_main:
-        save_weights(plain, weights_path, meta)
+        save_weights(plain, weights_path, task.weights_meta(fold_report))
         if fold_err is not None:
             reporter.log(f"folded -> {weights_path}: max |folded - refconv| = {fold_err:.3g}; folded test "
-                         f"{_fmt_metrics(folded_metrics)}")
+                         f"{task.format_metrics(folded_metrics)}")
         if cfg.export_onnx:
-            onnx_info = export_onnx(plain, run_dir / "model.onnx", sample[:2].cpu(), opset=cfg.onnx_opset)
+            onnx_info = task.export_onnx(plain, run_dir / "model.onnx", sample)
             reporter.log(f"ONNX -> {onnx_info['path']} (onnxruntime max abs err {onnx_info['max_abs_err']:.3g})")
 
     result = RunResult(
-        run_dir=run_dir, method=cfg.method, model=cfg.model, data=data_info.name, config=cfg.to_dict(),
+        run_dir=run_dir, method=cfg.method, model=cfg.model, data=task.data_name(), config=cfg.to_dict(),
         config_hash=config_hash(cfg), final=final, best=best, history=history, weights_path=weights_path,
-        folded_path=weights_path if cfg.method == "refconv" else None, folded_metrics=folded_metrics,
-        fold_max_abs_err=fold_err, onnx=onnx_info, trainable_params=trainable, total_params=total,
+        folded_path=weights_path if fold_report is not None else None, folded_metrics=folded_metrics,
+        fold_max_abs_err=fold_err, fold=fold_report, onnx=onnx_info, trainable_params=trainable, total_params=total,
         deploy_params=deploy_params, wall_time_s=time.perf_counter() - t_start,
         extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch,
-               "input_pipeline": pipeline, "start_weights": start_weights},
+               "input_pipeline": pipeline, "start_weights": start_weights, **task.run_facts()}, task=task.name,
     )
     if info.is_main:
         atomic_write_bytes(run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
@@ -687,30 +584,44 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
 
 
+def _better(score: float, best: float) -> bool:
+    """Whether ``score`` beats ``best`` (a NaN best, e.g. a detector's mAP with nothing found yet, is beaten by
+    any number)."""
+    return score > best or (math.isnan(best) and not math.isnan(score))
+
+
 def summary_rows(result: RunResult) -> list[tuple[str, str]]:
     """The end-of-run summary as (label, value) rows."""
+    task = task_class(result.task)
     f, b = result.final, result.best
+    score = task.score
     rows = [
         ("run", str(result.run_dir)),
         ("method / model / data", f"{result.method} / {result.model} / {result.data}"),
-        ("final test", f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  loss {f['loss']:.4f}"),
-        ("best test", f"top-1 {b.get('top1', float('nan')):.2f}% at epoch {b.get('epoch', '-')}"),
+        ("final test", task.format_metrics(f)),
+        ("best test", f"{score} {b.get(score, float('nan')):.4g} at epoch {b.get('epoch', '-')}"
+         if result.task != "classification" else
+         f"top-1 {b.get('top1', float('nan')):.2f}% at epoch {b.get('epoch', '-')}"),
         ("params", f"trainable {result.trainable_params:,} / total {result.total_params:,} / deployed "
                    f"{result.deploy_params:,}"),
     ]
-    if result.history:
+    rows += task.fact_rows(result.extra)
+    if result.history and "eval_images_per_s" in result.history[-1]:
         last = result.history[-1]
         rows.append(("throughput", f"{last['images_per_s']:.0f} img/s train, {last['eval_images_per_s']:.0f} img/s eval"))
     if result.folded_metrics is not None:
         fm = result.folded_metrics
-        same = "identical" if fm["correct1"] == f["correct1"] else "DIFFERENT"
-        rows.append(("folded", f"top-1 {fm['top1']:.2f}% ({same} to RefConv), max abs err "
-                               f"{result.fold_max_abs_err:.3g}"))
+        if "correct1" in fm:
+            same = "identical" if fm["correct1"] == f["correct1"] else "DIFFERENT"
+            rows.append(("folded", f"top-1 {fm['top1']:.2f}% ({same} to RefConv), max abs err "
+                                   f"{result.fold_max_abs_err:.3g}"))
+        else:
+            rows.append(("folded", f"{task.format_metrics(fm)}, max abs err {result.fold_max_abs_err:.3g}"))
     if result.weights_path is not None:
         rows.append(("deployable weights", str(result.weights_path)))
     if result.onnx:
         rows.append(("onnx", f"{result.onnx['path']} (max abs err {result.onnx['max_abs_err']:.3g})"))
     rows.append(("wall time", f"{result.wall_time_s:.1f}s"))
-    if not math.isfinite(f["loss"]):
+    if "loss" in f and not math.isfinite(f["loss"]):
         rows.append(("warning", "final loss is not finite"))
     return rows

@@ -6,9 +6,10 @@ engine run in its own directory, so a study is cached, resumable and skipped cel
 and ``refconv sweep`` are both studies.
 """
 
-from .cells import Arm, Cell, arm_table, cell_config, run_cell, run_cells
+from .cells import Arm, Cell, cell_config, run_cell, run_cells
 from .demo import PROFILES, DemoProfile, DemoResult, profile, run_demo
 from .sweep import SweepResult, SweepSpec, load_sweep, parse_sweep, run_sweep
+from .tables import arm_table
 
 __all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "arm_table", "PROFILES", "DemoProfile",
            "DemoResult", "profile", "run_demo", "SweepSpec", "SweepResult", "load_sweep", "parse_sweep", "run_sweep"]

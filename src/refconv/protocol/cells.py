@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +13,8 @@ from typing import Any
 
 from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
-from ..stats import paired_difference, summarize
 
-__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "arm_table"]
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "cell_record", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,20 @@ class Cell:
     arm: Arm
     seed: int
     config: RunConfig
+
+
+@contextmanager
+def study_dir(out: Path, *, lock: bool = True) -> Iterator[None]:
+    """Own a study's output directory while the study runs: one study per directory (each of its runs also locks
+    its own), and a directory this created is removed again when nothing was written (a refused study leaves no
+    trace). ``lock=False`` only checks the path, for a study that writes nothing (an estimate)."""
+    rundir.check_out_path(out)
+    held = rundir.RunDirLock(out).acquire() if lock else None
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.release(remove_if_empty=True)
 
 
 def cell_config(base: RunConfig, baseline_dir: str | os.PathLike, arm: Arm, seed: int, root: str | os.PathLike) -> RunConfig:
@@ -94,52 +109,45 @@ def run_cells(
     ``on_done(cell, result, done_count, total)`` is called as each cell finishes (progress/ETA).
     """
     results: dict[tuple[str, int], RunResult] = {}
-    total = len(cells)
-    if parallel <= 1:
-        for i, cell in enumerate(cells, 1):
-            res = run_cell(cell.config, overwrite=overwrite, reporter=reporter)
-            results[(cell.arm.name, cell.seed)] = res
-            if on_done:
-                on_done(cell, res, i, total)
-        return results
-    import multiprocessing as mp
-
-    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(_run_cell_in_subprocess, c.config.to_dict(), overwrite): c for c in cells
-        }
-        for i, fut in enumerate(cf.as_completed(futures), 1):
-            cell = futures[fut]
-            res = RunResult.from_dict(fut.result())
-            results[(cell.arm.name, cell.seed)] = res
-            if on_done:
-                on_done(cell, res, i, total)
+    for i, (cell, res) in enumerate(_finished(cells, parallel, overwrite, reporter), 1):
+        results[(cell.arm.name, cell.seed)] = res
+        if on_done:
+            on_done(cell, res, i, len(cells))
     return results
 
 
-def arm_table(
-    arms: Sequence[Arm],
-    seeds: Sequence[int],
-    results: Mapping[tuple[str, int], RunResult],
-    *,
-    metric: str = "top1",
-    reference: Mapping[str, Sequence[float]] | None = None,
-) -> list[dict[str, Any]]:
-    """Per arm: summary of ``metric`` over seeds and paired differences to every control arm.
+def _finished(cells: Sequence[Cell], parallel: int, overwrite: bool, reporter: Any) -> Iterator[tuple[Cell, RunResult]]:
+    """``(cell, result)`` as each cell finishes: in order in this process, or as they complete in ``parallel``
+    spawned processes (one thread each, so P processes do not fight over the cores)."""
+    if parallel <= 1:
+        for cell in cells:
+            yield cell, run_cell(cell.config, overwrite=overwrite, reporter=reporter)
+        return
+    import multiprocessing as mp
 
-    ``reference`` may add fixed per-seed series (e.g. the baseline's value repeated) to compare against.
-    """
-    per_arm = {a.name: [float(results[(a.name, s)].final[metric]) for s in seeds] for a in arms}
-    controls = [a for a in arms if a.is_control]
-    rows = []
-    for a in arms:
-        vals = per_arm[a.name]
-        row: dict[str, Any] = {"arm": a.name, "method": a.method, "epochs": a.epochs, "values": vals,
-                               "summary": summarize(vals).to_dict(), "vs": {}}
-        if not a.is_control:
-            for c in controls:
-                row["vs"][c.name] = paired_difference(vals, per_arm[c.name]).to_dict()
-            for name, ref in (reference or {}).items():
-                row["vs"][name] = paired_difference(vals, list(ref)).to_dict()
-        rows.append(row)
-    return rows
+    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_cell_in_subprocess, c.config.to_dict(), overwrite): c for c in cells}
+        for fut in cf.as_completed(futures):
+            yield futures[fut], RunResult.from_dict(fut.result())
+
+
+def cell_record(res: RunResult, out: Path) -> dict[str, Any]:
+    """A finished run as a study's ``results.json`` holds it: every number its report prints, and its directory
+    relative to the study's ``out`` (so a recorded study can be moved and still checked against its runs)."""
+    return {
+        "run_dir": os.path.relpath(res.run_dir, out),
+        "method": res.method,
+        "seed": res.config.get("seed"),
+        "epochs": res.config.get("epochs"),
+        "lr": res.config.get("lr"),
+        "final": res.final,
+        "best": res.best,
+        "history": res.history,
+        "trainable_params": res.trainable_params,
+        "total_params": res.total_params,
+        "deploy_params": res.deploy_params,
+        "wall_time_s": res.wall_time_s,
+        "cached": res.cached,
+        "fold_max_abs_err": res.fold_max_abs_err,
+        "folded_top1": (res.folded_metrics or {}).get("top1"),
+    }

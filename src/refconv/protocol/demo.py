@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,14 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from ..engine import RunConfig, RunResult
+from ..engine import RunConfig
 from ..engine.config import make_config
-from ..engine.rundir import RunDirLock, check_out_path, is_empty
+from ..engine.rundir import is_empty
 from ..engine.rundir import clear as clear_dir
 from ..errors import CheckpointError, ConfigError
-from .cells import Arm, Cell, arm_table, cell_config, run_cell, run_cells
+from ..environment import environment
+from .cells import Arm, Cell, cell_config, cell_record, run_cell, run_cells, study_dir
+from .progress import StudyProgress
+from .tables import arm_table
 
 __all__ = ["DemoProfile", "PROFILES", "DemoResult", "run_demo", "profile"]
 
@@ -197,34 +198,6 @@ def _base_config(p: DemoProfile, model: str, data_dir: str | None, workers: int,
     )
 
 
-class _Progress:
-    """Stage and ETA lines on stderr: the demo is long and must show where it is."""
-
-    def __init__(self, total_cells: int, log: Callable[[str], None]) -> None:
-        self.total = total_cells
-        self.done = 0
-        self.trained_time = 0.0
-        self.trained = 0
-        self.t0 = time.perf_counter()
-        self.log = log
-
-    def stage(self, i: int, n: int, text: str) -> None:
-        self.log(f"[demo] stage {i}/{n}: {text}")
-
-    def cell(self, label: str, res: RunResult) -> None:
-        self.done += 1
-        if not res.cached:
-            self.trained += 1
-            self.trained_time += res.wall_time_s
-        left = self.total - self.done
-        eta = ""
-        if self.trained and left:
-            eta = f", ETA for training ~{self.trained_time / self.trained * left / 60:.1f} min"
-        state = "cached" if res.cached else f"{res.wall_time_s:.0f}s"
-        self.log(f"[demo]   run {self.done}/{self.total} {label}: top1 {res.final.get('top1', float('nan')):.2f} "
-                 f"({state}){eta}")
-
-
 def _check_out_dir(out: Path, p: DemoProfile, overwrite: bool) -> None:
     marker = out / DEMO_FILE
     if marker.is_file():
@@ -261,14 +234,9 @@ def run_demo(
     log: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the whole protocol for profile ``p`` into ``out``; see the module docstring."""
-    out = Path(out)
-    check_out_path(out)
-    lock = RunDirLock(out).acquire()  # one demo per directory; each of its runs also locks its own
-    try:
-        return _run_demo(p, out, data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
+    with study_dir(Path(out)):
+        return _run_demo(p, Path(out), data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
                          download=download, log=log)
-    finally:
-        lock.release(remove_if_empty=True)
 
 
 def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: bool, workers: int, progress: str,
@@ -292,9 +260,9 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
         Arm("finetune", "finetune", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}),
     ]
     n_stages = 5
-    prog = _Progress(len(p.models) * (len(arms) * len(seeds) + (0 if p.starts else 1)), log)
+    prog = StudyProgress("demo", len(p.models) * (len(arms) * len(seeds) + (0 if p.starts else 1)), log)
     results: dict[str, Any] = {"profile": p.to_dict(), "models": {}, "commands": _commands(p, out),
-                               "environment": _environment(), "seeds": seeds}
+                               "environment": environment(), "seeds": seeds}
     for mi, model in enumerate(p.models):
         slug = _slug(model)
         root = out / "runs" / slug
@@ -309,7 +277,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
                                     seed=0, out=str(root / "baseline"))
             baseline = run_cell(base_cfg)
             prog.cell(f"{model} baseline", baseline)
-            start = {**_run_summary(baseline, out), "kind": "trained here", "name": None,
+            start = {**cell_record(baseline, out), "kind": "trained here", "name": None,
                      "weights": str(baseline.run_dir), "card": None}
 
         prog.stage(2, n_stages, f"{', '.join(a.name for a in arms)} from the start, {len(seeds)} seed(s), "
@@ -339,7 +307,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
         results["models"][model] = {
             "slug": slug,
             "start": start,
-            "cells": {f"{a.name}/seed{s}": _run_summary(cell_results[(a.name, s)], out) for a in arms for s in seeds},
+            "cells": {f"{a.name}/seed{s}": cell_record(cell_results[(a.name, s)], out) for a in arms for s in seeds},
             "table": table,
             "table_top5": table_top5,
             "equivalence": equivalence,
@@ -372,71 +340,19 @@ def _check_starts(p: DemoProfile) -> None:
 
 
 def _pretrained_start(name: str, base: RunConfig, out: Path, data_dir: str | None) -> dict[str, Any]:
-    """The shipped model's record for the report: its card, and its accuracy on this demo's test split.
-
-    Cached in ``start-<name>.json`` by the weights' SHA-256 (a republished model is evaluated again).
-    """
-    from ..engine.artifacts import load_model
-    from ..engine.loop import evaluate
+    """The shipped model's record for the report: its card, and its accuracy on this demo's test split (cached in
+    ``start-<name>.json`` by the weights' SHA-256: a republished model is evaluated again)."""
     from ..models import pretrained
-    from .evaldata import test_loader
+    from .evaldata import evaluate_start
 
     card = pretrained.read_card(name) or {}
-    cache = out / f"start-{_slug(name)}.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved.get("card", {}).get("sha256") == card.get("sha256"):
-            return saved
-    t0 = time.perf_counter()
-    model = load_model(name).model.eval()
-    loader = test_loader(base.to_dict(), data_dir=data_dir, batch_size=256)
-    m = evaluate(model, loader, device=torch.device("cpu"))
-    final = {"top1": m["top1"], "top5": m["top5"], "loss": m["loss"], "correct1": m["correct1"], "images": m["images"]}
-    rec = {"kind": "pretrained", "name": name, "weights": name, "method": "pretrained", "final": final,
-           "epochs": card.get("epochs"), "history": [], "seed": None, "wall_time_s": time.perf_counter() - t0,
-           "card": {k: card.get(k) for k in ("sha256", "test_top1", "test", "epochs", "machine", "recipe", "plateau",
-                                             "params", "image_size")}}
-    cache.write_text(json.dumps(rec, indent=2, default=str))
-    return rec
-
-
-def _run_summary(res: RunResult, out: Path) -> dict[str, Any]:
-    return {
-        "run_dir": os.path.relpath(res.run_dir, out),
-        "method": res.method,
-        "final": res.final,
-        "best": res.best,
-        "history": res.history,
-        "trainable_params": res.trainable_params,
-        "total_params": res.total_params,
-        "deploy_params": res.deploy_params,
-        "wall_time_s": res.wall_time_s,
-        "cached": res.cached,
-        "fold_max_abs_err": res.fold_max_abs_err,
-        "seed": res.config.get("seed"),
-        "epochs": res.config.get("epochs"),
-        "lr": res.config.get("lr"),
-    }
+    rec = evaluate_start(name, base, out / f"start-{_slug(name)}.json", data_dir=data_dir)
+    return {"kind": "pretrained", "name": name, "weights": name, "method": "pretrained", "final": rec["final"],
+            "epochs": card.get("epochs"), "history": [], "seed": None, "wall_time_s": rec["wall_time_s"],
+            "card": {k: card.get(k) for k in ("sha256", "test_top1", "test", "epochs", "machine", "recipe", "plateau",
+                                              "params", "image_size")}}
 
 
 def _commands(p: DemoProfile, out: Path) -> list[str]:
     return [" ".join(["refconv"] + sys.argv[1:]) if sys.argv and sys.argv[0].endswith("refconv") else
             f"refconv demo --profile {p.name} --seeds {p.seeds} --models {' '.join(p.models)} --out {out}"]
-
-
-def _environment() -> dict[str, Any]:
-    import torchvision
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-           "cuda": torch.cuda.is_available()}
-    try:
-        import timm
-
-        env["timm"] = timm.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    from .. import __version__
-
-    env["refconv"] = __version__
-    return env

@@ -14,8 +14,9 @@ from typing import Any
 from ..report import Document, Image, Table, Text
 from ..report.plots import plot_curves
 from ..stats import PairedDifference, verdict
+from .tables import mean_epoch_time
 
-__all__ = ["write_demo_report", "fmt", "fmt_summary", "fmt_diff"]
+__all__ = ["write_demo_report", "fmt", "fmt_summary", "fmt_diff", "fmt_params", "shift_epochs"]
 
 
 def fmt(x: Any, digits: int = 2) -> str:
@@ -44,13 +45,19 @@ def fmt_diff(d: dict[str, Any], digits: int = 2) -> str:
     return f"{base} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
 
 
+def shift_epochs(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
+    """A run's history with its epochs counted from ``offset`` (an arm's curve continues its start's)."""
+    return [{**h, "epoch": h["epoch"] + offset} for h in history]
+
+
 def _diff_obj(d: dict[str, Any]) -> PairedDifference:
     keys = ("mean", "std", "n", "ci_low", "ci_high", "confidence", "method", "p_value")
     return PairedDifference(**{k: d[k] for k in keys})
 
 
-def _mparams(n: int) -> str:
-    return f"{n / 1e6:.3f}M"
+def fmt_params(n: int | None) -> str:
+    """A parameter count in millions, ``1.234M`` (``n/a`` when unknown)."""
+    return "n/a" if n is None else f"{n / 1e6:.3f}M"
 
 
 def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
@@ -126,7 +133,7 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         hist = {"baseline": [m["start"]["history"]]} if trained_here else {}
         offset = m["start"]["epochs"] if trained_here else 0
         for arm in ("refconv", "continue", "finetune"):
-            hist[arm] = [_shift(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in seeds]
+            hist[arm] = [shift_epochs(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in seeds]
         png = out / f"curves-{m['slug']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_loss", "test_top1"), title=model)
         where = ("the arms start from the baseline's last epoch" if trained_here else
@@ -142,13 +149,13 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         lat = eq["latency_ms"]
         tsf = eq["train_step_flops"]
         rows = [
-            ["start / continue", _mparams(eq["params"]["baseline"]), _mparams(ct["trainable_params"]),
+            ["start / continue", fmt_params(eq["params"]["baseline"]), fmt_params(ct["trainable_params"]),
              fmt(eq["flops_per_image"]["baseline"] / 1e6), fmt(tsf["baseline"] / 1e9, 3),
-             fmt(lat["baseline"]["median_ms"]), fmt(_epoch_time(ct))],
-            ["refconv, training time", _mparams(eq["params"]["training_time"]),
-             _mparams(eq["params"]["training_time_trainable"]), "", fmt(tsf["refconv"] / 1e9, 3), "",
-             fmt(_epoch_time(tt))],
-            ["refconv, folded (deployed)", _mparams(eq["params"]["folded"]), "",
+             fmt(lat["baseline"]["median_ms"]), fmt(mean_epoch_time(ct))],
+            ["refconv, training time", fmt_params(eq["params"]["training_time"]),
+             fmt_params(eq["params"]["training_time_trainable"]), "", fmt(tsf["refconv"] / 1e9, 3), "",
+             fmt(mean_epoch_time(tt))],
+            ["refconv, folded (deployed)", fmt_params(eq["params"]["folded"]), "",
              fmt(eq["flops_per_image"]["folded"] / 1e6), "", fmt(lat["folded"]["median_ms"]), ""],
         ]
         s.add(Table(["model", "params", "trainable", "inference MFLOPs / image",
@@ -209,12 +216,3 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 def _start_label(m: dict[str, Any]) -> str:
     st = m["start"]
     return f"start ({st['name']})" if st.get("kind") == "pretrained" else "baseline"
-
-
-def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
-    return [{**h, "epoch": h["epoch"] + offset} for h in history]
-
-
-def _epoch_time(run: dict[str, Any]) -> float | None:
-    times = [h.get("epoch_time_s") for h in run["history"] if h.get("epoch_time_s") is not None]
-    return sum(times) / len(times) if times else None

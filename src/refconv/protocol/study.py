@@ -17,17 +17,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .study_analyses import analyses_markdown, load_analyses
+
 __all__ = ["load_study", "write_study_summary"]
 
 
 def load_study(dirs: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
-    """``{start label: results.json of its sweep}``, in the given order."""
+    """``{start label: results.json of its sweep}``, in the given order, with its recorded analyses (if any)
+    under ``"analyses"``."""
     out = {}
     for label, d in dirs.items():
         path = Path(d) / "results.json"
         if not path.is_file():
             raise SystemExit(f"study: {path} does not exist: run the sweep first (its command is in its YAML).")
         out[label] = json.loads(path.read_text())
+        analyses = load_analyses(d)
+        if analyses is not None:
+            out[label]["analyses"] = analyses
     return out
 
 
@@ -62,7 +68,8 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
         "its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval is "
         "above zero.",
         "",
-        f"Scale: `{base['model']}` at {base['image_size']} px; an epoch is "
+        f"Scale: `{base['model']}` at " + (f"{base['image_size']} px" if base.get("image_size") else "its native size")
+        + "; an epoch is "
         + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
            if base.get("subset_train") else "the whole 60,000-image training set")
         + f", batch {base['batch_size']}, scored on "
@@ -110,6 +117,9 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
     for key in ctrl:
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
             _ms(keyed[lb][key]["summary"]) if key in keyed[lb] else "n/a" for lb in labels) + " |")
+    for label, res in study.items():
+        if res.get("analyses"):
+            lines += [""] + analyses_markdown(res["analyses"], label=label)
     png = out.with_name(out.stem + "-delta.png")
     if plot and _plot(study, png):
         lines += ["", f"![RefConv minus the best control, by budget]({png.name})", ""]
@@ -122,20 +132,22 @@ def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike
 
 
 def _weights_label(spec: dict[str, Any]) -> str:
+    """What the arms started from, as the sweep recorded it: a registry name (sweeps recorded before names were
+    kept hold the registry file's path, shown by its name)."""
+    from ..models import pretrained
+
     w = str((spec.get("baseline") or {}).get("weights", ""))
-    stem = Path(w).name.replace(".safetensors", "")
-    return f"fmnist/{stem}" if "/weights/fmnist/" in w.replace(os.sep, "/") else w
+    return next((n for n in pretrained.names() if w.replace(os.sep, "/").endswith(f"/{n}.safetensors")), w)
 
 
 def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError:  # pragma: no cover
         return False
-    fig, axes = plt.subplots(1, len(study), figsize=(5.5 * len(study), 4), sharey=True, squeeze=False)
+    from ..report.plots import new_figure, save_figure
+
+    fig, axes = new_figure(len(study), figsize=(5.5 * len(study), 4), sharey=True)
     for ax, (label, res) in zip(axes[0], study.items()):
         by_arm: dict[str, list[dict[str, Any]]] = {}
         for r in _rows(res):
@@ -153,15 +165,13 @@ def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["budget"] for r in _rows(res)}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_major_formatter(ScalarFormatter())
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("budget (epochs)")
         ax.set_title(f"{label} start ({res['baseline']['final']['top1']:.2f} %)")
     axes[0][0].set_ylabel("top-1 Δ vs best control, pt (95 % CI)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from ..report import Code, Document, Image, Table, Text
-from ..report.plots import plot_curves
-from .demo_report import fmt, fmt_diff, fmt_summary
+from ..report.plots import colours, new_figure, plot_curves, save_figure
+from .demo_report import fmt, fmt_diff, fmt_params, fmt_summary, shift_epochs
 
 __all__ = ["write_sweep_report", "plot_accuracy_vs_budget", "plot_differences", "fmt_changes", "t_multiplier"]
 
@@ -61,14 +61,9 @@ def plot_accuracy_vs_budget(results: dict[str, Any], path: str | Path, arms: Seq
     Every line starts at E = 0 from the baseline's accuracy, the checkpoint all arms start from. Controls are
     drawn dashed, so a setting's line can be read against them directly.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     controls = set(results["spec"]["controls"])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = new_figure(figsize=(6.4, 4.2))
+    ax, cycle = axes[0][0], colours()
     span = max([b["budget"] for b in results["budgets"]] + [1])
     for i, arm in enumerate(arms):
         pts = _series(results, arm)
@@ -77,7 +72,7 @@ def plot_accuracy_vs_budget(results: dict[str, Any], path: str | Path, arms: Seq
         ys = [p[1] for p in pts]
         errs = [p[2] or 0.0 for p in pts]
         ax.errorbar(xs, ys, yerr=errs, marker="o", ms=4, capsize=3, label=arm,
-                    linestyle="--" if arm in controls else "-", color=colours[i % len(colours)])
+                    linestyle="--" if arm in controls else "-", color=cycle[i % len(cycle)])
     ax.set_xlabel("budget E (epochs from the baseline; 0 = baseline)")
     ax.set_ylabel("test top-1 % (mean ± std over seeds)")
     ax.set_xticks(sorted({0, *(b["budget"] for b in results["budgets"])}))
@@ -85,10 +80,7 @@ def plot_accuracy_vs_budget(results: dict[str, Any], path: str | Path, arms: Seq
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def plot_differences(results: dict[str, Any], path: str | Path) -> str:
@@ -97,15 +89,9 @@ def plot_differences(results: dict[str, Any], path: str | Path) -> str:
     A bar wholly right of zero is a supported gain; a single-seed difference is drawn as a hollow point
     (no interval).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     budgets = results["budgets"]
     n_set = len(results["spec"]["settings"])
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 0.45 * n_set + 1.6), squeeze=False,
-                             sharey=True)
+    fig, axes = new_figure(len(budgets), figsize=(4.6 * len(budgets), 0.45 * n_set + 1.6), sharey=True)
     for ax, b in zip(axes[0], budgets):
         rows = [r for r in b["rows"] if r["kind"] == "setting"]
         for y, r in enumerate(rows):
@@ -123,18 +109,7 @@ def plot_differences(results: dict[str, Any], path: str | Path) -> str:
         ax.set_title(f"E = {b['budget']}", fontsize=10)
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, so the first setting is on top
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def _shift(history: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
-    return [{**h, "epoch": h["epoch"] + offset} for h in history]
-
-
-def _params(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1e6:.3f}M"
+    return save_figure(fig, path)
 
 
 def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
@@ -263,7 +238,7 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         if bl["trained"] and bl.get("history"):
             hist["baseline"] = [bl["history"]]
         for r in b["rows"]:
-            hist[r["arm"]] = [_shift(results["cells"][c]["history"], offset) for c in r["cells"]]
+            hist[r["arm"]] = [shift_epochs(results["cells"][c]["history"], offset) for c in r["cells"]]
         png = out / f"curves-e{b['budget']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_top1"), title=f"E = {b['budget']}")
         s.add(Image(png.name, caption=f"E = {b['budget']}: per-epoch training loss and test top-1 of every run"
@@ -275,8 +250,8 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         rows = []
         for r in b["rows"]:
             c = r["cost"]
-            rows.append([r["arm"], _params(c["trainable_params"]), _params(c["total_params"]),
-                         _params(c["deploy_params"]), fmt(c["epoch_time_s"]), fmt(c["epoch_time_ratio"]),
+            rows.append([r["arm"], fmt_params(c["trainable_params"]), fmt_params(c["total_params"]),
+                         fmt_params(c["deploy_params"]), fmt(c["epoch_time_s"]), fmt(c["epoch_time_ratio"]),
                          fmt(c["wall_time_s"], 1)])
         s.add(Table(
             ["arm", "trainable params", "params while training", "deployed params", "s / epoch",

@@ -1,0 +1,405 @@
+"""A sweep as data: the schema of a sweep YAML, its loading and its validation into a :class:`SweepSpec`.
+
+A sweep YAML names a shared recipe (``base``), a baseline (trained here, or ``weights:`` a file, a finished run
+or a pretrained model of the registry), seeds, budgets E (epochs) and RefConv settings (a list and/or a grid).
+
+Why a separate schema rather than a list of engine configs: a comparison is only fair when every arm
+shares the recipe and the starting weights, so the sweep owns exactly the keys that define the comparison
+(``method``, ``epochs``, ``seed``, ``weights``, ``out``) and refuses them anywhere else.
+
+::
+
+    name: my-sweep                      # default: the file name
+    base: {model: timm/mobilenetv3_small_100, data: fashion-mnist, image_size: 32, batch_size: 128,
+           warmup_epochs: 0}            # RunConfig keys shared by every run
+    baseline: {epochs: 6, warmup_epochs: 1}   # RunConfig keys of the baseline run, or {weights: PATH or NAME}
+    seeds: 2                            # N (seeds 0..N-1) or a list
+    budgets: [1, 3]                     # E, epochs of every arm
+    settings:                           # RefConv settings (RunConfig keys valid for method refconv)
+      - {name: authors}
+      - {name: zero-init, init: zeros}
+    grid: {map_k: [1, 3], basis: [pretrained, random]}   # optional: cartesian product, named automatically
+    controls: [continue, finetune]      # default
+    parallel: 1                         # processes (int or "auto")
+    time_budget_minutes: 60             # refuse a larger estimate unless --yes
+    ci: t                               # t | bootstrap
+    confidence: 0.95
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import RunConfig
+from ..engine.config import (NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, read_yaml, resolve_packaged,
+                             warmup_warning)
+from ..errors import ConfigError
+from .cells import Arm
+
+__all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS", "DEFAULT_TIME_BUDGET_MIN",
+           "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid"]
+
+TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets", "settings", "grid", "controls",
+                  "parallel", "time_budget_minutes", "ci", "confidence")
+CONTROLS = ("continue", "finetune")
+# RunConfig keys that only change RefConv itself: a setting that changes them is compared at equal recipe.
+REFCONV_KEYS = ("map_k", "groups", "max_group_size", "init", "include", "exclude", "layers", "basis",
+                "refocus_lr_mult", "refocus_weight_decay")
+# Keys the sweep sets itself, per cell: nobody else may.
+_SWEEP_OWNED = {
+    "method": "the sweep sets it per arm (settings are refconv, controls are listed under 'controls')",
+    "epochs": "the budget E comes from 'budgets' (and the baseline's from 'baseline: {epochs: N}')",
+    "seed": "seeds come from 'seeds' (the baseline's from 'baseline: {seed: N}')",
+    "out": "run directories live under the sweep's --out",
+    "overwrite": "pass --overwrite to `refconv sweep` instead",
+    "weights": "the arms start from the baseline; give 'baseline: {weights: PATH}' to start from a checkpoint",
+}
+# Keys that define the data and the architecture: every run of a comparison shares them, so only 'base' sets them.
+_SHARED_ONLY = ("model", "data", "data_dir", "download", "num_classes", "in_chans", "image_size", "subset_train",
+                "subset_test", "data_seed")
+_SHARED_REASONS = {k: "the data and model are shared by every run: set it in 'base'" for k in _SHARED_ONLY}
+_RESERVED_NAMES = ("baseline",) + CONTROLS
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
+_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
+DEFAULT_TIME_BUDGET_MIN = 60.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One named RefConv setting: RunConfig overrides applied on top of ``base`` for method ``refconv``."""
+
+    name: str
+    overrides: dict[str, Any]
+    source: str  # "settings[i]" or "grid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "overrides": dict(self.overrides), "source": self.source}
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep: everything that defines it, in plain JSON-able values (see the module docstring)."""
+
+    name: str
+    base: dict[str, Any]
+    baseline: dict[str, Any]
+    seeds: list[int]
+    budgets: list[int]
+    settings: list[Setting]
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    parallel: int | str = 1
+    time_budget_minutes: float = DEFAULT_TIME_BUDGET_MIN
+    ci: str = "t"
+    confidence: float = 0.95
+    description: str = ""
+    source: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["settings"] = [s.to_dict() for s in self.settings]
+        return json.loads(json.dumps(d, default=str))
+
+    @property
+    def baseline_weights(self) -> str | None:
+        """The checkpoint the arms start from when the baseline is not trained here."""
+        return self.baseline.get("weights")
+
+    def base_config(self, **runtime: Any) -> RunConfig:
+        """The shared recipe as a :class:`RunConfig`; ``runtime`` adds non-recipe keys (data_dir, workers...)."""
+        extra = {k: v for k, v in runtime.items() if v is not None}
+        return make_config(self.base, extra, source="base")
+
+    def arms(self) -> list[Arm]:
+        """Every arm of the sweep, per budget: the settings (refconv) then the controls."""
+        out: list[Arm] = []
+        for e in self.budgets:
+            out += [Arm(f"e{e}/{s.name}", "refconv", e, dict(s.overrides)) for s in self.settings]
+            out += [Arm(f"e{e}/{c}", c, e) for c in self.controls]
+        return out
+
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def packaged_sweeps() -> dict[str, Path]:
+    """The sweeps shipped in ``refconv/configs/sweeps`` by name (file stem)."""
+    return packaged_yaml("sweeps")
+
+
+def resolve_sweep_path(name_or_path: str | os.PathLike) -> Path:
+    """A sweep YAML path, or the name of a packaged sweep (``fashion-mnist-small``, ``ablations``)."""
+    return resolve_packaged(name_or_path, packaged_sweeps(), "sweep config", "sweep")
+
+
+def load_sweep(name_or_path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a sweep YAML (a path or a packaged sweep name)."""
+    path = resolve_sweep_path(name_or_path)
+    return parse_sweep(read_yaml(path, "sweep config"), source=str(path), default_name=path.stem)
+
+
+def _unknown_keys_error(keys: Sequence[str], where: str, allowed: Sequence[str], extra: str = "") -> ConfigError:
+    hints = []
+    for k in keys:
+        close = difflib.get_close_matches(str(k), list(allowed), n=1)
+        if close:
+            hints.append(f"{close[0]!r} for {k!r}")
+    hint = f" Did you mean {' and '.join(hints)}?" if hints else ""
+    return ConfigError(
+        f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(repr(k) for k in keys)} in {where}.{hint} "
+        f"Allowed: {', '.join(allowed)}.{extra}"
+    )
+
+
+def _check_run_keys(data: Mapping[str, Any], where: str, forbidden: Mapping[str, str]) -> None:
+    """Unknown RunConfig keys (all named at once), then keys this section may not set (with the reason)."""
+    unknown = [k for k in data if k not in _RUN_KEYS]
+    if unknown:
+        allowed = [k for k in _RUN_KEYS if k not in forbidden]
+        raise _unknown_keys_error(unknown, where, allowed, " (RunConfig keys: see docs/engine.md.)")
+    bad = [k for k in data if k in forbidden]
+    if bad:
+        raise ConfigError("; ".join(f"{where} may not set {k!r}: {forbidden[k]}" for k in bad) + ".")
+
+
+def _validated(where: str, *layers: Mapping[str, Any]) -> RunConfig:
+    try:
+        return make_config(*layers, source=where)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(value).__name__}.")
+    return dict(value)
+
+
+def _int_list(value: Any, where: str, *, minimum: int) -> list[int]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{where} must hold integers >= {minimum}, got {v!r}.")
+        out.append(int(v))
+    if not out:
+        raise ConfigError(f"{where} is empty.")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where} repeats a value: {out}.")
+    return out
+
+
+def _value_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "|".join(_value_name(x) for x in v) or "none"
+    return str(v)
+
+
+def _auto_name(overrides: Mapping[str, Any]) -> str:
+    """``k=v+k=v`` (characters a directory name should not hold become ``-``); ``refconv`` for no changes."""
+    if not overrides:
+        return "refconv"
+    raw = "+".join(f"{k}={_value_name(v)}" for k, v in overrides.items())
+    return re.sub(r"[^A-Za-z0-9._=+,-]", "-", raw)
+
+
+def expand_grid(grid: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Cartesian product of ``{key: [values]}`` in key order, as ``(auto name, overrides)`` pairs.
+
+    A scalar counts as a one-value list, so ``{init: zeros, map_k: [1, 3]}`` gives two settings.
+    """
+    keys = list(grid)
+    values = []
+    for k in keys:
+        v = grid[k]
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not v:
+            raise ConfigError(f"grid.{k} is an empty list: give at least one value.")
+        values.append(v)
+    out = []
+    for combo in itertools.product(*values):
+        overrides = dict(zip(keys, combo))
+        out.append((_auto_name(overrides), overrides))
+    return out
+
+
+def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str = "sweep") -> SweepSpec:
+    """Validate a sweep mapping (as read from YAML) into a :class:`SweepSpec`.
+
+    Every error names the section and the key, and lists what is allowed; RunConfig values are checked by
+    :func:`refconv.engine.make_config`, so a sweep is refused before anything trains.
+
+    Raises:
+        ConfigError: unknown or misplaced keys, bad values, empty or duplicate settings.
+    """
+    where = source or "the sweep config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must hold a mapping (base:, baseline:, seeds:, budgets:, settings:...), got "
+                          f"{type(data).__name__}.")
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise _unknown_keys_error(unknown, where, TOP_LEVEL_KEYS)
+    warnings: list[str] = []
+    base = _mapping(data.get("base"), "base")
+    _check_run_keys(base, "base", {**_SWEEP_OWNED, "pretrained": "hub weights start the baseline: put "
+                                                                 "'pretrained: true' under 'baseline'"})
+    base_cfg = _validated("base", base)
+    base = {k: getattr(base_cfg, k) for k in base}  # values as coerced by the engine
+    baseline = _parse_baseline(_mapping(data.get("baseline"), "baseline"), base, base_cfg)
+    seeds = _parse_seeds(data)
+    if len(seeds) < 2:
+        warnings.append(f"only {len(seeds)} seed: results are reported without confidence intervals, and no setting "
+                        "can be said to beat a control. Use seeds: 2 or more for a statistical claim.")
+    if "budgets" not in data:
+        raise ConfigError("the sweep needs 'budgets': a list of epoch budgets E, e.g. [1, 3].")
+    budgets = sorted(_int_list(data["budgets"], "budgets", minimum=1))
+    controls = _parse_controls(data.get("controls", list(CONTROLS)))
+    settings = _parse_settings(data, base, warnings)
+    parallel, tb, ci, conf = _parse_options(data)
+    if ci == "bootstrap" and len(seeds) < 10:
+        warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
+                        "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
+    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
+                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
+    if warmup:
+        warnings.append(warmup)
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
+    return SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
+                     seeds=seeds, budgets=budgets, settings=settings, controls=controls, parallel=parallel,
+                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
+
+
+def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig) -> dict[str, Any]:
+    """``{"weights": name or absolute path}`` for given starting weights, else the baseline's own RunConfig keys."""
+    if "weights" not in baseline:
+        _check_run_keys(baseline, "baseline", {
+            **{k: v for k, v in _SWEEP_OWNED.items() if k not in ("epochs", "seed", "weights")}, **_SHARED_REASONS})
+        if "epochs" not in baseline:
+            raise ConfigError("baseline needs 'epochs' (how long to train the baseline here), or 'weights: PATH' to "
+                              "start every arm from an existing checkpoint.")
+        cfg = _validated("baseline", base, baseline, {"method": "baseline"})
+        return {k: getattr(cfg, k) for k in baseline}
+    others = [k for k in baseline if k != "weights"]
+    if others:
+        raise ConfigError(f"baseline: 'weights' starts the arms from an existing checkpoint and cannot be combined "
+                          f"with training keys ({', '.join(others)}). Remove them, or remove 'weights' to train "
+                          "the baseline here.")
+    w = baseline["weights"]
+    if not isinstance(w, (str, os.PathLike)) or not str(w):
+        raise ConfigError(f"baseline.weights must be a path or a pretrained model's name, got {w!r}.")
+    from ..models import pretrained
+
+    if pretrained.is_pretrained_name(w):  # fmnist/...: its card must fit 'base'; its SHA-256 is checked
+        pretrained.check_compatible(str(w), model=base_cfg.model, data=base_cfg.data, image_size=base_cfg.image_size,
+                                    in_chans=base_cfg.in_chans, num_classes=base_cfg.num_classes)
+        pretrained.weights_path(str(w))
+        # The name, not the file it resolves to: results then say which model the arms started from and stay
+        # valid on another machine (the engine and the fingerprint resolve the name themselves).
+        return {"weights": str(w)}
+    path = Path(w).expanduser()
+    if not path.exists():
+        raise ConfigError(f"baseline.weights {str(w)!r} does not exist. Give a weights file, a finished run "
+                          "directory or a pretrained model (`refconv pretrained` lists them).")
+    return {"weights": str(path.resolve())}
+
+
+def _parse_seeds(data: Mapping[str, Any]) -> list[int]:
+    if "seeds" not in data:
+        raise ConfigError("the sweep needs 'seeds': a count (e.g. 3) or a list of seeds.")
+    seeds = data["seeds"]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {seeds}.")
+        return list(range(seeds))
+    return _int_list(seeds, "seeds", minimum=0)
+
+
+def _parse_controls(value: Any) -> list[str]:
+    controls = [value] if isinstance(value, str) else list(value or [])
+    bad = [c for c in controls if c not in CONTROLS]
+    if bad:
+        raise ConfigError(f"unknown control(s) {', '.join(repr(c) for c in bad)}; controls are {', '.join(CONTROLS)}.")
+    if not controls:
+        raise ConfigError("controls is empty: a RefConv gain is only claimed against a control (continue and/or "
+                          "finetune).")
+    if len(set(controls)) != len(controls):
+        raise ConfigError(f"controls repeats a value: {controls}.")
+    return controls
+
+
+def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: list[str]) -> list[Setting]:
+    """The explicit settings, then the grid's; each validated as a refconv run on ``base``, named, and unique both
+    by name and by resolved configuration. Appends a warning for a setting that changes the shared recipe."""
+    raw: list[tuple[str | None, dict[str, Any], str]] = []
+    settings_v = data.get("settings") or []
+    if not isinstance(settings_v, list):
+        raise ConfigError(f"settings must be a list of mappings (e.g. - {{name: zero-init, init: zeros}}), got "
+                          f"{type(settings_v).__name__}.")
+    for i, entry in enumerate(settings_v):
+        entry = _mapping({"name": entry} if isinstance(entry, str) else entry, f"settings[{i}]")
+        name = entry.pop("name", None)
+        raw.append((None if name is None else str(name), entry, f"settings[{i}]"))
+    grid = _mapping(data.get("grid"), "grid")
+    raw += [(name, overrides, "grid") for name, overrides in (expand_grid(grid) if grid else [])]
+    if not raw:
+        raise ConfigError("the sweep has no RefConv setting: add 'settings' (e.g. - {name: authors}) or a 'grid'.")
+    forbidden = {**_SWEEP_OWNED, "pretrained": "every arm starts from the baseline's weights", **_SHARED_REASONS}
+    settings: list[Setting] = []
+    seen_cfg: dict[str, str] = {}
+    for name, overrides, where_s in raw:
+        label = f"{where_s} ({name})" if name else where_s
+        _check_run_keys(overrides, label, forbidden)
+        cfg = _validated(label, base, overrides, {"method": "refconv", "weights": "baseline"})
+        overrides = {k: getattr(cfg, k) for k in overrides}
+        name = name or _auto_name(overrides)
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"{label}: setting name {name!r} must start with a letter or digit and hold only letters, "
+                              "digits and . _ = + , - (it names a directory).")
+        if name in _RESERVED_NAMES:
+            raise ConfigError(f"{label}: setting name {name!r} is reserved (baseline and control arms use it).")
+        if any(s.name == name for s in settings):
+            raise ConfigError(f"two settings are named {name!r}: names must be unique.")
+        key = config_hash(cfg)
+        if key in seen_cfg:
+            raise ConfigError(f"settings {seen_cfg[key]!r} and {name!r} are the same run (same configuration after "
+                              "defaults). Remove one.")
+        seen_cfg[key] = name
+        recipe_changes = [k for k in overrides if k not in REFCONV_KEYS and k not in NON_RECIPE_KEYS]
+        if recipe_changes:
+            warnings.append(f"setting {name!r} changes {', '.join(recipe_changes)}, which the controls keep at the base "
+                            "value: its comparison with them is not at an equal recipe.")
+        settings.append(Setting(name, overrides, where_s))
+    return settings
+
+
+def _parse_options(data: Mapping[str, Any]) -> tuple[int | str, float, str, float]:
+    """How to run and how to judge: ``(parallel, time_budget_minutes, ci, confidence)``."""
+    parallel = data.get("parallel", 1)
+    if not (parallel == "auto" or (isinstance(parallel, int) and not isinstance(parallel, bool) and parallel >= 1)):
+        raise ConfigError(f"parallel must be an integer >= 1 or 'auto', got {parallel!r}.")
+    tb = data.get("time_budget_minutes", DEFAULT_TIME_BUDGET_MIN)
+    if isinstance(tb, bool) or not isinstance(tb, (int, float)) or not tb > 0:
+        raise ConfigError(f"time_budget_minutes must be a number > 0, got {tb!r}.")
+    ci = data.get("ci", "t")
+    if ci not in ("t", "bootstrap"):
+        raise ConfigError(f"ci must be 't' (paired Student t) or 'bootstrap', got {ci!r}.")
+    conf = data.get("confidence", 0.95)
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 < conf < 1:
+        raise ConfigError(f"confidence must be in (0, 1), e.g. 0.95, got {conf!r}.")
+    return parallel, float(tb), ci, float(conf)
