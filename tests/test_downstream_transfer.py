@@ -212,9 +212,13 @@ def test_cli_names_the_backbone_and_refuses_a_non_voc_dir(tmp_path: Path, fmnist
             "--synthetic-size", "48", "--epochs", "1", "--batch-size", "2", "--no-onnx", "--method", "baseline",
             "--out", str(tmp_path / "run")]
     assert cli_main(args) == 0
-    out = capsys.readouterr().out
-    assert ("backbone fmnist/mobilenetv3_small_100, 91.80 % Fashion-MNIST test top-1 (240/240 trunk tensors "
-            "loaded)") in out
+    captured = capsys.readouterr()
+    named = ("backbone fmnist/mobilenetv3_small_100, 91.80 % Fashion-MNIST test top-1 (240/240 trunk tensors "
+             "loaded)")
+    assert named in captured.out
+    err = captured.err.splitlines()
+    assert named in next(line for line in err if "1 process(es) on cpu" in line)  # the engine's start-of-run line
+    assert any(re.match(r"\s*backbone\s.*" + re.escape(named[len("backbone "):]), line) for line in err)  # summary
     done = json.loads((tmp_path / "run" / "done.json").read_text())
     assert done["extra"]["backbone"]["name"] == BACKBONE  # done.json is the engine's RunResult
     (tmp_path / "notvoc" / "images").mkdir(parents=True)
