@@ -26,7 +26,7 @@ from refconv.downstream.study import StudyConfig, TaskPlan, load_study_config, p
 from refconv.downstream.synthetic import SyntheticConfig, write_voc
 from refconv.engine import RunInterrupted
 from refconv.engine.checkpoint import load_checkpoint
-from refconv.errors import ConfigError, DataError, ModelError, UnknownPretrainedError
+from refconv.errors import CheckpointError, ConfigError, DataError, ModelError, UnknownPretrainedError
 from refconv.models import pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore::refconv.convert.RefConvWarning")
@@ -292,6 +292,14 @@ def test_tiny_detection_study_end_to_end(tmp_path: Path, fmnist: Path) -> None:
     lines.clear()  # a rerun reuses every finished run
     run_study(cfg, log=lines.append)
     assert sum("reusing" in s for s in lines) == 1 + len(cfg.seeds) * len(cfg.arms)
+    cfg.tasks[0].run["lr"] = 0.02  # another recipe in the same work_dir: refused before anything is touched
+    with pytest.raises(CheckpointError, match=r"different configuration \(lr: 0\.01 -> 0\.02\).*--overwrite"):
+        run_study(cfg, log=lines.append)
+    done = tmp_path / "work" / "detection" / "baseline" / "done.json"
+    assert json.loads(done.read_text())["config"]["lr"] == 0.01
+    lines.clear()  # --overwrite recomputes every run with the new recipe
+    run_study(cfg, log=lines.append, overwrite=True)
+    assert json.loads(done.read_text())["config"]["lr"] == 0.02 and not any("reusing" in s for s in lines)
     shutil.rmtree(tmp_path / "work")
 
 
