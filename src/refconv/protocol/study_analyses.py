@@ -33,6 +33,7 @@ from ..errors import ConfigError
 
 __all__ = ["STUDY_ANALYSIS", "AnalysisProfile", "analyze_sweep", "analyses_markdown", "load_analyses"]
 
+_MODULE = "refconv.protocol.study_analyses"  # not __name__: that is "__main__" under `python -m`
 ANALYSES_DIR = "analyses"
 ANALYSES_FILE = "analyses.json"
 
@@ -150,7 +151,7 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         }
         if i == 0 and per_seed and "baseline_redundancy" in per_seed[0]:
             data["start_redundancy"] = per_seed[0]["baseline_redundancy"].get("overall")
-    data["command"] = command or " ".join(shlex.quote(a) for a in ["python", "-m", __name__, *sys.argv[1:]])
+    data["command"] = command or " ".join(shlex.quote(a) for a in ["python", "-m", _MODULE, *sys.argv[1:]])
     data["wall_time_s"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / ANALYSES_FILE, (json.dumps(data, indent=2) + "\n").encode())
