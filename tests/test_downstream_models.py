@@ -109,8 +109,9 @@ def test_scope_patterns_select_the_trunk() -> None:
 
 
 def test_names_aliases_and_tasks() -> None:
-    assert M.list_archs("detection") == ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16"]
-    assert len(M.list_archs("segmentation")) == 4
+    # the torchvision builders first (the CLI's default is the first), then the heads on a registry trunk
+    assert M.list_archs("detection") == ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "ssdlite_timm"]
+    assert len(M.list_archs("segmentation")) == 4 + 2
     assert M.get_spec("lraspp").name == "lraspp_mobilenet_v3_large"
     with pytest.raises(ModelError, match="unknown architecture 'yolo'"):
         M.get_spec("yolo")

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "RefConv pays"),
     "detect": ("downstream", "train / fold / export an SSD detector with a RefConv backbone"),
     "segment": ("downstream", "train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone"),
+    "downstream-study": ("downstream_study", "detection / segmentation from a pretrained backbone: refconv vs "
+                                            "continue / finetune over seeds, with a report"),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 

@@ -57,7 +57,7 @@ def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str,
                         "config.yaml (flags may not change it), as refconv train --resume does")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     archs = list_archs(task)
-    helps = {**HELP, "model": f"torchvision architecture: {', '.join(archs)}"}
+    helps = {**HELP, "model": f"architecture (torchvision, or *_timm: heads on a registry trunk): {', '.join(archs)}"}
     keys = {f.name for f in dataclasses.fields(RunConfig)} - set(CLASSIFICATION_ONLY)
     add_config_flags(p, keys=keys, defaults={**DEFAULTS, "model": archs[0], "out": f"runs/{name}"}, flags=_FLAGS,
                      helps=helps)
@@ -117,6 +117,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
 
 def _main(args: argparse.Namespace, task: str) -> int:
     from ..downstream.train import run_downstream
+    from ..engine.task import task_class
 
     cfg = config_from_args(args, task)
     quiet = getattr(args, "json", False)
@@ -136,6 +137,8 @@ def _main(args: argparse.Namespace, task: str) -> int:
     if res.onnx:
         print(f"  ONNX: {res.onnx['path']} (onnxruntime max abs err {res.onnx['max_abs_err']:.3g})")
     print(f"  params: {res.trainable_params:,} trainable while training -> {res.deploy_params:,} deployed")
+    for _, fact in task_class(task).fact_rows(res.extra):  # e.g. the registry backbone and its accuracy
+        print(f"  {fact}")
     return 0
 
 

@@ -118,6 +118,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfi
         if f.name in NOT_FLAGS or (keys is not None and f.name not in keys):
             continue
         flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
+        names = (flag, *f.metadata.get("aliases", ()))  # a field may carry other spellings of its flag
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         default = (defaults or {}).get(f.name, default)
@@ -125,14 +126,14 @@ def add_config_flags(parser: argparse.ArgumentParser, *, schema: type = RunConfi
         help_text = (helps or HELP).get(f.name) or f.metadata.get("help", f.name)
         help_text += shown
         if hint is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_text)
         elif typing.get_origin(hint) is list:
             metavar = "N" if typing.get_args(hint)[0] is int else "GLOB"
-            parser.add_argument(flag, dest=f.name, action="append", metavar=metavar, default=argparse.SUPPRESS,
+            parser.add_argument(*names, dest=f.name, action="append", metavar=metavar, default=argparse.SUPPRESS,
                                 help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(*names, dest=f.name, metavar=_metavar(hint), default=argparse.SUPPRESS, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, *, base: Any = None) -> RunConfig:

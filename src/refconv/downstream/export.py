@@ -27,6 +27,7 @@ from ..errors import CheckpointError
 __all__ = [
     "SegmentationLogits",
     "compare_detections",
+    "compare_masks",
     "compare_outputs",
     "export_onnx",
     "network_outputs",
@@ -95,10 +96,22 @@ def output_equivalence(
     """How closely ``other`` reproduces ``reference`` (both put in eval mode): raw outputs, and detections."""
     reference.eval()
     other.eval()
-    res: dict[str, Any] = compare_outputs(network_outputs(reference, task, images), network_outputs(other, task, images))
+    ref_out, other_out = network_outputs(reference, task, images), network_outputs(other, task, images)
+    res: dict[str, Any] = compare_outputs(ref_out, other_out)
     if task == "detection":
         res["detections"] = compare_detections(reference(list(images)), other(list(images)))
+    else:
+        res["masks"] = compare_masks(ref_out["out"], other_out["out"])
     return res
+
+
+def compare_masks(a: Tensor, b: Tensor) -> dict[str, int]:
+    """Compare two segmenters' masks (the argmax of ``(N, C, H, W)`` logits): ``pixels`` and ``pixels_equal``.
+
+    An exact fold leaves every pixel equal except where two classes tie to within the logits' rounding.
+    """
+    same = a.argmax(1) == b.argmax(1)
+    return {"pixels": same.numel(), "pixels_equal": int(same.sum())}
 
 
 class SegmentationLogits(nn.Module):

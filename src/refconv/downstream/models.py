@@ -84,6 +84,8 @@ class ArchSpec:
         backbone_weights: the torchvision enum member of the backbone's ImageNet weights (its builder branch
             is taken for local files too).
         aux: the builder has an ``aux_loss`` auxiliary head.
+        timm_trunk: the heads sit on this timm classifier's ``features_only`` trunk, whose weights come from
+            this project's pretrained registry (:mod:`refconv.downstream.backbones`) instead of torchvision.
     """
 
     name: str
@@ -92,11 +94,16 @@ class ArchSpec:
     heads: tuple[str, ...]
     default_size: int
     min_size: int
-    backbone_ctor: tuple[str, str]
-    backbone_weights: str
+    backbone_ctor: tuple[str, str] = ("", "")
+    backbone_weights: str = ""
     aux: bool = False
+    timm_trunk: str | None = None
 
     def builder(self) -> Callable[..., nn.Module]:
+        if self.timm_trunk is not None:
+            from .backbones import build_timm_model
+
+            return lambda num_classes, **_: build_timm_model(self.name, num_classes, self.timm_trunk)
         import torchvision.models.detection as det
         import torchvision.models.segmentation as seg
 
@@ -134,6 +141,14 @@ ARCHS: dict[str, ArchSpec] = {
             "fcn_resnet50", "segmentation", ("backbone",), ("classifier.4", "aux_classifier.4"),
             520, 32, ("torchvision.models.segmentation.fcn", "resnet50"), "IMAGENET1K_V1", aux=True,
         ),
+        # heads on a registry classifier's trunk (fmnist/mobilenetv3_small_100); see downstream/backbones.py
+        ArchSpec("ssdlite_timm", "detection", ("backbone.trunk.body",), ("head.classification_head",), 320, 32,
+                 timm_trunk="mobilenetv3_small_100"),
+        ArchSpec("deeplabv3_timm", "segmentation", ("backbone.trunk.body",), ("classifier.4",), 520, 32,
+                 timm_trunk="mobilenetv3_small_100"),
+        ArchSpec("lraspp_timm", "segmentation", ("backbone.trunk.body",),
+                 ("classifier.low_classifier", "classifier.high_classifier"), 520, 32,
+                 timm_trunk="mobilenetv3_small_100"),
     )
 }
 _ALIASES = {
@@ -206,7 +221,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         except Exception:
             obj = None  # read_state_dict below raises the detailed error
         if isinstance(obj, dict):
-            info = {k: v for k, v in obj.items() if not isinstance(v, (dict, Tensor)) or k in ("conversion", "config")}
+            keep = ("conversion", "config", "backbone")
+            info = {k: v for k, v in obj.items() if not isinstance(v, (dict, Tensor)) or k in keep}
             if obj.get("format") == DOWNSTREAM_FORMAT and isinstance(obj.get("state_dict"), dict):
                 return dict(obj["state_dict"]), info
     else:
@@ -391,6 +407,27 @@ def check_image_size(model: nn.Module, spec: ArchSpec, size: tuple[int, int]) ->
 
 
 # --------------------------------------------------------------------------- building
+def _build_on_trunk(
+    spec: ArchSpec, num_classes: int, weights_backbone: str | os.PathLike | None
+) -> tuple[nn.Module, str, dict[str, Any] | None]:
+    """A timm-trunk architecture, with a registry classifier (or a classifier file) loaded into its trunk."""
+    from .backbones import build_timm_model, load_backbone
+
+    model = build_timm_model(spec.name, num_classes, spec.timm_trunk)
+    if weights_backbone is None:
+        return model, "scratch", None
+    wb = str(weights_backbone)
+    if not _is_path_like(wb):
+        raise ModelError(
+            f"{spec.name} takes its backbone from this project's pretrained registry or a classifier file, not a "
+            f"torchvision weights name ({wb!r}): e.g. --weights-backbone fmnist/{spec.timm_trunk} "
+            "(`refconv pretrained`)."
+        )
+    info = load_backbone(model, wb, spec.timm_trunk)
+    _log.info("%s: loaded %d/%d trunk tensors from %s", spec.name, info["loaded"], info["trunk_tensors"], wb)
+    return model, "pretrained", info
+
+
 def build_model(
     arch: str,
     num_classes: int,
@@ -458,9 +495,12 @@ def build_model(
     elif aux_loss:
         raise ConfigError(f"{spec.name} has no auxiliary head; aux_loss must be off.")
 
+    backbone_info: dict[str, Any] | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*trainable_backbone_layers.*")
-        if weights_backbone is not None:
+        if spec.timm_trunk is not None:
+            model, layout, backbone_info = _build_on_trunk(spec, num_classes, weights_backbone)
+        elif weights_backbone is not None:
             wb = str(weights_backbone)
             if _is_path_like(wb):
                 bstate, info = read_weights(wb)
@@ -490,6 +530,9 @@ def build_model(
             model = builder(weights=None, weights_backbone=None, **kwargs)
             layout = "scratch"
     model.refconv_backbone_layout = layout  # recorded in checkpoints, to rebuild the same variant
+    if full_state is not None and isinstance(info.get("backbone"), dict):
+        backbone_info = info["backbone"]  # a run started from a registry backbone: keep naming it
+    model.refconv_backbone = backbone_info  # where the backbone came from, for summaries and checkpoints
     if full_state is not None:
         if state_dict_format(full_state) == "refconv":
             conversion = (info.get("conversion") or {}).get("layers") if source == str(weights) else None

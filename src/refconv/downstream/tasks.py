@@ -71,8 +71,9 @@ CLASSIFICATION_ONLY = {"pretrained": False, "num_classes": None, "in_chans": Non
                        "augment": True, "download": False, "data_seed": 0, "input_pipeline": "auto"}
 
 
-def _opt(default: Any, text: str) -> Any:
-    return field(default=default, metadata={"help": text})
+def _opt(default: Any, text: str, *aliases: str) -> Any:
+    """A task option: its default, its help (the flag's and the docs'), other spellings of its flag."""
+    return field(default=default, metadata={"help": text, "aliases": aliases})
 
 
 @dataclass
@@ -82,8 +83,10 @@ class DownstreamOptions:
 
     scope: str = _opt("backbone", "refconv: convert the pretrained backbone or all eligible convs (backbone | all); "
                                   "--include replaces the scope's patterns")
-    weights_backbone: str | None = _opt(None, "ImageNet backbone weights: torchvision name (IMAGENET1K_V1) or a "
-                                              "classifier file / run dir")
+    weights_backbone: str | None = _opt(None, "backbone weights: torchvision name (IMAGENET1K_V1) or a classifier "
+                                              "file / run dir; the *_timm archs take a pretrained registry name "
+                                              "(fmnist/mobilenetv3_small_100) or a classifier file",
+                                        "--backbone-weights")
     aux_weight: float = _opt(0.5, "weight of the auxiliary head's loss (DeepLabV3 / FCN with --weights having one)")
     fashion_mnist_dir: str | None = _opt(None, "where Fashion-MNIST's IDX files are, for synthetic data [the usual "
                                                "places]")
@@ -217,7 +220,7 @@ def _starting_model(cfg: RunConfig, num_classes: int, size: tuple[int, int]) -> 
     opt = _options(cfg)
     model = build_model(cfg.model, num_classes, task=cfg.task, weights=cfg.weights,
                         weights_backbone=opt.weights_backbone, image_size=size)
-    layout = model.refconv_backbone_layout
+    layout, backbone = model.refconv_backbone_layout, model.refconv_backbone
     has_refconv = bool(refconv_layers(model))
     if cfg.method == "refconv":
         if not has_refconv:
@@ -234,6 +237,7 @@ def _starting_model(cfg: RunConfig, num_classes: int, size: tuple[int, int]) -> 
                       RefConvWarning, stacklevel=4)
         model = reparameterize(model)
     model.refconv_backbone_layout = layout
+    model.refconv_backbone = backbone
     return model
 
 
@@ -361,9 +365,11 @@ class _DownstreamTask(Task):
         if ckpt is not None:
             model = rebuild_model(ckpt)
             self.layout = ckpt.get("backbone_layout", "scratch")
+            self.backbone = ckpt.get("backbone")
         else:
             model = _starting_model(cfg, self.num_classes, self.size)
             self.layout = model.refconv_backbone_layout
+            self.backbone = model.refconv_backbone
         self.aux_loss = getattr(model, "aux_classifier", None) is not None
         self.deploy_params = _deploy_params(model)
         self.start_weights = cfg.weights or self.options.weights_backbone
@@ -372,7 +378,18 @@ class _DownstreamTask(Task):
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"arch": get_spec(self.cfg.model).name, "num_classes": self.num_classes,
                 "classes": list(self.class_names), "image_size": list(self.size), "backbone_layout": self.layout,
-                "aux_loss": self.aux_loss}
+                "aux_loss": self.aux_loss, "backbone": self.backbone}
+
+    def run_facts(self) -> dict[str, Any]:
+        """Where a registry backbone came from (``refconv.downstream.backbones.load_backbone``'s record, kept
+        through checkpoints and runs started from them); nothing for the torchvision backbones."""
+        return {"backbone": self.backbone} if self.backbone else {}
+
+    @classmethod
+    def fact_rows(cls, facts: dict[str, Any]) -> list[tuple[str, str]]:
+        from .backbones import describe
+
+        return [("backbone", describe(facts["backbone"]))] if facts.get("backbone") else []
 
     # ---- training and evaluation
     @abstractmethod

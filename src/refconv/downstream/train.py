@@ -22,8 +22,8 @@ from ..runlayout import checkpoint_path
 from .models import DOWNSTREAM_FORMAT, TASKS, get_spec, list_archs
 from .tasks import DownstreamOptions, model_from_checkpoint
 
-__all__ = ["DEFAULTS", "DownstreamConfig", "downstream_config", "load_checkpoint", "model_from_checkpoint",
-           "run_downstream"]
+__all__ = ["DEFAULTS", "DownstreamConfig", "LineReporter", "downstream_config", "load_checkpoint",
+           "model_from_checkpoint", "run_downstream"]
 
 #: Where ``refconv detect`` / ``segment`` differ from RunConfig's defaults (a classification recipe): a short
 #: SGD recipe at an explicit lr without warm-up on the CPU, ONNX exported, synthetic data, method refconv.
@@ -67,7 +67,7 @@ def downstream_config(task: str = "detection", **settings: Any) -> RunConfig:
 DownstreamConfig = downstream_config  # its name when detection and segmentation had their own config class
 
 
-class _LineReporter(Reporter):
+class LineReporter(Reporter):
     """The engine's reporter (log.txt included) that hands each line to ``log`` instead of printing it."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
@@ -108,7 +108,7 @@ def run_downstream(
                           "use refconv.engine.run for classification.")
     if overwrite:
         cfg = cfg.replace(overwrite=True)
-    return run(cfg, resume=resume, reporter=_LineReporter(log) if log is not None else None)
+    return run(cfg, resume=resume, reporter=LineReporter(log) if log is not None else None)
 
 
 def load_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, Any]:

@@ -384,6 +384,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             f"{cfg.epochs} epochs x {steps_per_epoch} steps of {cfg.batch_size}, lr {cfg.recipe_lr():.4g}, "
             f"{info.world_size} process(es) on {device.type}; params trainable {trainable:,} / total {total:,} "
             f"(deployed {deploy_params:,})" + (f"; weights {start_weights}" if start_weights else "")
+            + "".join(f"; {value}" for _, value in task.fact_rows(task.run_facts()))
         )
         source = (f"split held as uint8 on {device.type}, batches augmented at once" if pipeline == "resident"
                   else f"DataLoader, {cfg.workers} workers")
@@ -568,7 +569,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         fold_max_abs_err=fold_err, fold=fold_report, onnx=onnx_info, trainable_params=trainable, total_params=total,
         deploy_params=deploy_params, wall_time_s=time.perf_counter() - t_start,
         extra={"world_size": info.world_size, "device": str(device), "steps_per_epoch": steps_per_epoch,
-               "input_pipeline": pipeline, "start_weights": start_weights}, task=task.name,
+               "input_pipeline": pipeline, "start_weights": start_weights, **task.run_facts()}, task=task.name,
     )
     if info.is_main:
         atomic_write_bytes(run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
@@ -604,6 +605,7 @@ def summary_rows(result: RunResult) -> list[tuple[str, str]]:
         ("params", f"trainable {result.trainable_params:,} / total {result.total_params:,} / deployed "
                    f"{result.deploy_params:,}"),
     ]
+    rows += task.fact_rows(result.extra)
     if result.history and "eval_images_per_s" in result.history[-1]:
         last = result.history[-1]
         rows.append(("throughput", f"{last['images_per_s']:.0f} img/s train, {last['eval_images_per_s']:.0f} img/s eval"))

@@ -167,6 +167,17 @@ class Task(ABC):
     @abstractmethod
     def export_onnx(self, model: nn.Module, path: Path, sample: Any) -> dict[str, Any]: ...
 
+    def run_facts(self) -> dict[str, Any]:
+        """Facts about the model the task learnt while building it (a downstream run: where its backbone came
+        from), known after :meth:`build_model`. Recorded once for every place a run is read from: the
+        result's ``extra`` (``done.json``), the start-of-run line and the summary (:meth:`fact_rows`)."""
+        return {}
+
+    @classmethod
+    def fact_rows(cls, facts: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(label, value)`` rows saying :meth:`run_facts` in words (none by default)."""
+        return []
+
     def resume_command(self, run_dir: Path) -> str:
         return f"refconv {self.command} --resume {run_dir}"
 

@@ -1,0 +1,276 @@
+"""The downstream transfer study: does RefConv of a pretrained backbone beat more training, on detection and
+segmentation? (The paper's third claim, measured with the demo's protocol.)
+
+Per task (detection, segmentation) of a :class:`StudyConfig`:
+
+1. **baseline**: the detector / segmenter trained with the registry backbone (``backbone``, e.g.
+   ``fmnist/mobilenetv3_small_100``) on the synthetic data until it is useful (its curve is recorded);
+2. from that baseline's last checkpoint, with the same budget and recipe, for every seed: ``refconv`` (the
+   trunk converted, bases frozen), ``continue`` (plain training) and ``finetune`` (plain, ``lr x 0.1``);
+3. every RefConv run is folded into the stock model and checked (raw outputs, detections / masks, and the
+   folded model's metrics);
+4. per metric (mAP@0.5, mAP@[.5:.95]; mIoU, pixel accuracy): mean ± sd over seeds and the paired difference of
+   ``refconv`` to each control and to the baseline, with 95 % intervals (:mod:`refconv.stats`).
+
+Each run is an engine run (:func:`refconv.downstream.run_downstream`) in its own directory under ``work_dir``,
+reused when finished and resumed when interrupted as the sweep's cells are
+(:func:`refconv.protocol.cells.run_cell`), so the study can be stopped and started again; the study reads
+each run's :class:`~refconv.engine.RunResult` (``final``, ``history`` with the engine's ``test_*`` columns,
+``fold``, ``extra["backbone"]``).
+What must last goes to ``out``: ``results.json``, ``report.md``, ``curves.png`` (see
+:mod:`refconv.downstream.study_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine.config import RunConfig
+from ..engine.runner import RunResult
+from ..errors import ConfigError
+from ..runlayout import checkpoint_path
+from ..stats import paired_difference, summarize
+from .train import LineReporter, downstream_config
+
+__all__ = ["ARMS", "METRICS", "StudyConfig", "TaskPlan", "load_study_config", "packaged_studies", "run_study"]
+
+ARMS = ("refconv", "continue", "finetune")
+METRICS = {"detection": ("map_50", "map"), "segmentation": ("miou", "pixel_acc")}
+_FIXED = {"task", "arch", "data", "method", "weights", "weights_backbone", "epochs", "seed", "out"}
+
+
+@dataclass
+class TaskPlan:
+    """One task of the study.
+
+    Attributes:
+        task / arch / data: as in :func:`~refconv.downstream.train.downstream_config` (a ``*_timm`` arch).
+        baseline_epochs: epochs of the baseline from the pretrained backbone.
+        budget_epochs: epochs of every arm from the baseline (the equal budget).
+        run: other :func:`downstream_config` settings shared by every run of the task (data sizes, recipe...).
+    """
+
+    task: str
+    arch: str
+    data: str
+    baseline_epochs: int
+    budget_epochs: int
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, *, method: str, seed: int, out: Path, backbone: str | None = None,
+               weights: str | None = None) -> RunConfig:
+        epochs = self.baseline_epochs if method == "baseline" else self.budget_epochs
+        return downstream_config(self.task, **{
+            **self.run, "arch": self.arch, "data": self.data, "method": method, "seed": seed,
+            "epochs": epochs, "weights_backbone": backbone, "weights": weights, "out": str(out),
+        }).validate()
+
+
+@dataclass
+class StudyConfig:
+    """A downstream study: which backbone, which tasks, which arms, which seeds, where."""
+
+    name: str
+    backbone: str
+    seeds: list[int]
+    tasks: list[TaskPlan]
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    work_dir: str = "runs/downstream-study"
+    out: str = "docs/results/downstream-transfer"
+    # torch CPU threads while the study runs (None: torch's default). On a shared 2-core machine one thread
+    # measured 4-5x faster per step than two: two threads oversubscribe cores other processes are using.
+    threads: int | None = 1
+
+    def validate(self) -> StudyConfig:
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}.")
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad or "refconv" not in self.arms:
+            raise ConfigError(f"arms must include refconv and be among {ARMS}, got {self.arms}.")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads must be an int >= 1 or null, got {self.threads!r}.")
+        if not self.tasks:
+            raise ConfigError("a study needs at least one task (detection or segmentation).")
+        for plan in self.tasks:
+            if plan.baseline_epochs < 1 or plan.budget_epochs < 1:
+                raise ConfigError(f"{plan.task}: baseline_epochs and budget_epochs must be >= 1.")
+            fixed = sorted(_FIXED & set(plan.run))
+            if fixed:
+                raise ConfigError(f"{plan.task}: run must not set {fixed}: the study sets them for every run.")
+            plan.config(method="baseline", seed=self.seeds[0], out=Path(self.work_dir), backbone=self.backbone)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
+        """Build and validate, refusing unknown keys at either level (a typo must not be ignored)."""
+        try:
+            tasks = [TaskPlan(**_known_keys(TaskPlan, t, "task")) for t in (data.get("tasks") or [])]
+            return cls(**{**_known_keys(cls, data, "study"), "tasks": tasks}).validate()
+        except TypeError as exc:  # a required key left out
+            raise ConfigError(f"study config: {exc}.") from None
+
+
+def _known_keys(cls: type, data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a {what} is a mapping of keys to values, got {data!r}.")
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {names}.")
+    return data
+
+
+def packaged_studies() -> dict[str, Path]:
+    """The study configs shipped in ``refconv/configs/downstream`` by name."""
+    from ..engine.config import packaged_yaml
+
+    return packaged_yaml("downstream")
+
+
+def load_study_config(name_or_path: str | Path, **overrides: Any) -> StudyConfig:
+    """Read a study YAML (a path or a packaged name, e.g. ``transfer``); ``overrides`` replace top-level keys."""
+    import yaml
+
+    from ..engine.config import resolve_packaged
+
+    path = resolve_packaged(name_or_path, packaged_studies(), "study", "downstream study")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study config is a mapping of keys to values.")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return StudyConfig.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _run_or_reuse(cfg: RunConfig, say: Callable[[str], None], overwrite: bool) -> RunResult:
+    """A finished run with this config is read back, an interrupted one resumed, a new one started; a directory
+    holding another config is refused unless ``overwrite`` (which recomputes)."""
+    from ..protocol.cells import run_cell
+
+    res = run_cell(cfg, overwrite=overwrite, reporter=LineReporter(lambda s: say("  " + s)))
+    if res.cached:
+        say(f"  reusing {res.run_dir} (finished, same config)")
+    return res
+
+
+def _metrics(done: RunResult, keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: float(done.final[k]) for k in keys if done.final.get(k) is not None}
+
+
+def _fold_summary(done: RunResult, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    fold = done.fold
+    if not fold:
+        return None
+    out = {"max_abs_err": fold.get("max_abs_err"), "rel_err": fold.get("rel_err"),
+           "folded": {k: (done.folded_metrics or {}).get(k) for k in keys},
+           "unfolded": {k: done.final.get(k) for k in keys}}
+    for part in ("detections", "masks"):
+        if part in fold:
+            out[part] = fold[part]
+    return out
+
+
+def _task_tables(plan: TaskPlan, arms: list[str], seeds: list[int], runs: dict[str, list[dict[str, float]]],
+                 baseline: dict[str, float]) -> dict[str, Any]:
+    """Per metric: each arm's summary over seeds, and refconv's paired differences to the controls and baseline."""
+    tables: dict[str, Any] = {}
+    for key in METRICS[plan.task]:
+        values = {a: [r[key] for r in runs[a]] for a in arms}
+        rows = {a: summarize(v).to_dict() for a, v in values.items()}
+        vs = {c: paired_difference(values["refconv"], values[c]).to_dict() for c in arms if c != "refconv"}
+        vs["baseline"] = paired_difference(values["refconv"], [baseline[key]] * len(seeds)).to_dict()
+        controls = [c for c in arms if c != "refconv"]
+        best = max(controls, key=lambda c: rows[c]["mean"]) if controls else None
+        tables[key] = {"arms": rows, "refconv_vs": vs, "best_control": best}
+    return tables
+
+
+def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
+              command: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) every run of the study, then write ``results.json``, ``report.md`` and a plot to ``out``.
+
+    ``overwrite`` recomputes every run (also one whose directory holds another config, otherwise refused).
+
+    Returns:
+        The results dict written to ``results.json``.
+    """
+    import torch
+
+    say = log or print
+    cfg = config.validate()
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_study(cfg, say, command, overwrite)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None,
+               overwrite: bool) -> dict[str, Any]:
+    import torch
+
+    from .study_report import write_report
+
+    from ..models import resolve_weights_path
+
+    resolve_weights_path(cfg.backbone)  # an unknown name or a missing / corrupt file fails now, not after a task
+    t0 = time.perf_counter()
+    work = Path(cfg.work_dir)
+    results: dict[str, Any] = {"study": cfg.to_dict(), "command": command, "tasks": {}}
+    for plan in cfg.tasks:
+        keys = METRICS[plan.task]
+        base_dir = work / plan.task / "baseline"
+        say(f"[{plan.task}] baseline: {plan.arch} from {cfg.backbone}, {plan.baseline_epochs} epochs")
+        t_task = time.perf_counter()
+        base = _run_or_reuse(plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir, backbone=cfg.backbone),
+                             say, overwrite)
+        start = str(checkpoint_path(base_dir))
+        runs: dict[str, list[dict[str, float]]] = {a: [] for a in cfg.arms}
+        details: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
+        for seed in cfg.seeds:
+            for arm in cfg.arms:
+                say(f"[{plan.task}] {arm} seed {seed}: {plan.budget_epochs} epochs from the baseline")
+                done = _run_or_reuse(plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}",
+                                                 weights=start), say, overwrite)
+                runs[arm].append(_metrics(done, keys))
+                details[arm].append({"seed": seed, "metrics": _metrics(done, keys), "fold": _fold_summary(done, keys),
+                                     "history": done.history, "wall_time_s": done.wall_time_s,
+                                     "trainable_params": done.trainable_params,
+                                     "deploy_params": done.deploy_params})
+        baseline = _metrics(base, keys)
+        results["tasks"][plan.task] = {
+            "arch": plan.arch, "data": plan.data, "backbone": base.extra.get("backbone"),
+            "baseline": {"metrics": baseline, "history": base.history, "epochs": plan.baseline_epochs,
+                         "wall_time_s": base.wall_time_s, "deploy_params": base.deploy_params},
+            "budget_epochs": plan.budget_epochs, "runs": details,
+            "tables": _task_tables(plan, cfg.arms, cfg.seeds, runs, baseline),
+            "wall_time_s": time.perf_counter() - t_task,
+        }
+    results["wall_time_s"] = time.perf_counter() - t0
+    results["machine"] = {"platform": platform.platform(), "cpus": _cpus(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads()}
+    out = Path(cfg.out)
+    write_report(results, out)
+    say(f"wrote {out / 'report.md'} and {out / 'results.json'} ({results['wall_time_s'] / 60:.1f} min)")
+    return results
+
+
+def _cpus() -> int | None:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
