@@ -164,7 +164,8 @@ STUDY = ["pretrained-study-converged", "pretrained-study-undertrained", "pretrai
 @pytest.mark.parametrize("name", STUDY)
 def test_pretrained_study_configs_validate_and_estimate(name, tmp_path_factory):
     """The study the pretrained-model issue asks for: both starts from the registry, budgets 1/3/10, >= 3 seeds,
-    the five settings and both controls; ``--estimate`` builds every variant and times it (on stand-in images)."""
+    the issue's five settings plus the step-size follow-ups (refocusing lr x0.01, zero init with lr x0.1 / x0.01) and
+    both controls; ``--estimate`` builds every variant and times it (on stand-in images)."""
     from refconv.models import pretrained
 
     spec = load_sweep(name)
@@ -173,13 +174,16 @@ def test_pretrained_study_configs_validate_and_estimate(name, tmp_path_factory):
     assert spec.budgets == [1, 3, 10] and len(spec.seeds) >= 3 and spec.controls == ["continue", "finetune"]
     by_name = {s.name: s.overrides for s in spec.settings}
     assert by_name == {"authors": {}, "zero-init": {"init": "zeros"}, "refocus-lr-x0.1": {"refocus_lr_mult": 0.1},
+                       "refocus-lr-x0.01": {"refocus_lr_mult": 0.01},
+                       "zero-init-lr-x0.1": {"init": "zeros", "refocus_lr_mult": 0.1},
+                       "zero-init-lr-x0.01": {"init": "zeros", "refocus_lr_mult": 0.01},
                        "refocus-lr-x10": {"refocus_lr_mult": 10.0}, "random-basis": {"basis": "random"}}
     assert spec.base["image_size"] == pretrained.entry(start).image_size and not spec.warnings
     data = tmp_path_factory.getbasetemp() / "study-data"
     if not data.exists():
         write_fashion_mnist(data, n_train=1000, n_test=5000)
     est = run_sweep(spec, tmp_path_factory.mktemp("est"), data_dir=str(data), estimate_only=True, log=quiet()).estimate
-    assert est["cells_todo"] == 5 * 3 * len(spec.seeds) + 2 * 3 * len(spec.seeds) and not est["baseline_todo"]
+    assert est["cells_todo"] == 8 * 3 * len(spec.seeds) + 2 * 3 * len(spec.seeds) and not est["baseline_todo"]
 
 
 # ---------------------------------------------------------------------------------------------- statistics
