@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -41,6 +43,8 @@ def build_loader(
     rank: int | None = None,
     pin_memory: bool | None = None,
     sampler: Sampler | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    persistent_workers: bool | None = None,
 ) -> DataLoader:
     """Make the loader an engine iterates, reproducible from ``seed``.
 
@@ -62,6 +66,9 @@ def build_loader(
         pin_memory: None = when CUDA is available.
         sampler: an explicit order (e.g. the engine's resumable sampler, which can start mid-epoch); it
             replaces shuffling and ``distributed``'s sampler, and ``drop_last`` defaults to False with it.
+        collate_fn: how items become a batch (detection: lists of images and targets); default: stacking.
+        persistent_workers: keep workers alive across epochs (None = when ``workers > 0``). The engine passes
+            False: it re-creates the iterator at a resumable sampler position each epoch.
 
     Raises:
         ConfigError: bad batch size or workers, or ``distributed`` without a process group.
@@ -104,6 +111,7 @@ def build_loader(
         generator=generator,
         drop_last=drop_last,
         pin_memory=pin_memory,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0 if persistent_workers is None else persistent_workers and workers > 0,
         worker_init_fn=seed_worker if workers > 0 else None,
+        collate_fn=collate_fn,
     )

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from ..convert import RefConvWarning, convert, refconv_layers, reparameterize
+from ..data.loader import build_loader
 from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
@@ -348,15 +349,12 @@ class _DownstreamTask(Task):
                 f"classes, input {self.size[0]}x{self.size[1]})")
 
     def loaders(self, sampler: Any, test_sampler: Any, per_rank_batch: int, info: DistInfo) -> tuple[Any, Any, str]:
-        from ..data.loader import seed_worker
-
         cfg = self.cfg
         collate = detection_collate if self.name == "detection" else segmentation_collate
-        train = DataLoader(self.train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.workers,
-                           collate_fn=collate, generator=torch.Generator(),
-                           worker_init_fn=seed_worker if cfg.workers > 0 else None)
-        test = DataLoader(self.test_ds, batch_size=per_rank_batch, sampler=test_sampler, num_workers=cfg.workers,
-                          collate_fn=collate)
+        train = build_loader(self.train_ds, batch_size=per_rank_batch, train=True, workers=cfg.workers,
+                             seed=cfg.seed + info.rank, sampler=sampler, collate_fn=collate, persistent_workers=False)
+        test = build_loader(self.test_ds, batch_size=per_rank_batch, train=False, workers=cfg.workers,
+                            sampler=test_sampler, collate_fn=collate, persistent_workers=False)
         return train, test, "loader"
 
     # ---- model

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ..data.loader import build_loader
 from ..errors import ConfigError, DataError
 from .config import TASK_CLASSES
 from .loop import autocast, evaluate, to_device, topk_correct
@@ -255,7 +256,6 @@ class ClassificationTask(Task):
         batches (:mod:`refconv.data.resident`: the per-item pipeline's distribution, a fraction of its cost);
         other datasets, or ``"loader"``, go through a ``DataLoader`` item by item. Both take their order from
         ``sampler``, so either resumes exactly."""
-        from ..data.loader import seed_worker
         from ..data.resident import ResidentLoader, resident_images
 
         cfg, device = self.cfg, info.device
@@ -270,11 +270,11 @@ class ClassificationTask(Task):
                     f"input_pipeline='resident' needs a tensor dataset (fashion-mnist, cifar10, cifar100); {cfg.data} "
                     "is read item by item. Use --input-pipeline auto (or loader)."
                 )
-        train_loader = DataLoader(self.train_ds, batch_size=per_rank_batch, sampler=sampler, num_workers=cfg.workers,
-                                  generator=torch.Generator(), worker_init_fn=seed_worker if cfg.workers > 0 else None,
-                                  pin_memory=device.type == "cuda", drop_last=False)
-        test_loader = DataLoader(self.test_ds, batch_size=per_rank_batch, sampler=test_sampler,
-                                 num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        pin = device.type == "cuda"
+        train_loader = build_loader(self.train_ds, batch_size=per_rank_batch, train=True, workers=cfg.workers,
+                                    seed=cfg.seed + info.rank, sampler=sampler, pin_memory=pin, persistent_workers=False)
+        test_loader = build_loader(self.test_ds, batch_size=per_rank_batch, train=False, workers=cfg.workers,
+                                   sampler=test_sampler, pin_memory=pin, persistent_workers=False)
         return train_loader, test_loader, "loader"
 
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
@@ -345,7 +345,7 @@ class ClassificationTask(Task):
                 "image_size": self.data_info.image_size}
 
     def sample(self, device: torch.device) -> Any:
-        return next(iter(DataLoader(self.test_ds, batch_size=min(8, len(self.test_ds)))))[0].to(device)
+        return next(iter(build_loader(self.test_ds, batch_size=min(8, len(self.test_ds)), train=False)))[0].to(device)
 
     def fold(self, model: nn.Module, sample: Any) -> tuple[nn.Module, dict[str, Any]]:
         from .artifacts import fold_model
