@@ -32,7 +32,6 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from ..convert import RefConvWarning, convert, refconv_layers, reparameterize
-from ..data.loader import build_loader
 from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
@@ -348,14 +347,6 @@ class _DownstreamTask(Task):
         return (f"{self.cfg.data} ({len(self.train_ds)} train / {len(self.test_ds)} val images, {self.num_classes} "
                 f"classes, input {self.size[0]}x{self.size[1]})")
 
-    def loaders(self, sampler: Any, test_sampler: Any, per_rank_batch: int, info: DistInfo) -> tuple[Any, Any, str]:
-        cfg = self.cfg
-        collate = detection_collate if self.name == "detection" else segmentation_collate
-        train = build_loader(self.train_ds, batch_size=per_rank_batch, train=True, workers=cfg.workers,
-                             seed=cfg.seed + info.rank, sampler=sampler, collate_fn=collate, persistent_workers=False)
-        test = build_loader(self.test_ds, batch_size=per_rank_batch, train=False, workers=cfg.workers,
-                            sampler=test_sampler, collate_fn=collate, persistent_workers=False)
-        return train, test, "loader"
 
     # ---- model
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
@@ -444,6 +435,7 @@ class DetectionTask(_DownstreamTask):
     name = "detection"
     command = "detect"
     score = "map_50"
+    collate_fn = staticmethod(detection_collate)
     input_note = "RGB in [0, 1], any size (the model resizes)"
 
     def losses(self, model: nn.Module, batch: Any, device: torch.device, channels_last: bool) -> tuple[dict, int]:
@@ -467,6 +459,7 @@ class SegmentationTask(_DownstreamTask):
     name = "segmentation"
     command = "segment"
     score = "miou"
+    collate_fn = staticmethod(segmentation_collate)
     input_note = "RGB normalised with mean/std, (N, 3, H, W)"
 
     def losses(self, model: nn.Module, batch: Any, device: torch.device, channels_last: bool) -> tuple[dict, int]:

@@ -76,6 +76,7 @@ class Task(ABC):
         score: the metric (higher is better) that picks ``best.pt``; a key of :meth:`final_metrics`.
         MIN_EPOCHS: 0 allows "evaluate, fold and export the starting weights" runs.
         NON_RECIPE_OPTIONS: ``task_options`` keys that do not change results (left out of the config hash).
+        collate_fn: how the default :meth:`loaders` batch items (None: stacking).
     """
 
     name: ClassVar[str]
@@ -83,6 +84,7 @@ class Task(ABC):
     score: ClassVar[str]
     MIN_EPOCHS: ClassVar[int] = 1
     NON_RECIPE_OPTIONS: ClassVar[frozenset[str]] = frozenset()
+    collate_fn: ClassVar[Callable[[list[Any]], Any] | None] = None
     max_steps: int | None = None  # caps the steps of every epoch (smoke tests)
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -109,10 +111,18 @@ class Task(ABC):
     def describe_data(self) -> str:
         """The data part of the start-up line."""
 
-    @abstractmethod
     def loaders(self, sampler: ResumableSampler, test_sampler: Any, per_rank_batch: int,
                 info: DistInfo) -> tuple[Any, Any, str]:
-        """``(train iterable, test iterable, input pipeline name)``; training order comes from ``sampler``."""
+        """``(train iterable, test iterable, input pipeline name)``; training order comes from ``sampler``.
+
+        The default reads items one by one through the one loader builder (:func:`refconv.data.build_loader`),
+        batched by the task's ``collate_fn``; workers are not persistent, because the engine makes a new
+        iterator at a resumable sampler position every epoch."""
+        cfg = self.cfg
+        kwargs = dict(batch_size=per_rank_batch, workers=cfg.workers, collate_fn=self.collate_fn,
+                      persistent_workers=False)
+        return (build_loader(self.train_ds, train=True, seed=cfg.seed + info.rank, sampler=sampler, **kwargs),
+                build_loader(self.test_ds, train=False, sampler=test_sampler, **kwargs), "loader")
 
     @abstractmethod
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
@@ -270,12 +280,7 @@ class ClassificationTask(Task):
                     f"input_pipeline='resident' needs a tensor dataset (fashion-mnist, cifar10, cifar100); {cfg.data} "
                     "is read item by item. Use --input-pipeline auto (or loader)."
                 )
-        pin = device.type == "cuda"
-        train_loader = build_loader(self.train_ds, batch_size=per_rank_batch, train=True, workers=cfg.workers,
-                                    seed=cfg.seed + info.rank, sampler=sampler, pin_memory=pin, persistent_workers=False)
-        test_loader = build_loader(self.test_ds, batch_size=per_rank_batch, train=False, workers=cfg.workers,
-                                   sampler=test_sampler, pin_memory=pin, persistent_workers=False)
-        return train_loader, test_loader, "loader"
+        return super().loaders(sampler, test_sampler, per_rank_batch, info)
 
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
         from .modeling import (
