@@ -60,6 +60,11 @@ HELP: dict[str, str] = {
     "finetune_lr_mult": "finetune: lr multiplier on the recipe lr",
     "refocus_lr_mult": "refconv: lr multiplier of the refocus_weight (RT) group",
     "refocus_weight_decay": "refconv: weight decay of RT (default: --weight-decay)",
+    "refocus_impl": "refconv: explicit (train RT, fold at the end) | implicit (train the stock kernels with the "
+                    "equivalent preconditioned update: plain speed, nothing to fold; SGD family only)",
+    "refocus_precond": "refconv: exact | normalized | geometry | isotropic (the last two with --refocus-impl "
+                       "implicit); see docs/method.md",
+    "bn_recalibrate_batches": "recompute BatchNorm statistics on N training batches before every evaluation",
     "opt": "timm optimizer: momentum (SGD, authors), sgd (Nesterov), adamw, ...",
     "momentum": "optimizer momentum",
     "weight_decay": "weight decay",

@@ -59,6 +59,10 @@ PROGRESS_MODES = ("auto", "bar", "plain", "none")
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_PIPELINES = ("auto", "resident", "loader")
 
+REFOCUS_IMPLS = ("explicit", "implicit")
+PRECONDITIONERS = ("exact", "normalized", "geometry", "isotropic")  # refconv.precondition.PRECONDITIONERS
+IMPLICIT_OPTIMIZERS = ("sgd", "nesterov", "momentum")  # refconv.implicit.EXACT_OPTIMIZERS
+
 # Keys that do not change what a run computes: excluded from the config hash (resume/cache identity).
 NON_RECIPE_KEYS = frozenset(
     {
@@ -120,6 +124,12 @@ class RunConfig:
     exclude: list[str] = field(default_factory=list)
     layers: str = "all"  # all | depthwise | dense | no-stem: which eligible convs (after include/exclude) convert
     basis: str = "pretrained"  # pretrained | random: re-initialise the converted kernels (the "is the prior needed" ablation)
+    # explicit: train RT's weight (RefConv layers, folded at the end); implicit: train the stock model's kernels with
+    # the exactly equivalent preconditioned update (refconv.implicit: plain speed, nothing to fold; SGD family only)
+    refocus_impl: str = "explicit"
+    # exact (what training RT does) | normalized (M / lambda_max) | geometry (all-ones kernel's M) | isotropic
+    # (trace(M)/K * I): refconv.precondition; geometry and isotropic need refocus_impl implicit
+    refocus_precond: str = "exact"
     # ---- recipe
     epochs: int = 10
     batch_size: int = 128  # global batch
@@ -139,6 +149,9 @@ class RunConfig:
     warmup_lr: float = 1e-5
     min_lr: float = 0.0
     label_smoothing: float = 0.0
+    # recompute BatchNorm running statistics on this many training batches before every evaluation (0: off), so
+    # every arm is scored with fresh statistics however far its weights moved since they were last updated
+    bn_recalibrate_batches: int = 0
     grad_clip: float | None = None  # max gradient norm
     ema: bool = False
     ema_decay: float = 0.9998
@@ -200,6 +213,8 @@ class RunConfig:
         _choice("init", self.init, ("default", "zeros"))
         _choice("layers", self.layers, LAYER_SELECTIONS)
         _choice("basis", self.basis, ("pretrained", "random"))
+        _choice("refocus_impl", self.refocus_impl, REFOCUS_IMPLS)
+        _choice("refocus_precond", self.refocus_precond, PRECONDITIONERS)
         for key in ("batch_size", "lr_base_size", "map_k", "eval_every_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
@@ -207,7 +222,7 @@ class RunConfig:
         if self.epochs < min_epochs:
             raise ConfigError(f"epochs must be >= {min_epochs}, got {self.epochs}.")
         for key in ("workers", "checkpoint_every_steps", "log_every_steps", "warmup_epochs", "label_smoothing",
-                    "weight_decay", "min_lr", "warmup_lr"):
+                    "weight_decay", "min_lr", "warmup_lr", "bn_recalibrate_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}.")
         for key in ("subset_train", "subset_test", "num_classes", "in_chans", "image_size", "groups",
@@ -237,8 +252,25 @@ class RunConfig:
         if self.weights and "/" in self.weights and not Path(self.weights).expanduser().exists() \
                 and self.task == "classification":
             _check_pretrained_start(self)
+        if self.method == "refconv":
+            _check_refocus_impl(self)
         task_class(self.task).validate_config(self)
         return self
+
+
+def _check_refocus_impl(cfg: RunConfig) -> None:
+    """The implementation / preconditioner combinations that are the same training as RT's, or are defined."""
+    if cfg.refocus_impl == "explicit" and cfg.refocus_precond in ("geometry", "isotropic"):
+        raise ConfigError(
+            f"refocus_precond={cfg.refocus_precond!r} replaces RT's preconditioner by one no RT weight produces: it "
+            "exists only in the preconditioned form. Add --refocus-impl implicit."
+        )
+    if cfg.refocus_impl == "implicit" and cfg.opt.lower() not in IMPLICIT_OPTIMIZERS:
+        raise ConfigError(
+            f"--refocus-impl implicit is exact only for the SGD family ({', '.join(IMPLICIT_OPTIMIZERS)}), not "
+            f"opt={cfg.opt!r}: Adam-type optimisers normalise per coordinate of RT's weight. Use --opt momentum, or "
+            "--refocus-impl explicit."
+        )
 
 
 def _check_pretrained_start(cfg: RunConfig) -> None:

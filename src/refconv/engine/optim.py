@@ -28,13 +28,17 @@ __all__ = ["param_groups", "build_optimizer", "build_scheduler", "FUSED_OPTIMIZE
 FUSED_OPTIMIZERS = ("sgd", "nesterov", "momentum", "adam", "adamw")
 
 
-def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, cfg: RunConfig, implicit: Any = None) -> list[dict[str, Any]]:
     """Split trainable parameters into decay / no-decay / refocus groups.
 
     No-decay holds 1-d tensors (biases, norm scales) when ``filter_bias_and_bn`` (timm's rule). The refocus
-    group carries ``lr_scale``, which timm's schedulers multiply into the scheduled lr.
+    group carries ``lr_scale``, which timm's schedulers multiply into the scheduled lr. With implicit refocusing
+    (``implicit``: a :class:`refconv.implicit.ImplicitRefocusing`) the refocus group holds the refocused kernels
+    themselves, with weight decay 0: their decay toward the basis is the gradient transform's.
     """
     refocus_ids = {id(m.refocus_weight) for m in model.modules() if isinstance(m, RefConv)}
+    implicit_ids = {id(p) for p in implicit.parameters()} if implicit is not None else set()
+    refocus_ids |= implicit_ids
     decay, no_decay, refocus = [], [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
@@ -52,13 +56,15 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
         groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
     if refocus:
         wd = cfg.weight_decay if cfg.refocus_weight_decay is None else cfg.refocus_weight_decay
+        if implicit_ids:
+            wd = 0.0
         groups.append({"params": refocus, "weight_decay": wd, "lr_scale": cfg.refocus_lr_mult, "name": "refocus"})
     if not groups:
         raise ConfigError("the model has no trainable parameter: nothing to optimise.")
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig) -> Optimizer:
+def build_optimizer(model: nn.Module, cfg: RunConfig, implicit: Any = None) -> Optimizer:
     """timm's ``create_optimizer_v2`` over :func:`param_groups` at the recipe lr."""
     kwargs: dict[str, Any] = {}
     if cfg.opt.lower() in ("sgd", "nesterov", "momentum", "rmsprop", "rmsproptf", "lars", "lamb"):
@@ -69,7 +75,7 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> Optimizer:
         kwargs["fused"] = True
     try:
         return create_optimizer_v2(
-            param_groups(model, cfg), opt=cfg.opt, lr=cfg.recipe_lr(), weight_decay=cfg.weight_decay, **kwargs
+            param_groups(model, cfg, implicit), opt=cfg.opt, lr=cfg.recipe_lr(), weight_decay=cfg.weight_decay, **kwargs
         )
     except (ValueError, AssertionError, KeyError) as exc:
         raise ConfigError(f"cannot build optimizer {cfg.opt!r}: {exc}. Use a timm optimizer name, e.g. momentum, "

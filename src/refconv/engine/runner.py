@@ -56,7 +56,9 @@ from .export import save_weights
 from .hooks import StepEvent, call_step_hooks
 from .loop import NonFiniteLossError, TrainMeter, amp_dtype, train_one_epoch
 from .modeling import count_params, load_format_checked
+from .bn import recalibrate_bn
 from .optim import build_optimizer, build_scheduler
+from .refocusing import setup_refocusing
 from .progress import Reporter
 from .sampling import ResumableSampler, ShardSampler
 from .task import Task, task_class
@@ -318,6 +320,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     seed_everything(cfg.seed)
     # On resume the checkpoint holds every weight: the starting weights need not exist any more.
     model = task.build_model(ckpt=ckpt, reporter=reporter)
+    refocusing = setup_refocusing(model, cfg, ckpt)  # implicit refocusing folds the model back here
     deploy_params, start_weights = task.deploy_params, task.start_weights
     trainable, total = count_params(model)
     model.to(device)
@@ -333,7 +336,12 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
         train_model = torch.compile(train_model, dynamic=False)
         eval_model = train_model if not info.distributed else torch.compile(model, dynamic=False)
 
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, refocusing)
+    if refocusing is not None:
+        refocusing.attach(optimizer)  # the preconditioned update: before every step, after unscale/clipping
+        if cfg.grad_clip and cfg.refocus_impl == "implicit":
+            reporter.log("warning: --grad-clip with --refocus-impl implicit clips the norm of the kernels' gradients, "
+                         "not RT's: the run is no longer exactly the explicit one. Drop --grad-clip for exactness.")
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     ema = None
@@ -345,7 +353,15 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
     def step_fn(m: nn.Module, batch: Any) -> Any:
         return task.step(m, batch, device=device, amp=amp, channels_last=cfg.channels_last)
 
+    calibration = (task.loaders(ResumableSampler(len(train_ds), batch_size=per_rank_batch, seed=cfg.seed + 104729,
+                                                 rank=info.rank, world_size=info.world_size, shuffle=True),
+                                test_sampler, per_rank_batch, info)[0]
+                   if cfg.bn_recalibrate_batches else None)
+
     def evaluate(m: nn.Module) -> dict[str, Any]:
+        if calibration is not None:
+            recalibrate_bn(m, calibration, cfg.bn_recalibrate_batches,
+                           lambda mm, b: task.step(mm, b, device=device, amp=amp, channels_last=cfg.channels_last))
         return task.evaluate(m, test_loader, device=device, amp=amp, channels_last=cfg.channels_last)
 
     # ---- state
@@ -409,6 +425,7 @@ def _train(cfg: RunConfig, info: dist_utils.DistInfo, run_dir: Path, resume: boo
             "state_dict": model.state_dict(),
             "state_dict_format": state_dict_format(model.state_dict()),
             "conversion": {"layers": layers, "kwargs": task.conversion_kwargs} if layers else None,
+            "implicit_refocus": refocusing.state_dict() if refocusing is not None else None,
             "state_dict_ema": ema.module.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),

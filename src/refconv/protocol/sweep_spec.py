@@ -53,7 +53,7 @@ TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets",
 CONTROLS = ("continue", "finetune")
 # RunConfig keys that only change RefConv itself: a setting that changes them is compared at equal recipe.
 REFCONV_KEYS = ("map_k", "groups", "max_group_size", "init", "include", "exclude", "layers", "basis",
-                "refocus_lr_mult", "refocus_weight_decay")
+                "refocus_lr_mult", "refocus_weight_decay", "refocus_impl", "refocus_precond")
 # Keys the sweep sets itself, per cell: nobody else may.
 _SWEEP_OWNED = {
     "method": "the sweep sets it per arm (settings are refconv, controls are listed under 'controls')",
