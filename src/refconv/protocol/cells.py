@@ -28,7 +28,7 @@ class Arm:
 
     @property
     def is_control(self) -> bool:
-        return self.method in ("continue", "finetune")
+        return self.method in ("continue", "finetune", "baseline")  # baseline: the from-scratch control
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def cell_config(base: RunConfig, baseline_dir: str | os.PathLike, arm: Arm, seed
     """The engine config of one cell: the base recipe, the arm's method/settings, the seed, its own directory."""
     return base.replace(
         method=arm.method,
-        weights=str(baseline_dir),
+        weights=str(baseline_dir) if arm.method != "baseline" else None,  # the scratch control starts from nothing
         pretrained=False,
         epochs=arm.epochs,
         seed=seed,

@@ -32,7 +32,7 @@ from ..engine import RunInterrupted, RunResult
 from ..engine.rundir import clear as clear_dir
 from ..environment import environment
 from ..runlayout import is_finished
-from .cells import Cell, cell_record, run_cell, run_cells, study_dir
+from .cells import Arm, Cell, cell_record, run_cell, run_cells, study_dir
 from .evaldata import evaluate_start
 from .progress import StudyProgress
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
@@ -148,11 +148,21 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_FILE).write_text(json.dumps({"identity": identity(spec, base), "spec": spec.to_dict()}, indent=2))
 
-    if plan.baseline_cfg is not None:
+    if plan.baseline_cfgs:
+        n_base = len(plan.baseline_cfgs)
         log(f"[sweep] baseline: {spec.baseline['epochs']} epoch(s) of {base.model}"
+            + (f", one per seed ({n_base})" if spec.per_seed_baselines else "")
             + (" (cached)" if not baseline_todo else ""))
-        baseline_res = run_cell(plan.baseline_cfg)
-        baseline = {"trained": True, **cell_record(baseline_res, out)}
+        baseline_cells = [Cell(Arm("baseline", "baseline", int(spec.baseline["epochs"])), s, cfg)
+                          for s, cfg in plan.baseline_cfgs.items()]
+        baseline_runs = run_cells(baseline_cells, parallel=min(n_par, n_base))
+        records = {s: cell_record(baseline_runs[("baseline", s)], out) for s in plan.baseline_cfgs}
+        baseline = {"trained": True, **records[min(records)]}
+        if spec.per_seed_baselines:
+            tops = [float(r["final"]["top1"]) for r in records.values()]
+            baseline = {"trained": True, "per_seed": {f"seed{s}": r for s, r in records.items()},
+                        "final": {"top1": sum(tops) / len(tops)}, "epochs": spec.baseline["epochs"],
+                        "seed": None, "history": []}
     else:
         rec = evaluate_start(spec.baseline_weights, base, out / BASELINE_EVAL_FILE)
         baseline = {"trained": False, "weights": spec.baseline_weights, "final": rec["final"], "history": [],

@@ -208,6 +208,8 @@ def estimate_sweep(spec: SweepSpec, base: RunConfig, *, baseline_todo: bool, tod
 
     baseline_step = baseline_step_s if baseline_step_s is not None else step_s["plain"]
     baseline_s = run_s(int(spec.baseline.get("epochs", 0)), baseline_step, False) if baseline_todo else 0.0
+    if spec.per_seed_baselines:  # one per seed, as many at once as there are processes
+        baseline_s *= -(-len(spec.seeds) // max(1, min(parallel, os.cpu_count() or 1)))
     cells_s = sum(run_s(c.arm.epochs, step_s[c.arm.name.split("/", 1)[1]] if c.arm.method == "refconv"
                         else step_s["plain"], c.arm.method == "refconv") for c in todo)
     # P processes share the CPU cores (at most one process per core helps); on CUDA each has the device.

@@ -32,7 +32,8 @@ SWEEP_FILE = "sweep.json"
 class Plan:
     """What a sweep will do in its directory (see :func:`plan_sweep`)."""
 
-    baseline_cfg: RunConfig | None  # None: the arms start from spec.baseline_weights
+    baseline_cfgs: dict[int, RunConfig]  # seed -> its baseline run ({}: the arms start from spec.baseline_weights;
+    #                                      one entry under seed 0 when every seed shares one baseline)
     cells: list[Cell]
     status: dict[str, str]  # cell key -> done | partial | new | mismatch
     mismatch: dict[str, str]  # cell key -> diff text
@@ -40,9 +41,14 @@ class Plan:
     clear_all: bool
 
     @property
+    def baseline_cfg(self) -> RunConfig | None:
+        """The shared baseline run (the first per-seed one with per-seed baselines); None when given."""
+        return next(iter(self.baseline_cfgs.values()), None)
+
+    @property
     def baseline_todo(self) -> bool:
         """Whether a baseline is trained here and is not finished yet."""
-        return self.baseline_cfg is not None and self.baseline_status != "done"
+        return bool(self.baseline_cfgs) and self.baseline_status != "done"
 
     @property
     def todo(self) -> list[Cell]:
@@ -104,15 +110,25 @@ def plan_sweep(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> 
         raise CheckpointError(f"{out} exists, is not empty and is not a sweep directory (no {SWEEP_FILE}): refusing to "
                               "write into it, even with --overwrite. Choose another --out.")
     runs = out / "runs"
-    baseline_cfg = None
+    baseline_cfgs: dict[int, RunConfig] = {}
+    baseline_dirs: dict[int, str] = {}
     if spec.baseline_weights:
-        baseline_dir = spec.baseline_weights
+        baseline_dirs = {s: spec.baseline_weights for s in spec.seeds}
         baseline_status = "given"
+    elif spec.per_seed_baselines:  # one baseline per seed, its seed the cells' seed
+        for s in spec.seeds:
+            baseline_dirs[s] = str(runs / "baseline" / f"seed{s}")
+            baseline_cfgs[s] = base.replace(**{"method": "baseline", "seed": s, "out": baseline_dirs[s],
+                                               **spec.baseline_recipe()})
+        states = {_run_status(c)[0] for c in baseline_cfgs.values()}
+        baseline_status = "new" if clear_all else ("done" if states == {"done"} else
+                                                   "mismatch" if "mismatch" in states else "partial")
     else:
-        baseline_cfg = base.replace(**{"method": "baseline", "seed": 0, "out": str(runs / "baseline"), **spec.baseline})
-        baseline_dir = str(runs / "baseline")
-        baseline_status = "new" if clear_all else _run_status(baseline_cfg)[0]
-    cells = [Cell(a, s, cell_config(base, baseline_dir, a, s, runs)) for a in spec.arms() for s in spec.seeds]
+        baseline_cfgs[0] = base.replace(**{"method": "baseline", "seed": 0, "out": str(runs / "baseline"),
+                                           **spec.baseline_recipe()})
+        baseline_dirs = {s: str(runs / "baseline") for s in spec.seeds}
+        baseline_status = "new" if clear_all else _run_status(baseline_cfgs[0])[0]
+    cells = [Cell(a, s, cell_config(base, baseline_dirs[s], a, s, runs)) for a in spec.arms() for s in spec.seeds]
     status: dict[str, str] = {}
     mismatch: dict[str, str] = {}
     for c in cells:
@@ -127,14 +143,15 @@ def plan_sweep(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> 
             f"than this sweep gives them: {shown}. Rename the setting, use another --out, or pass --overwrite to "
             "recompute those cells (finished cells that match are kept)."
         )
-    if baseline_cfg is not None and baseline_status == "mismatch":
+    if baseline_cfgs and baseline_status == "mismatch":
         if not overwrite:
-            raise CheckpointError(f"{baseline_cfg.out} holds a different baseline run. Use another --out or --overwrite.")
+            raise CheckpointError(f"{runs / 'baseline'} holds a different baseline run. Use another --out or "
+                                  "--overwrite.")
         clear_all = True
         status = {k: "new" for k in status}
         mismatch = {}
         baseline_status = "new"
-    return Plan(baseline_cfg, cells, status, mismatch, baseline_status, clear_all)
+    return Plan(baseline_cfgs, cells, status, mismatch, baseline_status, clear_all)
 
 
 def resolve_parallel(parallel: int | str, todo: int) -> int:

@@ -187,7 +187,9 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         s.add(Text(f"**E = {b['budget']}** (best control: {b['best_control']}, top-1 {fmt_summary(best['summary'])} %):"))
         for r in b["rows"]:
             if r["kind"] == "setting":
-                s.add(Text(f"- **{r['arm']}** {r['verdict']}"))
+                matched = (f"; against its lr-matched control ({r['lr_matched_control']}): "
+                           f"{fmt_diff(r['vs_lr_matched'])} pt" if r.get("vs_lr_matched") else "")
+                s.add(Text(f"- **{r['arm']}** {r['verdict'].rstrip('.')}{matched}."))
 
     # ------------------------------------------------------------------ results
     s = doc.section("Results")
@@ -198,16 +200,18 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
             rows.append([
                 r["arm"], r["kind"], fmt_summary(r["summary"]), fmt_summary(r["summary_top5"]),
                 fmt_diff(r["vs_best"]) if r["vs_best"] else "",
+                (f"{r['lr_matched_control']}: {fmt_diff(r['vs_lr_matched'])}" if r.get("vs_lr_matched") else ""),
                 *[fmt_diff(vs[c]) if c in vs else "" for c in controls],
                 f"{r['vs_baseline']:+.2f}" if r["vs_baseline"] is not None else "",
             ])
         s.add(Table(
             ["arm", "kind", "top-1 %", "top-5 %", f"Δ top-1 vs best control ({b['best_control']})",
-             *[f"Δ vs {c}" for c in controls], "Δ vs baseline"],
+             "Δ vs lr-matched control", *[f"Δ vs {c}" for c in controls], "Δ vs baseline"],
             rows,
             caption=f"E = {b['budget']} epochs: test accuracy after the last epoch, mean ± sample std over {n} seed(s). "
                     f"Δ: mean paired per-seed difference (pt) [{conf_pct} {ci_name} interval]; Δ vs baseline: "
-                    "difference of the mean to the single baseline run (no interval).",
+                    "difference of the mean to the baseline (the mean of the per-seed baselines when each seed trains its own; no "
+                    "interval). The lr-matched control trains at the setting's own recipe lr.",
         ))
         per_seed = [[r["arm"]] + [fmt(v) for v in r["values"]] for r in b["rows"]]
         s.add(Table(["arm"] + [f"seed {x}" for x in seeds], per_seed,

@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import RunConfig
-from ..engine.config import (NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, read_yaml, resolve_packaged,
-                             warmup_warning)
+from ..engine.config import NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, read_yaml, resolve_packaged
 from ..errors import ConfigError
 from .cells import Arm
 
@@ -51,6 +50,9 @@ __all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS",
 TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets", "settings", "grid", "controls",
                   "parallel", "time_budget_minutes", "ci", "confidence")
 CONTROLS = ("continue", "finetune")
+# The reviewers' control: the plain model trained once, from scratch, for the baseline's epochs + E in one schedule.
+SCRATCH = "scratch"
+CONTROL_METHODS = CONTROLS + (SCRATCH,)
 # RunConfig keys that only change RefConv itself: a setting that changes them is compared at equal recipe.
 REFCONV_KEYS = ("map_k", "groups", "max_group_size", "init", "include", "exclude", "layers", "basis",
                 "refocus_lr_mult", "refocus_weight_decay", "refocus_impl", "refocus_precond")
@@ -67,8 +69,9 @@ _SWEEP_OWNED = {
 _SHARED_ONLY = ("model", "data", "data_dir", "download", "num_classes", "in_chans", "image_size", "subset_train",
                 "subset_test", "data_seed")
 _SHARED_REASONS = {k: "the data and model are shared by every run: set it in 'base'" for k in _SHARED_ONLY}
-_RESERVED_NAMES = ("baseline",) + CONTROLS
+_RESERVED_NAMES = ("baseline",) + CONTROL_METHODS
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
+_LR_KEYS = ("lr", "base_lr", "lr_base_size", "finetune_lr_mult")
 _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 DEFAULT_TIME_BUDGET_MIN = 60.0
 
@@ -96,6 +99,8 @@ class SweepSpec:
     budgets: list[int]
     settings: list[Setting]
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    # named controls beyond the plain ones: {name: {"method": continue|finetune, "overrides": {...}}}
+    control_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     parallel: int | str = 1
     time_budget_minutes: float = DEFAULT_TIME_BUDGET_MIN
     ci: str = "t"
@@ -119,13 +124,56 @@ class SweepSpec:
         extra = {k: v for k, v in runtime.items() if v is not None}
         return make_config(self.base, extra, source="base")
 
+    @property
+    def per_seed_baselines(self) -> bool:
+        """Whether every seed trains its own baseline (the seed's spread then includes the start)."""
+        return bool(self.baseline.get("per_seed"))
+
+    def baseline_recipe(self) -> dict[str, Any]:
+        """The baseline's own RunConfig keys (without the sweep's ``per_seed`` flag)."""
+        return {k: v for k, v in self.baseline.items() if k not in ("per_seed", "weights")}
+
+    def control_method(self, name: str) -> str:
+        """``continue`` / ``finetune`` / ``scratch`` of a control arm."""
+        return self.control_specs.get(name, {}).get("method", name)
+
+    def control_arm(self, name: str, budget: int) -> Arm:
+        """A control's arm at budget E: ``scratch`` trains the stock model from scratch for the baseline's epochs + E
+        with the baseline's recipe, in one schedule; the others train on from the baseline for E epochs."""
+        if name == SCRATCH:
+            recipe = {k: v for k, v in self.baseline_recipe().items() if k != "epochs"}
+            return Arm(f"e{budget}/{name}", "baseline", int(self.baseline["epochs"]) + budget, recipe)
+        spec = self.control_specs.get(name, {})
+        return Arm(f"e{budget}/{name}", spec.get("method", name), budget, dict(spec.get("overrides", {})))
+
     def arms(self) -> list[Arm]:
         """Every arm of the sweep, per budget: the settings (refconv) then the controls."""
         out: list[Arm] = []
         for e in self.budgets:
             out += [Arm(f"e{e}/{s.name}", "refconv", e, dict(s.overrides)) for s in self.settings]
-            out += [Arm(f"e{e}/{c}", c, e) for c in self.controls]
+            out += [self.control_arm(c, e) for c in self.controls]
         return out
+
+    def arm_lr(self, name: str) -> float | None:
+        """The recipe learning rate of a setting or a (non-scratch) control, for lr matching (None: scratch)."""
+        if name == SCRATCH:
+            return None
+        setting = next((s for s in self.settings if s.name == name), None)
+        if setting is not None:
+            return make_config(self.base, setting.overrides, {"method": "refconv"}).recipe_lr()
+        spec = self.control_specs.get(name, {})
+        return make_config(self.base, spec.get("overrides", {}),
+                           {"method": spec.get("method", name), "pretrained": True}).recipe_lr()
+
+    def lr_matched_control(self, setting: str) -> str | None:
+        """The control that trains at the setting's recipe lr (``continue`` for a setting at the recipe's rate,
+        ``finetune`` for one at finetune's): the comparison that holds everything but refocusing equal."""
+        lr = self.arm_lr(setting)
+        for c in self.controls:
+            other = self.arm_lr(c)
+            if other is not None and lr is not None and abs(other - lr) <= 1e-9 * max(abs(lr), 1e-12):
+                return c
+        return None
 
 
 
@@ -267,26 +315,55 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     if "budgets" not in data:
         raise ConfigError("the sweep needs 'budgets': a list of epoch budgets E, e.g. [1, 3].")
     budgets = sorted(_int_list(data["budgets"], "budgets", minimum=1))
-    controls = _parse_controls(data.get("controls", list(CONTROLS)))
+    controls, control_specs = _parse_controls(data.get("controls", list(CONTROLS)), base, baseline)
     settings = _parse_settings(data, base, warnings)
     parallel, tb, ci, conf = _parse_options(data)
     if ci == "bootstrap" and len(seeds) < 10:
         warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
                         "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
-    warmup = warmup_warning(base_cfg.warmup_epochs, budgets[0], where=" in base", budget=f"the budget E={budgets[0]}",
-                            fix="Set warmup_epochs in base (e.g. 0) and the baseline's own under 'baseline'.")
-    if warmup:
-        warnings.append(warmup)
+    _check_warmups(base, budgets, settings, control_specs)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
-    return SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
-                     seeds=seeds, budgets=budgets, settings=settings, controls=controls, parallel=parallel,
+    spec = SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
+                     seeds=seeds, budgets=budgets, settings=settings, controls=controls,
+                     control_specs=control_specs, parallel=parallel,
                      time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
+    for st in spec.settings:
+        if any(k in st.overrides for k in _LR_KEYS) and spec.lr_matched_control(st.name) is None:
+            warnings.append(f"setting {st.name!r} trains at lr {spec.arm_lr(st.name):.4g}, which no control does: it has "
+                            "no lr-matched control. Add one (e.g. {name: ..., method: continue, base_lr: ...}).")
+    return spec
+
+
+def _check_warmups(base: dict[str, Any], budgets: list[int], settings: list[Setting],
+                   control_specs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a warm-up that does not fit the smallest budget: the arm would never leave it (its lr never reaches
+    the recipe's), in the base recipe or in any setting or control that sets its own."""
+    arms = [("base", {})] + [(f"setting {s.name!r}", s.overrides) for s in settings] + \
+        [(f"control {n!r}", c.get("overrides", {})) for n, c in control_specs.items()]
+    for where, overrides in arms:
+        warm = float(overrides.get("warmup_epochs", base.get("warmup_epochs", RunConfig.warmup_epochs)))
+        if warm and warm >= budgets[0]:
+            raise ConfigError(
+                f"warmup_epochs={warm:g} ({where}) does not fit the smallest budget E={budgets[0]}: the arm would never "
+                f"leave warm-up. Use a warm-up shorter than the budget (the authors warm up 5 % of it, e.g. "
+                f"warmup_epochs: {0.05 * budgets[0]:g}), or 0."
+            )
 
 
 def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig) -> dict[str, Any]:
-    """``{"weights": name or absolute path}`` for given starting weights, else the baseline's own RunConfig keys."""
+    """``{"weights": name or absolute path}`` for given starting weights, else the baseline's own RunConfig keys
+    (``per_seed: true``: one baseline per seed, trained here)."""
+    if "per_seed" in baseline:
+        if "weights" in baseline:
+            raise ConfigError("baseline: 'per_seed: true' trains one baseline per seed here, which given 'weights' "
+                              "cannot do. Remove 'weights' (and give 'epochs'), or remove 'per_seed'.")
+        if not isinstance(baseline["per_seed"], bool):
+            raise ConfigError(f"baseline.per_seed must be true or false, got {baseline['per_seed']!r}.")
+        per_seed = baseline.pop("per_seed")
+        parsed = _parse_baseline(baseline, base, base_cfg)
+        return {**parsed, "per_seed": True} if per_seed else parsed
     if "weights" not in baseline:
         _check_run_keys(baseline, "baseline", {
             **{k: v for k, v in _SWEEP_OWNED.items() if k not in ("epochs", "seed", "weights")}, **_SHARED_REASONS})
@@ -330,17 +407,42 @@ def _parse_seeds(data: Mapping[str, Any]) -> list[int]:
     return _int_list(seeds, "seeds", minimum=0)
 
 
-def _parse_controls(value: Any) -> list[str]:
-    controls = [value] if isinstance(value, str) else list(value or [])
-    bad = [c for c in controls if c not in CONTROLS]
-    if bad:
-        raise ConfigError(f"unknown control(s) {', '.join(repr(c) for c in bad)}; controls are {', '.join(CONTROLS)}.")
+def _parse_controls(value: Any, base: dict[str, Any], baseline: Mapping[str, Any]
+                    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Control names, and the specs of named controls: ``continue``, ``finetune``, ``scratch`` (the reviewers'
+    control), or ``{name: continue-lr-x3, method: continue, base_lr: 0.6}`` (a control with its own recipe keys,
+    e.g. an lr-tuned one)."""
+    entries = [value] if isinstance(value, (str, Mapping)) else list(value or [])
+    controls: list[str] = []
+    specs: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, Mapping):
+            entry = dict(entry)
+            name, method = entry.pop("name", None), entry.pop("method", None)
+            if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED_NAMES:
+                raise ConfigError(f"controls[{i}]: a named control needs 'name' (a new identifier, not "
+                                  f"{', '.join(_RESERVED_NAMES)}), got {name!r}.")
+            if method not in CONTROLS:
+                raise ConfigError(f"controls[{i}] ({name}): 'method' must be one of {', '.join(CONTROLS)}, got {method!r}.")
+            _check_run_keys(entry, f"controls[{i}] ({name})", {**_SWEEP_OWNED, **_SHARED_REASONS})
+            cfg = _validated(f"controls[{i}] ({name})", base, entry, {"method": method, "pretrained": True})
+            specs[name] = {"method": method, "overrides": {k: getattr(cfg, k) for k in entry}}
+            controls.append(name)
+        elif entry in CONTROL_METHODS:
+            controls.append(entry)
+        else:
+            raise ConfigError(f"unknown control {entry!r}; controls are {', '.join(CONTROL_METHODS)} or a mapping "
+                              "{name: ..., method: continue|finetune, <recipe keys>}.")
+    if SCRATCH in controls and "epochs" not in baseline:
+        raise ConfigError("the 'scratch' control trains from scratch for the baseline's epochs + E, but the baseline "
+                          "is given ('weights:'), so its budget is unknown. Train the baseline here (baseline: "
+                          "{epochs: N}) or remove 'scratch'.")
     if not controls:
         raise ConfigError("controls is empty: a RefConv gain is only claimed against a control (continue and/or "
                           "finetune).")
     if len(set(controls)) != len(controls):
         raise ConfigError(f"controls repeats a value: {controls}.")
-    return controls
+    return controls, specs
 
 
 def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: list[str]) -> list[Setting]:
@@ -380,7 +482,8 @@ def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: lis
             raise ConfigError(f"settings {seen_cfg[key]!r} and {name!r} are the same run (same configuration after "
                               "defaults). Remove one.")
         seen_cfg[key] = name
-        recipe_changes = [k for k in overrides if k not in REFCONV_KEYS and k not in NON_RECIPE_KEYS]
+        # lr keys are judged against the controls' rates once they are known (parse_sweep: _lr_warnings)
+        recipe_changes = [k for k in overrides if k not in REFCONV_KEYS and k not in NON_RECIPE_KEYS and k not in _LR_KEYS]
         if recipe_changes:
             warnings.append(f"setting {name!r} changes {', '.join(recipe_changes)}, which the controls keep at the base "
                             "value: its comparison with them is not at an equal recipe.")

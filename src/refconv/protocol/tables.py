@@ -78,6 +78,7 @@ def budget_rows(spec: SweepSpec, budget: int, cells: Mapping[str, Mapping[str, A
         return f"e{budget}/{arm}/seed{seed}"
 
     arms = [s.name for s in spec.settings] + list(spec.controls)
+    matched = {s.name: spec.lr_matched_control(s.name) for s in spec.settings}
     top1 = {a: [float(cells[key(a, s)]["final"]["top1"]) for s in spec.seeds] for a in arms}
     top5 = {a: [float(cells[key(a, s)]["final"]["top5"]) for s in spec.seeds] for a in arms}
     cmp1 = compare_arms(top1, spec.controls, ci=spec.ci, confidence=spec.confidence)
@@ -92,7 +93,7 @@ def budget_rows(spec: SweepSpec, budget: int, cells: Mapping[str, Mapping[str, A
             "budget": budget,
             "arm": a,
             "kind": "control" if is_control else "setting",
-            "method": a if is_control else "refconv",
+            "method": spec.control_method(a) if is_control else "refconv",
             "overrides": {} if is_control else dict(next(s for s in spec.settings if s.name == a).overrides),
             "cells": [key(a, s) for s in spec.seeds],
             "values": top1[a],
@@ -102,6 +103,9 @@ def budget_rows(spec: SweepSpec, budget: int, cells: Mapping[str, Mapping[str, A
             "best_control": best,
             "vs": {c: d.to_dict() for c, d in cmp1["diffs"].get(a, {}).items()},
             "vs_best": cmp1["diffs"][a][best].to_dict() if not is_control else None,
+            # the control at the setting's own recipe lr: everything equal but refocusing
+            "lr_matched_control": matched.get(a),
+            "vs_lr_matched": cmp1["diffs"][a][matched[a]].to_dict() if matched.get(a) else None,
             "vs_baseline": (cmp1["summaries"][a].mean - baseline_top1) if baseline_top1 is not None else None,
             "verdict": verdict(cmp1["diffs"][a][best], f"the best control ({best})") if not is_control else None,
             "cost": {
