@@ -159,7 +159,9 @@ def test_demo_from_a_pretrained_start(tmp_path, monkeypatch):
     monkeypatch.setitem(reg.ENTRIES, entry.name, entry)
     card = publish(pre.run_dir, entry.name, machine="the test runner")
 
-    p = dataclasses.replace(TEST_PROFILE, starts=(entry.name,), baseline_epochs=0, seeds=2)
+    # the quick demo's fair protocol: arm warm-up, fresh BN statistics, the studies' best setting beside the authors'
+    p = dataclasses.replace(TEST_PROFILE, starts=(entry.name,), baseline_epochs=0, seeds=2, arm_warmup_epochs=0.1,
+                            bn_recalibrate_batches=2, best_setting=PROFILES["quick"].best_setting)
     out = tmp_path / "out"
     res = run_demo(p, out, data_dir=str(data), log=lambda s: None)
     m = res.results["models"]["timm/mobilenetv3_small_050"]
@@ -172,6 +174,13 @@ def test_demo_from_a_pretrained_start(tmp_path, monkeypatch):
     assert all(e["identical_predictions"] == e["test_images"] and e["cost_equal"] for e in m["equivalence"])
     md = res.report_md.read_text()
     assert entry.name in md and fmt(card["test_top1"]) in md and "Δ vs start" in md
+    best_name, best_overrides = p.best_setting
+    rows = {r["arm"]: r for r in m["table"]}
+    assert list(rows) == ["refconv", best_name, "continue", "finetune"] and rows[best_name]["method"] == "refconv"
+    best_cfg = make_config(out / "runs" / "timm-mobilenetv3_small_050" / best_name / "seed0" / "config.yaml")
+    assert {k: getattr(best_cfg, k) for k in best_overrides} == best_overrides
+    assert best_cfg.warmup_epochs == 0.1 and best_cfg.bn_recalibrate_batches == 2
+    assert f"RefConv ({best_name}) top-1 vs continue" in md and "RefConv (authors' defaults) top-1 vs" in md
 
     # profile() maps models to their shipped entries, and refuses a model with none
     with pytest.raises(ConfigError, match="quick-scratch"):

@@ -93,7 +93,7 @@ def test_misplaced_and_bad_values():
     with pytest.raises(ConfigError, match="does not exist"):
         parse_sweep(tiny_sweep(baseline={"weights": "/nowhere/w.safetensors"}))
     with pytest.raises(ConfigError, match="unknown control"):
-        parse_sweep(tiny_sweep(controls=["continue", "scratch"]))
+        parse_sweep(tiny_sweep(controls=["continue", "scratched"]))
     with pytest.raises(ConfigError, match="controls is empty"):
         parse_sweep(tiny_sweep(controls=[]))
     with pytest.raises(ConfigError, match="reserved"):
@@ -115,13 +115,18 @@ def test_misplaced_and_bad_values():
 
 
 def test_warnings_single_seed_unfair_recipe_and_warmup():
-    spec = parse_sweep(tiny_sweep(seeds=[3], settings=[{"name": "a", "lr": 0.2}],
-                                  base={"model": "timm/mobilenetv3_small_050"}))
+    spec = parse_sweep(tiny_sweep(seeds=[3], settings=[{"name": "a", "lr": 0.2}, {"name": "b", "augment": False}],
+                                  base={"model": "timm/mobilenetv3_small_050", "warmup_epochs": 0}))
     text = " ".join(spec.warnings)
     assert "only 1 seed: results are reported without confidence intervals" in text
-    assert "setting 'a' changes lr" in text and "not at an equal recipe" in text
-    assert "warmup_epochs=5 in base is >= the budget E=1" in text
+    assert "setting 'a' trains at lr 0.2, which no control does: it has no lr-matched control" in text
+    assert "setting 'b' changes augment" in text and "not at an equal recipe" in text
     assert spec.seeds == [3]
+    # a warm-up the smallest budget cannot hold is refused, wherever it is set
+    with pytest.raises(ConfigError, match=r"warmup_epochs=5 \(base\) does not fit the smallest budget E=1"):
+        parse_sweep(tiny_sweep(base={"model": "timm/mobilenetv3_small_050"}))
+    with pytest.raises(ConfigError, match=r"warmup_epochs=2 \(setting 'w'\) does not fit"):
+        parse_sweep(tiny_sweep(budgets=[1, 3], settings=[{"name": "w", "warmup_epochs": 2}]))
 
 
 def test_grid_expansion_and_names():

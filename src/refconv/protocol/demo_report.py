@@ -72,8 +72,15 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         else "the full training and test sets"
     )
     arms_text = (f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
-                 f"({', '.join(str(x) for x in seeds)}): **refconv** (convert, frozen basis, Refocusing Learning), "
-                 f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}).")
+                 f"({', '.join(str(x) for x in seeds)}): **refconv** (the authors' defaults: convert, frozen basis, "
+                 "Refocusing Learning), "
+                 + (f"**{p['best_setting'][0]}** (the best setting of the recorded studies: "
+                    f"{', '.join(f'{k}={v}' for k, v in p['best_setting'][1].items())}), " if p.get("best_setting") else "")
+                 + f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}). "
+                 + (f"Every arm warms up for {p['arm_warmup_epochs']:g} epoch(s) (5 % of the budget, as the authors) "
+                    if p.get("arm_warmup_epochs") else "")
+                 + (f"and is scored after its BatchNorm statistics are recomputed on {p['bn_recalibrate_batches']} "
+                    "training batches (the same for every arm)." if p.get("bn_recalibrate_batches") else ""))
     s.add(Text(f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']})."))
     for model, m in results["models"].items():
         st = m["start"]
@@ -98,11 +105,12 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
     s = doc.section("Verdict")
     for model, m in results["models"].items():
-        ref = next(r for r in m["table"] if r["arm"] == "refconv")
-        for ctrl in ("continue", "finetune", "baseline"):
-            d = ref["vs"][ctrl]
-            label = ctrl if ctrl != "baseline" else _start_label(m)
-            s.add(Text(f"**{model}**, RefConv top-1 vs {label}: {verdict(_diff_obj(d), label)}"))
+        for ref in (r for r in m["table"] if r["method"] == "refconv"):
+            name = "RefConv (authors' defaults)" if ref["arm"] == "refconv" else f"RefConv ({ref['arm']})"
+            for ctrl in ("continue", "finetune", "baseline"):
+                d = ref["vs"][ctrl]
+                label = ctrl if ctrl != "baseline" else _start_label(m)
+                s.add(Text(f"**{model}**, {name} top-1 vs {label}: {verdict(_diff_obj(d), label)}"))
 
     s = doc.section("Results")
     for model, m in results["models"].items():
@@ -123,8 +131,8 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
             caption=f"{model}: test accuracy after the last epoch, mean ± sample std over {len(seeds)} seed(s); Δ is "
                     "the paired per-seed difference with its 95% t interval.",
         ))
-        per_seed = [[arm] + [fmt(m["cells"][f"{arm}/seed{sd}"]["final"]["top1"]) for sd in seeds]
-                    for arm in ("refconv", "continue", "finetune")]
+        per_seed = [[r["arm"]] + [fmt(m["cells"][f"{r['arm']}/seed{sd}"]["final"]["top1"]) for sd in seeds]
+                    for r in m["table"]]
         s.add(Table(["method"] + [f"seed {sd}" for sd in seeds], per_seed, caption=f"{model}: top-1 per seed."))
 
     s = doc.section("Training curves")
@@ -132,7 +140,7 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         trained_here = bool(m["start"]["history"])
         hist = {"baseline": [m["start"]["history"]]} if trained_here else {}
         offset = m["start"]["epochs"] if trained_here else 0
-        for arm in ("refconv", "continue", "finetune"):
+        for arm in (r["arm"] for r in m["table"]):
             hist[arm] = [shift_epochs(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in seeds]
         png = out / f"curves-{m['slug']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_loss", "test_top1"), title=model)
