@@ -69,6 +69,8 @@ class DemoProfile:
     # A second RefConv arm beside the authors' defaults: the best setting the recorded studies found
     # (name, RunConfig overrides); empty: the authors' arm only.
     best_setting: tuple[str, dict[str, Any]] | tuple[()] = ()
+    # RunConfig keys of the authors' RefConv arm (``refocus_impl`` / ``refocus_precond`` from the CLI)
+    refconv_overrides: dict[str, Any] = field(default_factory=dict)
     # analyses (refconv.analysis.AnalysisConfig keys)
     analysis: dict[str, Any] = field(default_factory=dict)
     analysis_batch_size: int = 128
@@ -132,8 +134,10 @@ PROFILES: dict[str, DemoProfile] = {
 
 
 def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None = None,
-            starts: Sequence[str] | None = None) -> DemoProfile:
-    """A named profile with optional overrides of the seed count, the models and the pretrained starts.
+            starts: Sequence[str] | None = None, refocus_impl: str | None = None,
+            refocus_precond: str | None = None) -> DemoProfile:
+    """A named profile with optional overrides of the seed count, the models, the pretrained starts and how the
+    authors' RefConv arm refocuses (``refocus_impl``, ``refocus_precond``: docs/method.md).
 
     With a pretrained profile, ``models`` picks the shipped entries of those architectures (``starts`` names
     entries directly); a model the registry has no entry for is refused, naming the ``*-scratch`` profiles.
@@ -162,6 +166,10 @@ def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None
         changes.update(starts=tuple(_start_for(m, p) for m in models), models=tuple(models))
     elif models:
         changes["models"] = tuple(models)
+    refocus = {k: v for k, v in (("refocus_impl", refocus_impl), ("refocus_precond", refocus_precond)) if v}
+    if refocus:
+        make_config({"method": "refconv", "weights": "start", **refocus})  # one-line error for a bad combination
+        changes["refconv_overrides"] = refocus
     return dataclasses.replace(p, **changes) if changes else p
 
 
@@ -332,7 +340,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
 def demo_arms(p: DemoProfile) -> list[Arm]:
     """The authors' RefConv, the best setting of the studies (when the profile names one), continue, finetune."""
     common = {"warmup_epochs": p.arm_warmup_epochs}
-    arms = [Arm("refconv", "refconv", p.arm_epochs, common)]
+    arms = [Arm("refconv", "refconv", p.arm_epochs, {**common, **p.refconv_overrides})]
     if p.best_setting:
         name, overrides = p.best_setting
         arms.append(Arm(name, "refconv", p.arm_epochs, {**common, **overrides}))

@@ -28,9 +28,11 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
     from ..analysis.cost import count_flops, count_parameters, measure_latency
 
     unfolded = load_model(refconv_run.run_dir, which="last").model.eval()
-    if refconv_run.folded_path is None:
-        raise RuntimeError(f"{refconv_run.run_dir}: the RefConv run wrote no folded weights.")
-    folded = load_model(refconv_run.folded_path).model.eval()
+    # Implicit refocusing trains the stock model itself: its deployable weights are the model, nothing is folded.
+    deployed = refconv_run.folded_path or refconv_run.weights_path
+    if deployed is None:
+        raise RuntimeError(f"{refconv_run.run_dir}: the RefConv run wrote no deployable weights.")
+    folded = load_model(deployed).model.eval()
     baseline = load_model(start).model.eval()
     loader = test_loader(refconv_run.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
 
