@@ -48,7 +48,7 @@ __all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS",
            "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid"]
 
 TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets", "settings", "grid", "controls",
-                  "parallel", "time_budget_minutes", "ci", "confidence")
+                  "warmup_share", "parallel", "time_budget_minutes", "ci", "confidence")
 CONTROLS = ("continue", "finetune")
 # The reviewers' control: the plain model trained once, from scratch, for the baseline's epochs + E in one schedule.
 SCRATCH = "scratch"
@@ -101,6 +101,8 @@ class SweepSpec:
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
     # named controls beyond the plain ones: {name: {"method": continue|finetune, "overrides": {...}}}
     control_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # every arm warms up for this share of its own budget (the authors: 5 of 105 epochs); None: base's warmup_epochs
+    warmup_share: float | None = None
     parallel: int | str = 1
     time_budget_minutes: float = DEFAULT_TIME_BUDGET_MIN
     ci: str = "t"
@@ -147,12 +149,16 @@ class SweepSpec:
         return Arm(f"e{budget}/{name}", spec.get("method", name), budget, dict(spec.get("overrides", {})))
 
     def arms(self) -> list[Arm]:
-        """Every arm of the sweep, per budget: the settings (refconv) then the controls."""
+        """Every arm of the sweep, per budget: the settings (refconv) then the controls. With ``warmup_share``
+        each arm warms up for that share of its own epochs (unless it sets ``warmup_epochs`` itself)."""
         out: list[Arm] = []
         for e in self.budgets:
             out += [Arm(f"e{e}/{s.name}", "refconv", e, dict(s.overrides)) for s in self.settings]
             out += [self.control_arm(c, e) for c in self.controls]
-        return out
+        if self.warmup_share is None:
+            return out
+        return [dataclasses.replace(a, overrides={"warmup_epochs": round(self.warmup_share * a.epochs, 6),
+                                                  **a.overrides}) for a in out]
 
     def arm_lr(self, name: str) -> float | None:
         """The recipe learning rate of a setting or a (non-scratch) control, for lr matching (None: scratch)."""
@@ -321,13 +327,19 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
     if ci == "bootstrap" and len(seeds) < 10:
         warnings.append(f"ci: bootstrap with {len(seeds)} seeds gives intervals that are too narrow (a percentile "
                         "bootstrap needs many pairs); ci: t is the honest choice for a handful of seeds.")
-    _check_warmups(base, budgets, settings, control_specs)
+    share = data.get("warmup_share")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
+        raise ConfigError(f"warmup_share must be a fraction of each arm's budget in [0, 1) (the authors: 0.05), got "
+                          f"{share!r}.")
+    if share is None:
+        _check_warmups(base, budgets, settings, control_specs)
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
     spec = SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
                      seeds=seeds, budgets=budgets, settings=settings, controls=controls,
-                     control_specs=control_specs, parallel=parallel,
+                     control_specs=control_specs, warmup_share=None if share is None else float(share),
+                     parallel=parallel,
                      time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
     for st in spec.settings:
         if any(k in st.overrides for k in _LR_KEYS) and spec.lr_matched_control(st.name) is None:
