@@ -139,7 +139,11 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
     model = base.get("model", "(default model)")
     data = base.get("data", "fashion-mnist")
     size = base.get("image_size")
-    if bl["trained"]:
+    if bl.get("per_seed"):
+        tops = ", ".join(f"{k} {fmt(v['final']['top1'])}" for k, v in bl["per_seed"].items())
+        base_txt = (f"its own seed's baseline, trained here for {fmt(bl['epochs'])} epoch(s) with that seed (test top-1 "
+                    f"{tops} %; mean {fmt(bl['final']['top1'])} %)")
+    elif bl["trained"]:
         base_txt = (f"a baseline trained here for {fmt(bl['epochs'])} epoch(s) (seed {fmt(bl['seed'])}), test top-1 "
                     f"{fmt(bl['final']['top1'])} %")
     else:
