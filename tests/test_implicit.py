@@ -183,3 +183,113 @@ def test_adam_is_refused_naming_the_supported_optimisers():
     check_optimizer("momentum")
     with pytest.raises(ConversionError, match="sgd, nesterov, momentum.*not 'adamw'"):
         check_optimizer("adamw")
+
+
+# ---------------------------------------------------------------- engine
+from _datagen import write_fashion_mnist  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from refconv.engine import RunConfig, RunInterrupted, run  # noqa: E402
+from refconv.engine.checkpoint import load_checkpoint  # noqa: E402
+
+TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("implicit")
+    data_dir = write_fashion_mnist(root / "data", n_train=96, n_test=32)
+    common = dict(model="timm/test_efficientnet", data_dir=str(data_dir), batch_size=16, lr=0.05, warmup_epochs=0.5,
+                  progress="none")
+    base = run(RunConfig(epochs=1, out=str(root / "base"), **common))
+    refconv_cfg = dict(method="refconv", weights=str(base.run_dir), init="zeros", epochs=1, **common)
+    return root, common, base, refconv_cfg
+
+
+def _global_rel(a: dict, b: dict) -> float:
+    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    num = sum(float((a[k].double() - b[k].double()).square().sum()) for k in keys)
+    den = sum(float(a[k].double().square().sum()) for k in keys)
+    return (num / den) ** 0.5
+
+
+def test_engine_explicit_and_implicit_end_at_the_same_weights(engine):
+    root, _, _, cfg = engine
+    explicit = run(RunConfig(out=str(root / "explicit"), **cfg))
+    implicit = run(RunConfig(out=str(root / "implicit"), refocus_impl="implicit", **cfg))
+    a, b = load_file(str(explicit.folded_path)), load_file(str(implicit.weights_path))
+    assert a.keys() == b.keys()
+    rel = _global_rel(a, b)
+    print(f"explicit vs implicit, global relative weight difference {rel:.3g}")
+    assert rel < 1e-4
+    assert implicit.folded_path is None and implicit.weights_path.name == "model.safetensors"  # nothing to fold
+    assert implicit.trainable_params == implicit.deploy_params  # no extra parameter
+    assert implicit.trainable_params < explicit.trainable_params
+
+
+def test_implicit_checkpoint_is_the_stock_model_and_weights_load_strictly(engine):
+    from refconv.engine.modeling import create_stock_model
+
+    root, _, _, cfg = engine
+    out = root / "implicit-ckpt"
+    result = run(RunConfig(out=str(out), refocus_impl="implicit", refocus_precond="normalized", **cfg))
+    stock = create_stock_model("timm/test_efficientnet", num_classes=10, in_chans=1)
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["state_dict"].keys() == stock.state_dict().keys()  # no basis, no RT in the model's state
+    assert ckpt["conversion"] is None
+    saved = ckpt["implicit_refocus"]
+    assert saved["precond"] == "normalized" and saved["layers"]  # the bases live beside it
+    stock.load_state_dict(load_file(str(result.weights_path)), strict=True)
+
+
+def test_implicit_interrupted_then_resumed_equals_uninterrupted(engine, faults):
+    root, _, _, cfg = engine
+    cfg = {**cfg, "epochs": 2, "init": "default", "refocus_impl": "implicit", "ema": True, "ema_decay": 0.9}
+    ref = run(RunConfig(out=str(root / "imp-ref"), **cfg))
+    out = root / "imp-interrupted"
+    faults.interrupt_after(8)  # 6 steps per epoch: epoch 2, step 2
+    with pytest.raises(RunInterrupted):
+        run(RunConfig(out=str(out), **cfg))
+    faults.clear()
+    resumed = run(RunConfig(out=str(out), **cfg), resume=True)
+    assert len(ref.history) == len(resumed.history)
+    for ra, rb in zip(ref.history, resumed.history):
+        assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
+    a, b = load_file(str(ref.weights_path)), load_file(str(resumed.weights_path))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+
+
+def test_implicit_with_grad_clip_warns_that_it_is_no_longer_exact(engine):
+    root, _, _, cfg = engine
+    out = root / "imp-clip"
+    run(RunConfig(out=str(out), refocus_impl="implicit", grad_clip=1.0, **cfg))
+    assert "no longer exactly the explicit one" in (out / "log.txt").read_text()
+
+
+def test_implicit_bad_inputs_are_one_line_cli_errors(engine, capsys):
+    from refconv.cli import main
+
+    root, common, base, _ = engine
+    argv = ["train", "--model", common["model"], "--data-dir", common["data_dir"], "--epochs", "1", "--batch-size",
+            "16", "--progress", "none", "--method", "refconv", "--weights", str(base.run_dir)]
+    cases = [
+        (["--refocus-impl", "implicit", "--opt", "adamw"], "exact only for the SGD family (sgd, nesterov, momentum)"),
+        (["--refocus-precond", "geometry"], "Add --refocus-impl implicit"),
+        (["--refocus-precond", "isotropic"], "Add --refocus-impl implicit"),
+    ]
+    for extra, expected in cases:
+        capsys.readouterr()
+        assert main([*argv, *extra, "--out", str(root / "refused")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("refconv train: error:") and expected in err, err
+    assert not (root / "refused").exists()
+
+
+@pytest.mark.slow  # torch.compile on CPU: ~2.5 min
+def test_implicit_under_compile_and_contiguous_layout_matches_eager(engine):
+    root, _, _, cfg = engine
+    eager = run(RunConfig(out=str(root / "imp-eager"), refocus_impl="implicit", **cfg))  # channels_last (default)
+    compiled = run(RunConfig(out=str(root / "imp-compiled"), refocus_impl="implicit", compile=True,
+                             channels_last=False, **cfg))
+    a, b = load_file(str(eager.weights_path)), load_file(str(compiled.weights_path))
+    assert _global_rel(a, b) < 1e-4
