@@ -98,6 +98,30 @@ def test_explicit_steps_equal_preconditioned_steps_fp64(kind, opt, init):
         torch.testing.assert_close(implicit[0].bias, folded[0].bias, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["dw2d", "grouped2d", "dense2d"])
+def test_normalized_explicit_equals_normalized_implicit_fp64(kind):
+    from refconv.engine.refocusing import ExplicitNormalization
+
+    lr, wd, steps = 0.05, 1e-2, 10
+    base = _net(kind)
+    batches = _batches(base[0], steps)
+    explicit = copy.deepcopy(base)
+    torch.manual_seed(3)
+    refconv.convert(explicit)
+    sgd = torch.optim.SGD(explicit.parameters(), lr=lr, weight_decay=wd, momentum=0.9)
+    ExplicitNormalization(explicit).attach(sgd)  # RT's gradient rows of each group / lambda_max
+    _train(explicit, sgd, batches)
+    implicit = copy.deepcopy(base)
+    torch.manual_seed(3)
+    refconv.convert(implicit)
+    imp = ImplicitRefocusing.from_converted(implicit, precond="normalized", weight_decay=wd)
+    sgd = torch.optim.SGD(imp.param_groups(implicit, lr=lr, weight_decay=wd), lr=lr, momentum=0.9)
+    imp.attach(sgd)
+    _train(implicit, sgd, batches)
+    torch.testing.assert_close(implicit[0].weight, refconv.reparameterize(explicit)[0].weight, rtol=1e-12,
+                               atol=1e-13)
+
+
 @pytest.mark.parametrize("impl", ["explicit", "implicit"])
 def test_a_loss_on_one_channel_moves_only_that_kernel_from_zero_init(impl):
     torch.manual_seed(0)
@@ -277,12 +301,25 @@ def test_implicit_bad_inputs_are_one_line_cli_errors(engine, capsys):
         (["--refocus-precond", "geometry"], "Add --refocus-impl implicit"),
         (["--refocus-precond", "isotropic"], "Add --refocus-impl implicit"),
     ]
+    demo = ["demo", "--profile", "tiny", "--data-dir", common["data_dir"]]
     for extra, expected in cases:
         capsys.readouterr()
         assert main([*argv, *extra, "--out", str(root / "refused")]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("refconv train: error:") and expected in err, err
+    capsys.readouterr()
+    assert main([*demo, "--refocus-precond", "geometry", "--out", str(root / "refused")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("refconv demo: error:") and "\n" not in err and "Add --refocus-impl implicit" in err
     assert not (root / "refused").exists()
+
+
+def test_demo_profile_carries_the_refocusing_settings():
+    from refconv.protocol.demo import profile
+
+    p = profile("tiny", refocus_impl="implicit", refocus_precond="isotropic")
+    assert (p.refocus_impl, p.refocus_precond) == ("implicit", "isotropic")
+    assert "refocus_impl" not in profile("tiny").to_dict()  # demo directories written before stay valid
 
 
 @pytest.mark.slow  # torch.compile on CPU: ~2.5 min
