@@ -330,3 +330,30 @@ def test_implicit_under_compile_and_contiguous_layout_matches_eager(engine):
                              channels_last=False, **cfg))
     a, b = load_file(str(eager.weights_path)), load_file(str(compiled.weights_path))
     assert _global_rel(a, b) < 1e-4
+
+
+def test_implicit_under_two_gloo_processes_agrees_with_one(tmp_path):
+    """DDP: the transform runs on the all-reduced gradient (a step-pre-hook), so 2 processes train what 1 does."""
+    import os
+    import subprocess
+    import sys
+
+    data_dir = write_fashion_mnist(tmp_path / "data", n_train=64, n_test=32)
+    base = run(RunConfig(model="timm/test_efficientnet_gn", data_dir=str(data_dir), batch_size=16, lr=0.05,
+                         warmup_epochs=0, epochs=1, augment=False, progress="none", out=str(tmp_path / "base")))
+    flags = dict(model="timm/test_efficientnet_gn", data_dir=str(data_dir), batch_size=16, lr=0.05, warmup_epochs=0,
+                 epochs=1, augment=False, method="refconv", weights=str(base.run_dir), refocus_impl="implicit",
+                 progress="none")
+    single = run(RunConfig(out=str(tmp_path / "single"), **flags))
+    argv = []
+    for key, value in flags.items():
+        flag = "--" + key.replace("_", "-")
+        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "refconv.cli", "train", *argv, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(single.weights_path))
+    b = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert _global_rel(a, b) < 1e-4
