@@ -9,8 +9,9 @@ CPU, paired in one run), peak memory within 5 % of plain. Three measurements, al
    ``g @ M`` before every step), ``explicit`` (RT layers), each with the engine's defaults (channels_last, fused
    SGD, deterministic algorithms). Interleaved rounds; every ratio is the median of per-round ratios (paired).
    ``plain (control) / plain`` is the noise check: it should read 1.00.
-2. **The engine** (``refconv.engine.run``: data, step, evaluation): one short epoch per method (``continue``,
-   ``refconv`` implicit, ``refconv`` explicit) interleaved over repeats; images/s from the run's own history.
+2. **The engine** (``refconv.engine.run``: data, step, evaluation): one short epoch per method (``continue`` twice,
+   the second a control, ``refconv`` implicit, ``refconv`` explicit) interleaved over repeats; images/s of the
+   training epoch from the run's own history.
 3. **Peak memory**: peak RSS (``VmHWM``) of a fresh subprocess per variant that builds the model and runs a
    few engine steps; the baseline RSS of the process before the model exists is reported beside it.
 
@@ -58,6 +59,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--engine-repeats", type=int, default=3)
     p.add_argument("--engine-steps", type=int, default=16, help="steps of each engine run (one epoch)")
     p.add_argument("--memory-steps", type=int, default=3)
+    p.add_argument("--skip-step", action="store_true")
     p.add_argument("--skip-engine", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -137,12 +139,12 @@ def bench_engine(args: argparse.Namespace, size: int, tmp: Path, start: Path) ->
                   in_chans=1, batch_size=args.batch_size, subset_train=args.engine_steps * args.batch_size,
                   subset_test=512, epochs=1, warmup_epochs=0, weights=str(start), progress="none",
                   log_every_steps=0, lr=0.01)
-    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    results: dict[str, list[float]] = {v: [] for v in ("plain (control)", *VARIANTS)}
     k = 0
     for _ in range(args.engine_repeats):
-        for v in VARIANTS:
+        for v in results:
             k += 1
-            extra = {"method": "continue"} if v == "plain" else {"method": "refconv", "refocus_impl": v}
+            extra = {"method": "continue"} if v.startswith("plain") else {"method": "refconv", "refocus_impl": v}
             res = run(RunConfig(out=str(tmp / f"run{size}-{k}"), **common, **extra))
             results[v].append(res.history[-1]["images_per_s"])
     rows = []
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
         start = save_weights(load(START), Path(tmp) / "start.safetensors", {"model": "timm/mobilenetv3_small_100"})
         for size in args.sizes:
-            out["step"] += bench_step(args, size)
+            if not args.skip_step:
+                out["step"] += bench_step(args, size)
             if not args.skip_engine:
                 out["engine"] += bench_engine(args, size, Path(tmp), start)
             if not args.skip_memory:
@@ -222,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     out["wall_s"] = time.perf_counter() - t0
     print(f"\n`{START}` (timm/mobilenetv3_small_100, 1 channel), batch {args.batch_size}, CPU, "
           f"{out['threads']} threads, torch {out['torch']}, {out['date']}, {out['wall_s']:.0f} s\n")
-    print(f"**The step** (median of {args.repeats} interleaved rounds of {args.steps} steps; ratios paired per round):\n")
-    print(_table(out["step"]))
+    if out["step"]:
+        print(f"**The step** (median of {args.repeats} interleaved rounds of {args.steps} steps; ratios paired per "
+              "round):\n")
+        print(_table(out["step"]))
     if out["engine"]:
         print(f"\n**The engine** (one epoch of {args.engine_steps} steps + evaluation per run, median of "
               f"{args.engine_repeats} interleaved repeats; images/s of the training epoch):\n")
