@@ -62,6 +62,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-step", action="store_true")
     p.add_argument("--skip-engine", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--transform-only", action="store_true",
+                   help="time only implicit refocusing's gradient transform per step, beside a plain step")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--data-dir")
     p.add_argument("--json", type=Path)
@@ -185,6 +187,32 @@ def bench_memory(args: argparse.Namespace, size: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_transform(args: argparse.Namespace, size: int, rounds: int = 5, calls: int = 50) -> dict[str, Any]:
+    """What implicit refocusing adds to a step, timed alone (no other variant competes for the caches): one call
+    of ``transform_grads_`` (every refocused layer's ``g @ M + wd * (Wt - Wb)``), beside one plain step."""
+    from refconv.models.pretrained import load
+
+    plain = _Step("plain", "plain", size, args.batch_size)
+    model = load(START).train()
+    refconv.convert(model)
+    imp = setup_refocusing(model, _config("implicit"), None)
+    model.to(memory_format=torch.channels_last)
+    x = torch.randn(args.batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
+    nn.functional.cross_entropy(model(x), torch.zeros(args.batch_size, dtype=torch.long)).backward()
+    imp.transform_grads_()
+    ms, step_ms = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            imp.transform_grads_()
+        ms.append((time.perf_counter() - t) / calls * 1e3)
+        step_ms.append(plain._timed(1) * 1e3)
+    t_ms, s_ms = statistics.median(ms), statistics.median(step_ms)
+    return {"size": size, "transform ms": t_ms, "plain step ms": s_ms, "share of a plain step": t_ms / s_ms,
+            "layers with M stored": sum(layer.precond.matrices is not None for layer in imp.layers),
+            "layers factored (g P^T) P": sum(layer.precond.matrices is None for layer in imp.layers)}
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, tuple):
         return f"{v[0]:.2f}-{v[1]:.2f}"
@@ -206,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args._probe:
         print(json.dumps(probe(args._probe[0], int(args._probe[1]), args.memory_steps, args.batch_size)))
+        return 0
+    if args.transform_only:
+        rows = [bench_transform(args, size) for size in args.sizes]
+        print(f"\nimplicit refocusing's gradient transform alone, {START}, batch {args.batch_size}, CPU, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}\n")
+        print(_table(rows))
+        if args.json:
+            args.json.write_text(json.dumps({"command": " ".join(sys.argv), "transform": rows}, indent=2) + "\n")
         return 0
     out: dict[str, Any] = {"command": " ".join(sys.argv), "threads": torch.get_num_threads(),
                            "torch": torch.__version__, "machine": platform.machine(),
