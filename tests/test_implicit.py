@@ -357,3 +357,18 @@ def test_implicit_under_two_gloo_processes_agrees_with_one(tmp_path):
     b = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert _global_rel(a, b) < 1e-4
+
+
+@pytest.mark.slow  # a whole tiny demo: ~50 s on CPU
+def test_demo_with_implicit_isotropic_refocusing_runs_and_checks_the_stock_weights(tmp_path):
+    import json
+
+    from refconv.protocol.demo import profile, run_demo
+
+    data = write_fashion_mnist(tmp_path / "data", n_train=256, n_test=128)
+    p = profile("tiny", seeds=1, refocus_impl="implicit", refocus_precond="isotropic")
+    res = run_demo(p, tmp_path / "out", data_dir=str(data), log=lambda s: None)
+    model = json.loads((tmp_path / "out" / "results.json").read_text())["models"]["timm/mobilenetv3_small_050"]
+    eq = model["equivalence"][0]
+    assert eq["refocus_impl"] == "implicit" and eq["max_abs_logit_err"] == 0.0 and eq["cost_equal"]
+    assert "--refocus-impl implicit --refocus-precond isotropic" in res.report_md.read_text()
