@@ -251,7 +251,8 @@ def test_engine_explicit_and_implicit_end_at_the_same_weights(engine):
     assert implicit.trainable_params < explicit.trainable_params
 
 
-def test_implicit_checkpoint_is_the_stock_model_and_weights_load_strictly(engine):
+def test_implicit_checkpoint_is_the_stock_model_and_weights_load_strictly(engine, capsys):
+    from refconv.cli import main
     from refconv.engine.modeling import create_stock_model
 
     root, _, _, cfg = engine
@@ -264,6 +265,10 @@ def test_implicit_checkpoint_is_the_stock_model_and_weights_load_strictly(engine
     saved = ckpt["implicit_refocus"]
     assert saved["precond"] == "normalized" and saved["layers"]  # the bases live beside it
     stock.load_state_dict(load_file(str(result.weights_path)), strict=True)
+    capsys.readouterr()
+    assert main(["fold", str(out)]) == 1  # nothing to fold, and the message says why
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--refocus-impl implicit" in err and "model.safetensors" in err
 
 
 def test_implicit_interrupted_then_resumed_equals_uninterrupted(engine, faults):
