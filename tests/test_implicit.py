@@ -271,11 +271,15 @@ def test_implicit_checkpoint_is_the_stock_model_and_weights_load_strictly(engine
     assert "\n" not in err and "--refocus-impl implicit" in err and "model.safetensors" in err
 
 
-def test_implicit_interrupted_then_resumed_equals_uninterrupted(engine, faults):
+@pytest.mark.parametrize("impl", ["implicit", "explicit"])
+def test_interrupted_then_resumed_equals_uninterrupted(engine, faults, impl):
+    """Implicit (the bases come from the checkpoint) and explicit with ``normalized`` (its per-group scales must be
+    computed from the checkpoint's bases, not from the model the resume builds before loading it)."""
     root, _, _, cfg = engine
-    cfg = {**cfg, "epochs": 2, "init": "default", "refocus_impl": "implicit", "ema": True, "ema_decay": 0.9}
-    ref = run(RunConfig(out=str(root / "imp-ref"), **cfg))
-    out = root / "imp-interrupted"
+    cfg = {**cfg, "epochs": 2, "init": "default", "refocus_impl": impl, "refocus_precond": "normalized",
+           "ema": True, "ema_decay": 0.9}
+    ref = run(RunConfig(out=str(root / f"{impl}-ref"), **cfg))
+    out = root / f"{impl}-interrupted"
     faults.interrupt_after(8)  # 6 steps per epoch: epoch 2, step 2
     with pytest.raises(RunInterrupted):
         run(RunConfig(out=str(out), **cfg))
