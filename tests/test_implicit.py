@@ -381,3 +381,19 @@ def test_demo_with_implicit_isotropic_refocusing_runs_and_checks_the_stock_weigh
     eq = model["equivalence"][0]
     assert eq["refocus_impl"] == "implicit" and eq["max_abs_logit_err"] == 0.0 and eq["cost_equal"]
     assert "--refocus-impl implicit --refocus-precond isotropic" in res.report_md.read_text()
+
+
+def test_sweep_settings_take_the_refocusing_keys_and_refuse_explicit_geometry():
+    import yaml
+
+    from refconv.errors import ConfigError
+    from refconv.protocol.sweep_spec import parse_sweep, resolve_sweep_path
+
+    data = yaml.safe_load(resolve_sweep_path("fashion-mnist-small").read_text())
+    data["settings"] = [{"name": "iso", "refocus_impl": "implicit", "refocus_precond": "isotropic"},
+                        {"name": "norm", "refocus_precond": "normalized"}]
+    spec = parse_sweep(data)
+    assert [s.overrides for s in spec.settings][0] == {"refocus_impl": "implicit", "refocus_precond": "isotropic"}
+    data["settings"] = [{"name": "bad", "refocus_precond": "geometry"}]
+    with pytest.raises(ConfigError, match=r"settings\[0\] \(bad\).*Add --refocus-impl implicit"):
+        parse_sweep(data)
