@@ -310,25 +310,12 @@ def test_implicit_bad_inputs_are_one_line_cli_errors(engine, capsys):
         (["--refocus-precond", "geometry"], "Add --refocus-impl implicit"),
         (["--refocus-precond", "isotropic"], "Add --refocus-impl implicit"),
     ]
-    demo = ["demo", "--profile", "tiny", "--data-dir", common["data_dir"]]
     for extra, expected in cases:
         capsys.readouterr()
         assert main([*argv, *extra, "--out", str(root / "refused")]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("refconv train: error:") and expected in err, err
-    capsys.readouterr()
-    assert main([*demo, "--refocus-precond", "geometry", "--out", str(root / "refused")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("refconv demo: error:") and "\n" not in err and "Add --refocus-impl implicit" in err
     assert not (root / "refused").exists()
-
-
-def test_demo_profile_carries_the_refocusing_settings():
-    from refconv.protocol.demo import profile
-
-    p = profile("tiny", refocus_impl="implicit", refocus_precond="isotropic")
-    assert (p.refocus_impl, p.refocus_precond) == ("implicit", "isotropic")
-    assert "refocus_impl" not in profile("tiny").to_dict()  # demo directories written before stay valid
 
 
 @pytest.mark.slow  # torch.compile on CPU: ~2.5 min
@@ -366,21 +353,6 @@ def test_implicit_under_two_gloo_processes_agrees_with_one(tmp_path):
     b = load_file(str(tmp_path / "ddp" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert _global_rel(a, b) < 1e-4
-
-
-@pytest.mark.slow  # a whole tiny demo: ~50 s on CPU
-def test_demo_with_implicit_isotropic_refocusing_runs_and_checks_the_stock_weights(tmp_path):
-    import json
-
-    from refconv.protocol.demo import profile, run_demo
-
-    data = write_fashion_mnist(tmp_path / "data", n_train=256, n_test=128)
-    p = profile("tiny", seeds=1, refocus_impl="implicit", refocus_precond="isotropic")
-    res = run_demo(p, tmp_path / "out", data_dir=str(data), log=lambda s: None)
-    model = json.loads((tmp_path / "out" / "results.json").read_text())["models"]["timm/mobilenetv3_small_050"]
-    eq = model["equivalence"][0]
-    assert eq["refocus_impl"] == "implicit" and eq["max_abs_logit_err"] == 0.0 and eq["cost_equal"]
-    assert "--refocus-impl implicit --refocus-precond isotropic" in res.report_md.read_text()
 
 
 def test_sweep_settings_take_the_refocusing_keys_and_refuse_explicit_geometry():

@@ -26,11 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "starts each from its registry entry)")
     p.add_argument("--start", nargs="+", default=None, metavar="NAME",
                    help="registry models to start from (`refconv pretrained` lists them), e.g. fmnist/mobilenetv3_small_100")
-    p.add_argument("--refocus-impl", choices=("explicit", "implicit"), default=None,
-                   help="how the refconv arm refocuses: explicit RT layers (default) or the equivalent preconditioned "
-                        "update on the stock model (docs/method.md)")
-    p.add_argument("--refocus-precond", choices=("exact", "normalized", "geometry", "isotropic"), default=None,
-                   help="the refconv arm's preconditioner (geometry / isotropic need --refocus-impl implicit)")
     p.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files, if not in a standard location")
     p.add_argument("--download", action="store_true",
@@ -43,8 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..protocol.demo import profile, run_demo
 
-    prof = profile(args.profile, seeds=args.seeds, models=args.models, starts=args.start,
-                   refocus_impl=args.refocus_impl, refocus_precond=args.refocus_precond)
+    prof = profile(args.profile, seeds=args.seeds, models=args.models, starts=args.start)
     res = run_demo(prof, args.out, data_dir=args.data_dir, overwrite=args.overwrite, workers=args.workers,
                    download=args.download)
     print(res.report_md)

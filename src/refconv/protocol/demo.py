@@ -65,9 +65,6 @@ class DemoProfile:
     warmup_epochs: float = 1.0
     arm_warmup_epochs: float = 0.0
     finetune_lr_mult: float = 0.1
-    # how the refconv arm refocuses (RunConfig keys; docs/method.md, "The preconditioned form")
-    refocus_impl: str = "explicit"
-    refocus_precond: str = "exact"
     # analyses (refconv.analysis.AnalysisConfig keys)
     analysis: dict[str, Any] = field(default_factory=dict)
     analysis_batch_size: int = 128
@@ -75,12 +72,7 @@ class DemoProfile:
 
     def to_dict(self) -> dict[str, Any]:
         # JSON round trip: the form stored in demo.json (tuples become lists), so comparisons are like for like.
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        # The refocusing keys only when set: a demo directory written before they existed stays this profile's.
-        for key, default in (("refocus_impl", "explicit"), ("refocus_precond", "exact")):
-            if d[key] == default:
-                del d[key]
-        return d
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 PROFILES: dict[str, DemoProfile] = {
@@ -131,10 +123,8 @@ PROFILES: dict[str, DemoProfile] = {
 
 
 def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None = None,
-            starts: Sequence[str] | None = None, refocus_impl: str | None = None,
-            refocus_precond: str | None = None) -> DemoProfile:
-    """A named profile with optional overrides of the seed count, the models, the pretrained starts and how the
-    refconv arm refocuses (``refocus_impl`` / ``refocus_precond``, checked as ``refconv train`` checks them).
+            starts: Sequence[str] | None = None) -> DemoProfile:
+    """A named profile with optional overrides of the seed count, the models and the pretrained starts.
 
     With a pretrained profile, ``models`` picks the shipped entries of those architectures (``starts`` names
     entries directly); a model the registry has no entry for is refused, naming the ``*-scratch`` profiles.
@@ -143,11 +133,6 @@ def profile(name: str, *, seeds: int | None = None, models: Sequence[str] | None
         raise ConfigError(f"unknown demo profile {name!r}; choose one of {sorted(PROFILES)}.")
     p = PROFILES[name]
     changes: dict[str, Any] = {}
-    if refocus_impl is not None or refocus_precond is not None:
-        impl = refocus_impl or p.refocus_impl
-        precond = refocus_precond or p.refocus_precond
-        make_config({"method": "refconv", "refocus_impl": impl, "refocus_precond": precond})  # same refusals
-        changes.update(refocus_impl=impl, refocus_precond=precond)
     if seeds is not None:
         if seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {seeds}.")
@@ -270,8 +255,7 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
 
     seeds = list(range(p.seeds))
     arms = [
-        Arm("refconv", "refconv", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs,
-                                                 "refocus_impl": p.refocus_impl, "refocus_precond": p.refocus_precond}),
+        Arm("refconv", "refconv", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}),
         Arm("continue", "continue", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}),
         Arm("finetune", "finetune", p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}),
     ]

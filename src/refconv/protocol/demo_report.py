@@ -71,11 +71,8 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         if p.get("subset_train") or p.get("subset_test")
         else "the full training and test sets"
     )
-    impl, precond = p.get("refocus_impl", "explicit"), p.get("refocus_precond", "exact")
-    how = ("convert, frozen basis, Refocusing Learning" if (impl, precond) == ("explicit", "exact") else
-           f"Refocusing Learning, `--refocus-impl {impl} --refocus-precond {precond}`: docs/method.md")
     arms_text = (f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
-                 f"({', '.join(str(x) for x in seeds)}): **refconv** ({how}), "
+                 f"({', '.join(str(x) for x in seeds)}): **refconv** (convert, frozen basis, Refocusing Learning), "
                  f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}).")
     s.add(Text(f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']})."))
     for model, m in results["models"].items():

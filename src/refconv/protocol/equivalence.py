@@ -28,13 +28,9 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
     from ..analysis.cost import count_flops, count_parameters, measure_latency
 
     unfolded = load_model(refconv_run.run_dir, which="last").model.eval()
-    # An implicit-refocusing run trains the stock model itself: its deployable weights need no fold, and the
-    # check compares them with the run's last checkpoint (the same weights: a zero error is the expected answer).
-    implicit = (refconv_run.config or {}).get("refocus_impl") == "implicit"
-    deployed = refconv_run.weights_path if implicit else refconv_run.folded_path
-    if deployed is None:
+    if refconv_run.folded_path is None:
         raise RuntimeError(f"{refconv_run.run_dir}: the RefConv run wrote no folded weights.")
-    folded = load_model(deployed).model.eval()
+    folded = load_model(refconv_run.folded_path).model.eval()
     baseline = load_model(start).model.eval()
     loader = test_loader(refconv_run.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
 
@@ -65,7 +61,6 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
     return {
         "run_dir": str(refconv_run.run_dir),
         "seed": refconv_run.config.get("seed"),
-        "refocus_impl": "implicit" if implicit else "explicit",
         "test_images": n,
         "max_abs_logit_err": max_abs,
         "max_rel_logit_err": max_abs / scale if scale else 0.0,
