@@ -71,7 +71,7 @@ def test_analyze_writes_json_and_every_png(tmp_path):
     for section in SECTIONS:
         assert section in result and "skipped" not in result[section], section
     expected = {
-        "cost.png", "redundancy.png", "skeleton_stages.png", "skeleton_layers.png", "landscape_1d.png",
+        "cost.png", "redundancy.png", "skeleton_stages.png", "skeleton_layers.png", "spectrum_diag.png", "landscape_1d.png",
         "landscape_2d.png", "robustness.png", "analysis.json",
     }
     assert set(result["files"]) == expected

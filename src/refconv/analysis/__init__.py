@@ -1,4 +1,5 @@
-"""Analyses of RefConv models against their baselines: redundancy, skeleton, landscape, robustness, cost.
+"""Analyses of RefConv models against their baselines: redundancy, skeleton, refocusing spectrum, landscape,
+robustness, cost.
 
 Every metric is a function returning plain data (floats, dicts, nested lists); plotting lives in
 :mod:`refconv.analysis.plots` and reads that data. :func:`analyze` runs everything on a model pair and writes
@@ -36,6 +37,7 @@ from refconv.analysis.plots import (
     plot_redundancy,
     plot_robustness,
     plot_skeleton,
+    plot_spectrum,
 )
 from refconv.analysis._common import check_same_architecture, eligible_convs, fold_for_analysis, has_refconv_layers
 from refconv.analysis.redundancy import (
@@ -45,6 +47,7 @@ from refconv.analysis.redundancy import (
     layer_redundancy,
     redundancy_report,
 )
+from refconv.analysis.spectrum import layer_spectrum, refocus_spectrum
 from refconv.analysis.skeleton import (
     compare_skeleton,
     cross_mask,
@@ -96,6 +99,9 @@ __all__ = [
     "plot_redundancy",
     "plot_robustness",
     "plot_skeleton",
+    "plot_spectrum",
+    "layer_spectrum",
+    "refocus_spectrum",
     "redundancy_report",
     "robust_accuracy",
     "skeleton_report",

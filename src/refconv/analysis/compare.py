@@ -1,8 +1,8 @@
 """Run every analysis on a baseline / RefConv model pair and write ``analysis.json`` plus PNG plots.
 
 This is the one call the ``refconv analyze`` command and the demo report make; everything it does is also
-available piece by piece (``compare_redundancy``, ``compare_skeleton``, ``compare_landscape``,
-``compare_robustness``, ``compare_cost`` and the ``plot_*`` functions).
+available piece by piece (``compare_redundancy``, ``compare_skeleton``, ``refocus_spectrum``,
+``compare_landscape``, ``compare_robustness``, ``compare_cost`` and the ``plot_*`` functions).
 """
 
 from __future__ import annotations
@@ -26,16 +26,24 @@ from refconv.analysis.landscape import (
     compare_landscape,
     take_batches,
 )
-from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
+from refconv.analysis._common import (
+    check_float,
+    check_int,
+    check_same_architecture,
+    device_of,
+    fold_for_analysis,
+    has_refconv_layers,
+)
 from refconv.analysis.redundancy import compare_redundancy
 from refconv.analysis.skeleton import compare_skeleton
+from refconv.analysis.spectrum import refocus_spectrum
 from refconv.environment import environment
-from refconv.errors import ConfigError
+from refconv.errors import ConfigError, NoEligibleConvError
 
 __all__ = ["SECTIONS", "AnalysisConfig", "analyze", "to_jsonable"]
 
 #: Every section ``analyze`` can run, in the order it runs them.
-SECTIONS: tuple[str, ...] = ("cost", "redundancy", "skeleton", "landscape", "attacks")
+SECTIONS: tuple[str, ...] = ("cost", "redundancy", "skeleton", "spectrum", "landscape", "attacks")
 
 Batch = tuple[Tensor, Tensor]
 
@@ -163,6 +171,19 @@ def to_jsonable(value: object) -> object:
     return str(value)
 
 
+def _spectrum_section(baseline: nn.Module, refconv_model: nn.Module) -> dict:
+    """The refocusing preconditioner of the pair: from the RefConv model's own layers (bases, groups, ``map_k``)
+    when it is training-time, else from the baseline's kernels with the default conversion (``map_k`` 3, the
+    authors' groups): a folded model no longer records its conversion."""
+    if has_refconv_layers(refconv_model):
+        return {"source": "refconv model's RefConv layers", "layers": refocus_spectrum(refconv_model)}
+    try:
+        layers = refocus_spectrum(baseline)
+    except NoEligibleConvError as exc:
+        return {"skipped": str(exc)}
+    return {"source": "baseline kernels, default conversion (map_k 3, authors' groups)", "layers": layers}
+
+
 def analyze(
     baseline: nn.Module,
     refconv_model: nn.Module,
@@ -279,6 +300,10 @@ def analyze(
             )
             png("skeleton_stages.png", plots.plot_skeleton, result["skeleton"], level="stages")
             png("skeleton_layers.png", plots.plot_skeleton, result["skeleton"], level="layers")
+        elif section == "spectrum":
+            result["spectrum"] = _spectrum_section(baseline, refconv_model)
+            if "layers" in result["spectrum"]:
+                png("spectrum_diag.png", plots.plot_spectrum, result["spectrum"]["layers"])
         elif section == "landscape":
             if fixed is None:
                 result["landscape"] = {"skipped": "no held_out batches given"}

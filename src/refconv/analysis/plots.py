@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 __all__ = [
     "plot_redundancy",
     "plot_skeleton",
+    "plot_spectrum",
     "plot_landscape_1d",
     "plot_landscape_2d",
     "plot_robustness",
@@ -112,6 +113,37 @@ def plot_skeleton(
         "colour scale per column, shared by both models",
         fontsize=9,
     )
+    return _save(fig, path)
+
+
+def plot_spectrum(layers: list[dict], path: str | Path, *, max_maps: int = 48, per_row: int = 8) -> Path:
+    """Heat maps of ``diag(M)`` per refocused layer (from ``refocus_spectrum``), each over its own maximum.
+
+    ``diag(M)[p]`` is the refocusing step at kernel position ``p``: the map shows the padding geometry (small at
+    the border, large in the centre) and the title gives ``lambda_max`` / ``lambda_min`` of ``M``. 2-D kernels as
+    they are; 1-D as one row; 3-D summed over depth.
+    """
+    layers = layers[:max_maps]
+    n = len(layers)
+    ncols = max(1, min(n, per_row))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(max(3.0, 1.7 * ncols), 2.0 * nrows + 0.7))
+    for c, rec in enumerate(layers):
+        grid = _as_2d(rec["diag_relative"])
+        ax = fig.add_subplot(nrows, ncols, c + 1)
+        top = max(max(row) for row in grid) or 1.0
+        ax.imshow(grid, cmap="magma", vmin=0.0, vmax=top)
+        if len(grid) * len(grid[0]) <= 25:
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="k" if v > 0.6 * top else "w")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{_short(rec['layer'], 22)}\nlmax {rec['lambda_max']['max']:.3g} lmin "
+                     f"{rec['lambda_min']['min']:.3g}", fontsize=7)
+    fig.suptitle("Refocusing preconditioner: diag(M) per kernel position over its maximum (mean over RT groups)",
+                 fontsize=9)
     return _save(fig, path)
 
 

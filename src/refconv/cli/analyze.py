@@ -18,8 +18,8 @@ __all__ = ["register", "main"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="channel redundancy, kernel skeleton, loss landscape, attacks and cost of a "
-                                       "baseline vs RefConv pair", description=__doc__)
+    p = sub.add_parser("analyze", help="channel redundancy, kernel skeleton, refocusing spectrum, loss landscape, "
+                                       "attacks and cost of a baseline vs RefConv pair", description=__doc__)
     p.add_argument("--baseline", required=True, metavar="PATH", help="run directory, checkpoint or weights file")
     p.add_argument("--refconv", required=True, metavar="PATH",
                    help="RefConv run directory or checkpoint (training-time or folded)")
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default="analysis-out", help="output directory (default: analysis-out)")
     p.add_argument("--sections", nargs="+", default=None,
-                   help="subset of: cost redundancy skeleton landscape attacks (default: all)")
+                   help="subset of: cost redundancy skeleton spectrum landscape attacks (default: all)")
     p.add_argument("--num-batches", type=int, default=None, help="held-out batches for the landscape")
     p.add_argument("--resolution-1d", type=int, default=None)
     p.add_argument("--resolution-2d", type=int, default=None, help="points per axis of the 2-D surface; 0 skips it")
@@ -81,6 +81,8 @@ def _summary(result: dict) -> dict:
         out["channel_diversity"] = {k: result["redundancy"][k]["overall"] for k in ("baseline", "refconv")}
     if "skeleton" in result:
         out["skeleton_share"] = result["skeleton"].get("overall_share")
+    if "spectrum" in result and "layers" in result["spectrum"]:
+        out["refocus_lambda_max"] = {r["layer"]: r["lambda_max"]["max"] for r in result["spectrum"]["layers"]}
     if "attacks" in result:
         out["robust_accuracy"] = {k: {"eps": v["eps"], "fgsm": v.get("fgsm"), "pgd": v.get("pgd")}
                                   for k, v in result["attacks"].items() if isinstance(v, dict) and "eps" in v}

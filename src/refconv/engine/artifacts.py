@@ -267,7 +267,9 @@ def fold_checkpoint(
         raise StateDictFormatError(
             f"{loaded.source} holds plain (folded) weights: there is nothing to fold. It already loads with "
             "strict=True into the stock model; `refconv fold` needs a RefConv training checkpoint "
-            "(RUN_DIR/checkpoints/last.pt of a --method refconv run)."
+            "(RUN_DIR/checkpoints/last.pt of a --method refconv run"
+            + ("; this run used --refocus-impl implicit, which trains the stock model: its model.safetensors is "
+               "already the deployable model)." if _is_implicit_run(src) else ").")
         )
     size = image_size or loaded.image_size or 32
     gen = torch.Generator().manual_seed(seed)
@@ -288,3 +290,13 @@ def fold_checkpoint(
     onnx_info = export_onnx(stock, Path(out).with_suffix(".onnx"), sample[:2]) if onnx else None
     return FoldResult(source=src, weights_path=path, max_abs_err=err, layers=len(refconv_layers(loaded.model)),
                       train_params=count_params(loaded.model)[1], deploy_params=count_params(stock)[1], onnx=onnx_info)
+
+
+def _is_implicit_run(checkpoint: Path) -> bool:
+    """Whether a checkpoint was written by an implicit-refocusing run (its stock weights need no fold)."""
+    try:
+        from .checkpoint import load_checkpoint
+
+        return bool(load_checkpoint(checkpoint, map_location="cpu").get("implicit_refocus"))
+    except Exception:  # noqa: BLE001 - only refines an error message
+        return False

@@ -76,5 +76,11 @@ def setup_refocusing(model: nn.Module, cfg: RunConfig, ckpt: dict[str, Any] | No
         return ImplicitRefocusing.from_converted(model, precond=cfg.refocus_precond,
                                                  weight_decay=refocus_weight_decay(cfg))
     if cfg.refocus_precond == "normalized":
+        if ckpt is not None:
+            # A resume builds the converted model without its starting weights (the checkpoint holds them): the
+            # bases are loaded here first, so each group's lambda_max is the run's, not a random basis's.
+            from .modeling import load_format_checked
+
+            load_format_checked(model, ckpt["state_dict"], "the checkpoint")
         return ExplicitNormalization(model)
     return None
