@@ -24,6 +24,7 @@ shares the recipe and the starting weights, so the sweep owns exactly the keys t
     time_budget_minutes: 60             # refuse a larger estimate unless --yes
     ci: t                               # t | bootstrap
     confidence: 0.95
+    launcher: {partition: gpu, time: 240, gpus_per_node: 1}   # resources for --launcher slurm (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ __all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS",
            "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid"]
 
 TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets", "settings", "grid", "controls",
-                  "parallel", "time_budget_minutes", "ci", "confidence")
+                  "parallel", "time_budget_minutes", "ci", "confidence", "launcher")
 CONTROLS = ("continue", "finetune")
 # RunConfig keys that only change RefConv itself: a setting that changes them is compared at equal recipe.
 REFCONV_KEYS = ("map_k", "groups", "max_group_size", "init", "include", "exclude", "layers", "basis",
@@ -103,6 +104,7 @@ class SweepSpec:
     description: str = ""
     source: str | None = None
     warnings: list[str] = field(default_factory=list)
+    launcher: dict[str, Any] = field(default_factory=dict)  # cluster resources (refconv.protocol.launch)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -282,7 +284,16 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
         raise ConfigError(f"name must be a short identifier (letters, digits, . _ = + , -), got {name!r}.")
     return SweepSpec(name=name, description=str(data.get("description") or "").strip(), base=base, baseline=baseline,
                      seeds=seeds, budgets=budgets, settings=settings, controls=controls, parallel=parallel,
-                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
+                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings,
+                     launcher=_parse_launcher(data.get("launcher")))
+
+
+def _parse_launcher(block: Any) -> dict[str, Any]:
+    """The ``launcher:`` block as written (validated now: a typo fails before anything is submitted)."""
+    from .launch import parse_launcher_block
+
+    parse_launcher_block(block)
+    return dict(block or {})
 
 
 def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig) -> dict[str, Any]:
