@@ -350,6 +350,7 @@ class CellJob:
         from ..engine.hooks import STEP_HOOKS
         from .cells import run_cell
 
+        os.environ["REFCONV_CELL"] = self.key  # which cell this process runs (logs, a user's hooks)
         env = _job_environment()
         if env is not None and env.num_tasks > 1:  # several GPUs / nodes: torchrun's environment, the engine's DDP
             import submitit
@@ -366,7 +367,7 @@ class CellJob:
                         log=str(env.paths.stderr) if env else None)
         usr = env._usr_sig() if env is not None else None
         with _Preemption(usr) as pre:
-            hooks = [pre.hook, *self.hooks]
+            hooks = [*self.hooks, pre.hook]  # a hook that signals is heard at the same step
             STEP_HOOKS.extend(hooks)
             try:
                 res = run_cell(cfg)
@@ -509,6 +510,25 @@ class SubmititLauncher:
                               "accounts and QOS).")
 
     # ---- executors
+    def slurm_parameters(self, study: str, after: Sequence[str] = ()) -> dict[str, Any]:
+        """The ``SlurmExecutor.update_parameters`` of every job of a study (``after``: job ids it waits for)."""
+        o = self.options
+        params: dict[str, Any] = dict(time=o.time_min, nodes=o.nodes, ntasks_per_node=o.tasks_per_node,
+                                      cpus_per_task=o.cpus_per_task, array_parallelism=o.array_parallelism,
+                                      job_name=f"refconv-{study}", signal_delay_s=90)
+        if o.gpus_per_node:
+            params["gpus_per_node"] = o.gpus_per_node
+        if o.mem_gb is not None:
+            params["mem"] = _mem(o.mem_gb)
+        for k in ("partition", "account", "qos"):
+            if getattr(o, k):
+                params[k] = getattr(o, k)
+        extra: dict[str, Any] = {"requeue": True, **dict(o.extra)}
+        if after:
+            extra.update({"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"})
+        params["additional_parameters"] = extra
+        return params
+
     def executor(self, study_out: Path) -> Any:
         import submitit
 
@@ -516,20 +536,7 @@ class SubmititLauncher:
         folder = study_out / LAUNCH_DIR / "logs" / "%j"
         if self.name == "slurm":
             ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=o.max_requeues)
-            params: dict[str, Any] = dict(time=o.time_min, nodes=o.nodes, ntasks_per_node=o.tasks_per_node,
-                                          cpus_per_task=o.cpus_per_task, array_parallelism=o.array_parallelism,
-                                          job_name=f"refconv-{study_out.name}", signal_delay_s=90)
-            if o.gpus_per_node:
-                params["gpus_per_node"] = o.gpus_per_node
-            if o.mem_gb is not None:
-                params["mem"] = _mem(o.mem_gb)
-            for k in ("partition", "account", "qos"):
-                if getattr(o, k):
-                    params[k] = getattr(o, k)
-            extra = dict(o.extra)
-            extra.setdefault("requeue", True)
-            params["additional_parameters"] = extra
-            ex.update_parameters(**params)
+            ex.update_parameters(**self.slurm_parameters(study_out.name))
         else:
             ex = submitit.LocalExecutor(folder=folder, max_num_timeout=o.max_requeues)
             ex.update_parameters(timeout_min=o.time_min, tasks_per_node=1, gpus_per_node=0)
@@ -586,11 +593,8 @@ class SubmititLauncher:
             for c in wave:
                 groups.setdefault(tuple(sorted(jobs[d] for d in deps[c.key] if d in keys)), []).append(c)
             for after, group in groups.items():
-                extra = dict(self.options.extra)
-                extra.setdefault("requeue", True)
-                if after:
-                    extra.update({"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"})
-                ex.update_parameters(additional_parameters=extra)
+                ex.update_parameters(additional_parameters=self.slurm_parameters(study_out.name, after)[
+                    "additional_parameters"])
                 submitted = ex.submit_array([self.job(c, study_out) for c in group])
                 for c, j in zip(group, submitted):
                     jobs[c.key] = str(j.job_id)
