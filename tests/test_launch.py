@@ -252,3 +252,30 @@ def test_preempted_too_often_fails_then_resubmitted_resumes_exactly(reference, j
     assert comparable(res["cells"]["e2/continue/seed0"]) == comparable(ref)
     state = json.loads(launch.state_path(out, "e2/continue/seed0").read_text())
     assert state["status"] == "done" and state["requeues"] == 1
+
+
+def test_the_demo_and_the_downstream_study_give_their_runs_to_the_launcher(tmp_path):
+    """One launcher serves every study: the demo's and the downstream study's runs, each arm after the baseline
+    its weights come from, configured exactly as their stages run them."""
+    from refconv.downstream.study import _launch_cells as downstream_cells
+    from refconv.downstream.study import load_study_config
+    from refconv.protocol.demo import _launch_cells as demo_cells
+    from refconv.protocol.demo import profile
+
+    p = profile("tiny")
+    from refconv.protocol.cells import Arm
+
+    arms = [Arm(m, m, p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}) for m in ("refconv", "continue", "finetune")]
+    cells = demo_cells(p, tmp_path, arms, [0, 1], None, 0, "none", False)
+    deps = infer_dependencies(cells)
+    assert len(cells) == 7 and cells[0].key == "timm-mobilenetv3_small_050/baseline"
+    assert all(deps[c.key] == ("timm-mobilenetv3_small_050/baseline",) for c in cells[1:])
+
+    cfg = load_study_config("transfer-tiny", work_dir=str(tmp_path / "work"), out=str(tmp_path / "out"))
+    cells = downstream_cells(cfg)
+    deps = infer_dependencies(cells)
+    baselines = [c.key for c in cells if c.key.endswith("/baseline")]
+    assert baselines == [f"{t.task}/baseline" for t in cfg.tasks]
+    for c in cells:
+        if c.key not in baselines:
+            assert deps[c.key] == (c.key.split("/")[0] + "/baseline",)
