@@ -566,13 +566,19 @@ class SubmititLauncher:
         for c in todo:
             write_state(state_path(study_out, c.key), status="queued", job_id=None, node=None, reason=None,
                         requeues=0, run_dir=str(c.run_dir))
-        if self.name == "slurm":
-            jobs = self._submit_slurm(todo, deps, study_out, log)
-            if not self.options.wait:
-                return {**outcome, **{k: "submitted" for k in jobs}}
-            outcome.update(self._wait(todo, jobs, study_out, log))
-        else:
-            outcome.update(self._run_local(todo, deps, study_out, log))
+        try:
+            if self.name == "slurm":
+                jobs = self._submit_slurm(todo, deps, study_out, log)
+                if not self.options.wait:
+                    return {**outcome, **{k: "submitted" for k in jobs}}
+                outcome.update(self._wait(todo, jobs, study_out, log))
+            else:
+                outcome.update(self._run_local(todo, deps, study_out, log))
+        except KeyboardInterrupt:
+            raise RunInterrupted(
+                f"stopped waiting; the submitted jobs keep running. Follow them with `refconv sweep status {study_out}`"
+                f", build the report from what has finished with `refconv sweep report {study_out}`, or submit again "
+                "once they have ended (finished cells are kept).", None) from None
         return outcome
 
     def _record(self, study_out: Path, jobs: Mapping[str, str]) -> None:
