@@ -279,3 +279,27 @@ def test_the_demo_and_the_downstream_study_give_their_runs_to_the_launcher(tmp_p
     for c in cells:
         if c.key not in baselines:
             assert deps[c.key] == (c.key.split("/")[0] + "/baseline",)
+
+
+def test_status_rows_name_the_job_the_reason_and_the_last_log_line(tmp_path):
+    base = make_config({"model": "timm/mobilenetv3_small_050", "data": "fashion-mnist", "epochs": 2})
+    cells = [LaunchCell(k, base.replace(method="baseline", out=str(tmp_path / "runs" / k.replace("/", "-"))))
+             for k in ("e2/continue/seed0", "e2/continue/seed1", "e2/continue/seed2", "e2/continue/seed3")]
+    logf = tmp_path / "job.err"
+    logf.write_text("loading\nRuntimeError: CUDA out of memory\n\n")
+    launch.write_state(launch.state_path(tmp_path, cells[0].key), status="failed", job_id="7_0", node="n1",
+                       reason="RuntimeError: CUDA out of memory", log=str(logf))
+    launch.write_state(launch.state_path(tmp_path, cells[1].key), status="running", job_id="8", node="n2")
+    (cells[1].run_dir).mkdir(parents=True)
+    (cells[1].run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    launch.write_state(launch.state_path(tmp_path, cells[2].key), status="interrupted", job_id="9", requeues=2,
+                       reason="stopped by SIGTERM/SIGINT")
+    (tmp_path / "launch" / "submission.json").write_text(json.dumps({"launcher": "submitit-local", "jobs": {}}))
+    rows = launch.cell_states(cells, tmp_path)
+    assert [r["status"] for r in rows] == ["failed", "running", "interrupted", "not submitted"]
+    assert rows[0]["last_log_line"] == "RuntimeError: CUDA out of memory"
+    text = launch.status_text(rows, "refconv sweep s.yaml --launcher slurm")
+    assert "job 7_0: RuntimeError: CUDA out of memory | log: RuntimeError: CUDA out of memory" in text
+    assert "job 8 on n2, epoch 1/2" in text and "[requeued 2x]" in text
+    assert text.splitlines()[-2] == "1 failed, 1 running, 1 interrupted, 1 not submitted"
+    assert text.splitlines()[-1].endswith("refconv sweep s.yaml --launcher slurm")
