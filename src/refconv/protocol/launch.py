@@ -575,6 +575,9 @@ class SubmititLauncher:
             else:
                 outcome.update(self._run_local(todo, deps, study_out, log))
         except KeyboardInterrupt:
+            if self.name != "slurm":  # the local jobs are this terminal's processes: Ctrl-C stopped them too
+                raise RunInterrupted("interrupted; running cells saved a checkpoint where they were training. Run "
+                                     "the same command again to resume (finished cells are kept).", None) from None
             raise RunInterrupted(
                 f"stopped waiting; the submitted jobs keep running. Follow them with `refconv sweep status {study_out}`"
                 f", build the report from what has finished with `refconv sweep report {study_out}`, or submit again "
