@@ -303,3 +303,16 @@ def test_status_rows_name_the_job_the_reason_and_the_last_log_line(tmp_path):
     assert "job 8 on n2, epoch 1/2" in text and "[requeued 2x]" in text
     assert text.splitlines()[-2] == "1 failed, 1 running, 1 interrupted, 1 not submitted"
     assert text.splitlines()[-1].endswith("refconv sweep s.yaml --launcher slurm")
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: three 2-process gloo runs
+def test_a_cell_with_several_processes_runs_under_ddp(reference, job_pythonpath):
+    """A cell given two processes (one per GPU on a cluster; gloo on CPU here) runs the engine's DDP path with the
+    torchrun environment submitit exports: one run directory, written by rank 0, world size 2."""
+    out = reference["root"] / "ddp"
+    spec = parse_sweep(launch_sweep(budgets=[1]))
+    opts = local_options(gpus_per_node=0, processes_per_node=2)
+    run_sweep(spec, out, data_dir=reference["data"], launcher=SubmititLauncher(opts), log=lambda s: None)
+    done = json.loads((out / "runs" / "e1" / "continue" / "seed0" / "done.json").read_text())
+    assert done["extra"]["world_size"] == 2
+    assert json.loads((out / "runs" / "baseline" / "done.json").read_text())["extra"]["world_size"] == 2

@@ -92,10 +92,13 @@ class LaunchOptions:
     wait: bool = True
     poll_s: float = 10.0
     parallel: int = 1
+    processes_per_node: int | None = None  # None: one per GPU (CPU DDP, e.g. gloo in tests: set it)
 
     @property
     def tasks_per_node(self) -> int:
         """One process per GPU (the engine's DDP path) when a cell has several; one otherwise."""
+        if self.processes_per_node is not None:
+            return self.processes_per_node
         return max(1, self.gpus_per_node) if (self.gpus_per_node > 1 or self.nodes > 1) else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,7 +358,7 @@ class CellJob:
         if env is not None and env.num_tasks > 1:  # several GPUs / nodes: torchrun's environment, the engine's DDP
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         rank0 = env is None or env.global_rank == 0
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         torch.set_num_threads(int(cpus) if cpus and cpus.isdigit() else 1)
@@ -539,7 +542,8 @@ class SubmititLauncher:
             ex.update_parameters(**self.slurm_parameters(study_out.name))
         else:
             ex = submitit.LocalExecutor(folder=folder, max_num_timeout=o.max_requeues)
-            ex.update_parameters(timeout_min=o.time_min, tasks_per_node=1, gpus_per_node=0)
+            # CUDA_VISIBLE_DEVICES=0..gpus_per_node-1 for every local job (harmless without GPUs)
+            ex.update_parameters(timeout_min=o.time_min, tasks_per_node=o.tasks_per_node, gpus_per_node=o.gpus_per_node)
         return ex
 
     def job(self, cell: LaunchCell, study_out: Path) -> CellJob:
