@@ -316,3 +316,40 @@ def test_a_cell_with_several_processes_runs_under_ddp(reference, job_pythonpath)
     done = json.loads((out / "runs" / "e1" / "continue" / "seed0" / "done.json").read_text())
     assert done["extra"]["world_size"] == 2
     assert json.loads((out / "runs" / "baseline" / "done.json").read_text())["extra"]["world_size"] == 2
+
+
+def test_a_cell_killed_mid_run_resumes_exactly_when_resubmitted(reference, job_pythonpath):
+    """SIGKILL after step 4 (no save: a node lost): the cell is reported failed, its epoch-1 checkpoint kept; the
+    resubmission skips the finished cells and resumes that one to the uninterrupted result."""
+    import signal
+
+    out = reference["root"] / "killed"
+    spec = parse_sweep(launch_sweep())
+    kill = SubmititLauncher(local_options(), hooks=[SignalAtStep(4, sig=signal.SIGKILL, only="e2/continue")])
+    with pytest.raises(LaunchError, match=r"1 of 3 cell\(s\) failed: e2/continue/seed0 \(job \d+ ended without "
+                                          r"finishing the cell\)"):
+        run_sweep(spec, out, data_dir=reference["data"], launcher=kill, log=lambda s: None)
+    rows, _ = sweep_status(out)
+    assert {r["cell"]: r["status"] for r in rows} == {"baseline": "done", "e2/authors/seed0": "done",
+                                                      "e2/continue/seed0": "failed"}
+    log: list[str] = []
+    res = run_sweep(spec, out, data_dir=reference["data"], launcher=local_options(), log=log.append).results
+    assert any("1 cell(s) to run through submitit-local (2 finished already)" in line for line in log)
+    ref = reference["results"]["cells"]["e2/continue/seed0"]
+    assert comparable(res["cells"]["e2/continue/seed0"]) == comparable(ref)
+
+
+def test_the_local_launcher_runs_prerequisites_first(reference):
+    from refconv.protocol.launch import LocalLauncher
+    from refconv.protocol.sweep import _launch_cells
+    from refconv.protocol.sweep_plan import plan_sweep
+
+    spec = parse_sweep(launch_sweep())
+    out = reference["root"] / "local-launcher"
+    base = spec.base_config(data_dir=reference["data"], progress="none")
+    cells = _launch_cells(plan_sweep(spec, out, base, overwrite=False))
+    assert [c.key for c in cells] == ["baseline", "e2/authors/seed0", "e2/continue/seed0"]
+    assert LocalLauncher().launch(cells, out, print) == {k: "done" for k in ("baseline", "e2/authors/seed0",
+                                                                            "e2/continue/seed0")}
+    done = json.loads((out / "runs" / "e2" / "continue" / "seed0" / "done.json").read_text())
+    assert done["final"] == reference["results"]["cells"]["e2/continue/seed0"]["final"]
