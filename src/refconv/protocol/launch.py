@@ -48,7 +48,8 @@ from ..runlayout import METRICS_FILE
 
 __all__ = ["LAUNCHERS", "LaunchError", "LaunchCell", "LaunchOptions", "Launcher", "LocalLauncher",
            "SubmititLauncher", "CellJob", "make_launcher", "launch_options", "parse_launcher_block",
-           "infer_dependencies", "cell_states", "LAUNCH_DIR"]
+           "infer_dependencies", "cell_states", "LAUNCH_DIR", "run_with_launcher", "status_text", "squeue", "cell_done",
+           "state_path", "read_state", "write_state"]
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
 LAUNCH_DIR = "launch"
@@ -847,5 +848,3 @@ def status_text(rows: Sequence[dict[str, Any]], resubmit: str) -> str:
         lines.append(f"resubmit (finished cells are kept, interrupted ones resume): {resubmit}")
     return "\n".join(lines)
 
-
-__all__ += ["run_with_launcher", "status_text", "squeue", "cell_done", "state_path", "read_state", "write_state"]
