@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?= --profile quick --out demo-out
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-slow bench clean
+.PHONY: setup data demo test test-slow test-slurm bench clean
 
 setup:
 	$(PIP) install -q -e '.[test]'
@@ -32,6 +32,12 @@ test: setup
 test-slow: setup
 	# one process: two of the largest zoo models side by side exceed 24 GiB
 	$(PYTHON) -m pytest -p no:xdist -m slow $(PYTEST_ARGS)
+
+# A one-node Slurm on this machine (Debian's slurm-wlm, as root), the `slurm` tests against it, then stopped.
+test-slurm: setup
+	tools/slurm-local.sh install
+	tools/slurm-local.sh start
+	$(PYTHON) -m pytest -p no:xdist -m slurm tests/test_launch_slurm.py $(PYTEST_ARGS); rc=$$?; tools/slurm-local.sh stop; exit $$rc
 
 bench: setup
 	$(PYTHON) benchmarks/bench_core.py --out benchmarks/RESULTS.md

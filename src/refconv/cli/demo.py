@@ -37,16 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fetch Fashion-MNIST with torchvision when it is found nowhere (needs network)")
     p.add_argument("--overwrite", action="store_true", help="recompute an output directory holding another config")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    from .launch_options import add_launcher_options
+
+    add_launcher_options(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..protocol.demo import profile, run_demo
+    from .launch_options import options_from_args
 
     prof = profile(args.profile, seeds=args.seeds, models=args.models, starts=args.start,
                    refocus_impl=args.refocus_impl, refocus_precond=args.refocus_precond)
     res = run_demo(prof, args.out, data_dir=args.data_dir, overwrite=args.overwrite, workers=args.workers,
-                   download=args.download)
+                   download=args.download, launcher=options_from_args(args))
+    if res is None:  # submitted without waiting
+        return 0
     print(res.report_md)
     print(res.report_html)
     return 0

@@ -27,14 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default=None, help="registry name or classifier file [the config's backbone]")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute every run, also those --work-dir holds with another config")
+    from .launch_options import add_launcher_options
+
+    add_launcher_options(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..downstream.study import load_study_config, run_study
+    from .launch_options import options_from_args
 
     cfg = load_study_config(args.config, out=args.out, work_dir=args.work_dir, backbone=args.backbone)
     argv = sys.argv[sys.argv.index("downstream-study") + 1:] if "downstream-study" in sys.argv else [args.config]
     run_study(cfg, log=lambda s: print(s, flush=True), command=" ".join(["refconv", "downstream-study", *argv]),
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, launcher=options_from_args(args))
     return 0

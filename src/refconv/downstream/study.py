@@ -199,10 +199,12 @@ def _task_tables(plan: TaskPlan, arms: list[str], seeds: list[int], runs: dict[s
 
 
 def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
-              command: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+              command: str | None = None, overwrite: bool = False, launcher: Any = None) -> dict[str, Any]:
     """Run (or resume) every run of the study, then write ``results.json``, ``report.md`` and a plot to ``out``.
 
     ``overwrite`` recomputes every run (also one whose directory holds another config, otherwise refused).
+    ``launcher`` (:mod:`refconv.protocol.launch`): a submitit launcher first runs every unfinished run as a job
+    (bookkeeping in ``work_dir/launch``); the study then reads them back from their directories.
 
     Returns:
         The results dict written to ``results.json``.
@@ -215,13 +217,30 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_study(cfg, say, command, overwrite)
+        return _run_study(cfg, say, command, overwrite, launcher)
     finally:
         torch.set_num_threads(threads)
 
 
+def _launch_cells(cfg: StudyConfig) -> list[Any]:
+    """Every run of the study as a launcher takes it (the arms start from their task's baseline checkpoint)."""
+    from ..protocol.launch import LaunchCell
+
+    work = Path(cfg.work_dir)
+    cells = []
+    for plan in cfg.tasks:
+        base_dir = work / plan.task / "baseline"
+        cells.append(LaunchCell(f"{plan.task}/baseline", plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir,
+                                                                     backbone=cfg.backbone)))
+        start = str(checkpoint_path(base_dir))
+        cells += [LaunchCell(f"{plan.task}/{arm}/seed{seed}",
+                             plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}", weights=start))
+                  for seed in cfg.seeds for arm in cfg.arms]
+    return cells
+
+
 def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None,
-               overwrite: bool) -> dict[str, Any]:
+               overwrite: bool, launcher: Any = None) -> dict[str, Any]:
     import torch
 
     from .study_report import write_report
@@ -231,6 +250,11 @@ def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None
     resolve_weights_path(cfg.backbone)  # an unknown name or a missing / corrupt file fails now, not after a task
     t0 = time.perf_counter()
     work = Path(cfg.work_dir)
+    if launcher is not None:
+        from ..protocol.launch import run_with_launcher
+
+        if not run_with_launcher(launcher, _launch_cells(cfg), work, say, resubmit=command or "refconv downstream-study"):
+            return {"study": cfg.to_dict(), "command": command, "submitted": True}
     results: dict[str, Any] = {"study": cfg.to_dict(), "command": command, "tasks": {}}
     for plan in cfg.tasks:
         keys = METRICS[plan.task]

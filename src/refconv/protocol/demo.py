@@ -249,15 +249,20 @@ def run_demo(
     progress: str = "plain",
     download: bool = False,
     log: Callable[[str], None] | None = None,
-) -> DemoResult:
-    """Run the whole protocol for profile ``p`` into ``out``; see the module docstring."""
+    launcher: Any = None,
+) -> DemoResult | None:
+    """Run the whole protocol for profile ``p`` into ``out``; see the module docstring.
+
+    ``launcher`` (:mod:`refconv.protocol.launch`): a submitit launcher first runs every training run as a job; the
+    stages then read them back (folding, analyses and the report run here). None when submitted without waiting.
+    """
     with study_dir(Path(out)):
         return _run_demo(p, Path(out), data_dir=data_dir, overwrite=overwrite, workers=workers, progress=progress,
-                         download=download, log=log)
+                         download=download, log=log, launcher=launcher)
 
 
 def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: bool, workers: int, progress: str,
-              download: bool, log: Callable[[str], None] | None) -> DemoResult:
+              download: bool, log: Callable[[str], None] | None, launcher: Any = None) -> DemoResult | None:
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     # Fail on bad input before any work: data present, model names known.
@@ -272,6 +277,12 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
 
     seeds = list(range(p.seeds))
     arms = demo_arms(p)
+    if launcher is not None:  # every training run as a job first; the stages below read them back
+        from .launch import run_with_launcher
+
+        if not run_with_launcher(launcher, _launch_cells(p, out, arms, seeds, data_dir, workers, progress, download),
+                                 out, log, resubmit=_commands(p, out)[0]):
+            return None
     n_stages = 5
     prog = StudyProgress("demo", len(p.models) * (len(arms) * len(seeds) + (0 if p.starts else 1)), log)
     results: dict[str, Any] = {"profile": p.to_dict(), "models": {}, "commands": _commands(p, out),
@@ -345,6 +356,28 @@ def demo_arms(p: DemoProfile) -> list[Arm]:
         name, overrides = p.best_setting
         arms.append(Arm(name, "refconv", p.arm_epochs, {**common, **overrides}))
     return arms + [Arm(c, c, p.arm_epochs, common) for c in ("continue", "finetune")]
+
+
+def _launch_cells(p: DemoProfile, out: Path, arms: list[Arm], seeds: list[int], data_dir: str | None, workers: int,
+                  progress: str, download: bool) -> list[Any]:
+    """The demo's training runs (per model: its baseline when trained here, then every arm and seed), configured
+    exactly as the stages configure them."""
+    from .launch import LaunchCell
+
+    cells = []
+    for mi, model in enumerate(p.models):
+        root = out / "runs" / _slug(model)
+        base = _base_config(p, model, data_dir, workers, progress, download)
+        if p.starts:
+            weights = p.starts[mi]
+        else:
+            cells.append(LaunchCell(f"{_slug(model)}/baseline", base.replace(
+                method="baseline", epochs=p.baseline_epochs, warmup_epochs=p.warmup_epochs, seed=0,
+                out=str(root / "baseline"))))
+            weights = str(root / "baseline")
+        cells += [LaunchCell(f"{_slug(model)}/{a.name}/seed{s}", cell_config(base, weights, a, s, root))
+                  for s in seeds for a in arms]
+    return cells
 
 
 def _check_starts(p: DemoProfile) -> None:

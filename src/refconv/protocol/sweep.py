@@ -36,7 +36,8 @@ from .cells import Arm, Cell, cell_record, run_cell, run_cells, study_dir
 from .evaldata import evaluate_start
 from .progress import StudyProgress
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
-from .sweep_plan import SWEEP_FILE, cell_key, identity, plan_sweep, resolve_parallel
+from .launch import LaunchCell, LaunchOptions, Launcher, LocalLauncher, run_with_launcher
+from .sweep_plan import SWEEP_FILE, Plan, cell_key, identity, plan_sweep, resolve_parallel
 from .sweep_spec import (CONTROLS, REFCONV_KEYS, TOP_LEVEL_KEYS, Setting, SweepSpec, expand_grid, load_sweep,
                          packaged_sweeps, parse_sweep, resolve_sweep_path)
 from .tables import budget_rows, compare_arms
@@ -75,6 +76,7 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     on_cell_done: Callable[[Cell, RunResult], None] | None = None,
     command: str | None = None,
+    launcher: LaunchOptions | Launcher | None = None,
 ) -> SweepResult:
     """Plan, estimate, run and report a sweep (see the module docstring).
 
@@ -91,6 +93,9 @@ def run_sweep(
         estimate_only: plan and estimate, write nothing.
         on_cell_done: called after each cell (hooks, tests).
         command: the command line recorded in the report (default: reconstructed).
+        launcher: where the cells run (:mod:`~refconv.protocol.launch`): ``None`` / local is this process or
+            ``parallel`` processes; a submitit launcher submits every unfinished cell as a job (Slurm, or submitit's
+            local executor), waits, and the report is built from the run directories.
 
     Raises:
         ConfigError: bad sweep (before anything is written); :class:`SweepTooLarge` for an estimate over budget.
@@ -105,13 +110,13 @@ def run_sweep(
     with study_dir(out, lock=not estimate_only):  # an estimate writes nothing: no need to own the directory
         return _run_sweep(spec, out, log, t0, data_dir=data_dir, parallel=parallel, yes=yes, overwrite=overwrite,
                           workers=workers, progress=progress, estimate_only=estimate_only, on_cell_done=on_cell_done,
-                          command=command)
+                          command=command, launcher=launcher)
 
 
 def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float, *, data_dir: str | None,
                parallel: int | str | None, yes: bool, overwrite: bool, workers: int | None, progress: str | None,
                estimate_only: bool, on_cell_done: Callable[[Cell, RunResult], None] | None,
-               command: str | None) -> SweepResult:
+               command: str | None, launcher: LaunchOptions | Launcher | None = None) -> SweepResult:
     for w in spec.warnings:
         log(f"[sweep] warning: {w}")
     if progress is None and "progress" not in spec.base:
@@ -131,7 +136,9 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
         f"estimate: {estimate_text(est)}.")
     if estimate_only:
         return SweepResult(out_dir=out, spec=spec, estimate=est)
-    if est["wall_s"] > est["time_budget_s"] and not yes:
+    remote = launcher is not None and not isinstance(launcher, LocalLauncher) and getattr(
+        launcher, "launcher", "slurm") != "local"  # the estimate is this machine's: a cluster's time is its own
+    if est["wall_s"] > est["time_budget_s"] and not yes and not remote:
         raise SweepTooLarge(
             f"this sweep would take {estimate_text(est)}, over its time_budget_minutes="
             f"{spec.time_budget_minutes:g}. Pass --yes (yes=True) to run it anyway, raise time_budget_minutes, "
@@ -148,6 +155,10 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_FILE).write_text(json.dumps({"identity": identity(spec, base), "spec": spec.to_dict()}, indent=2))
 
+    if remote:  # every unfinished cell as a job; below, the finished runs are read back from their directories
+        if not run_with_launcher(launcher, _launch_cells(plan), out, log, resubmit=command or _command(spec, out)):
+            return SweepResult(out_dir=out, spec=spec, estimate=est)
+        n_par = 1
     if plan.baseline_cfgs:
         n_base = len(plan.baseline_cfgs)
         log(f"[sweep] baseline: {spec.baseline['epochs']} epoch(s) of {base.model}"
@@ -213,6 +224,13 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
     md, html = write_sweep_report(results, out)
     log(f"[sweep] done in {results['wall_time_s'] / 60:.1f} min: {md} and {html}")
     return SweepResult(out_dir=out, spec=spec, estimate=est, results=results, report_md=md, report_html=html)
+
+
+def _launch_cells(plan: Plan) -> list[LaunchCell]:
+    """The plan's runs as a launcher takes them (each arm waits for the baseline its weights come from)."""
+    per_seed = len(plan.baseline_cfgs) > 1
+    runs = [LaunchCell(f"baseline/seed{s}" if per_seed else "baseline", cfg) for s, cfg in plan.baseline_cfgs.items()]
+    return runs + [LaunchCell(cell_key(c), c.config) for c in plan.cells]
 
 
 def _command(spec: SweepSpec, out: Path) -> str:

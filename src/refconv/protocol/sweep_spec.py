@@ -24,6 +24,7 @@ shares the recipe and the starting weights, so the sweep owns exactly the keys t
     time_budget_minutes: 60             # refuse a larger estimate unless --yes
     ci: t                               # t | bootstrap
     confidence: 0.95
+    launcher: {partition: gpu, time: 240, gpus_per_node: 1}   # resources for --launcher slurm (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ __all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS",
            "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid"]
 
 TOP_LEVEL_KEYS = ("name", "description", "base", "baseline", "seeds", "budgets", "settings", "grid", "controls",
-                  "warmup_share", "parallel", "time_budget_minutes", "ci", "confidence")
+                  "warmup_share", "parallel", "time_budget_minutes", "ci", "confidence", "launcher")
 CONTROLS = ("continue", "finetune")
 # The reviewers' control: the plain model trained once, from scratch, for the baseline's epochs + E in one schedule.
 SCRATCH = "scratch"
@@ -110,6 +111,7 @@ class SweepSpec:
     description: str = ""
     source: str | None = None
     warnings: list[str] = field(default_factory=list)
+    launcher: dict[str, Any] = field(default_factory=dict)  # cluster resources (refconv.protocol.launch)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -340,7 +342,8 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
                      seeds=seeds, budgets=budgets, settings=settings, controls=controls,
                      control_specs=control_specs, warmup_share=None if share is None else float(share),
                      parallel=parallel,
-                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings)
+                     time_budget_minutes=tb, ci=ci, confidence=conf, source=source or None, warnings=warnings,
+                     launcher=_parse_launcher(data.get("launcher")))
     for st in spec.settings:
         if any(k in st.overrides for k in _LR_KEYS) and spec.lr_matched_control(st.name) is None:
             warnings.append(f"setting {st.name!r} trains at lr {spec.arm_lr(st.name):.4g}, which no control does: it has "
@@ -362,6 +365,14 @@ def _check_warmups(base: dict[str, Any], budgets: list[int], settings: list[Sett
                 f"leave warm-up. Use a warm-up shorter than the budget (the authors warm up 5 % of it, e.g. "
                 f"warmup_epochs: {0.05 * budgets[0]:g}), or 0."
             )
+
+
+def _parse_launcher(block: Any) -> dict[str, Any]:
+    """The ``launcher:`` block as written (validated now: a typo fails before anything is submitted)."""
+    from .launch import parse_launcher_block
+
+    parse_launcher_block(block)
+    return dict(block or {})
 
 
 def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: RunConfig) -> dict[str, Any]:
