@@ -34,12 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.fashion_mnist import MEAN as _FMNIST_MEAN
-from ..data.fashion_mnist import STD as _FMNIST_STD
+from ..convert import state_dict_format
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError, ModelError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .weights import read_weights
+from . import catalog
+from .catalog import FMNIST_MEAN as _FMNIST_MEAN
+from .catalog import FMNIST_STD as _FMNIST_STD
 
-__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone", "trunk_reference"]
+__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone", "ssdlite_on",
+           "trunk_reference"]
 
 _SHOW = 5
 
@@ -121,26 +125,32 @@ _TRUNK = "mobilenetv3_small_100"
 SSD_EXTRA = (256, 128, 128, 64)  # torchvision SSDlite's (512, 256, 256, 128), halved for the 576-channel trunk
 
 
+def ssdlite_on(backbone: nn.Module, n_maps: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """torchvision's SSDlite (320 px, its anchors, SSDLiteHead) on ``backbone``'s ``n_maps`` feature maps;
+    ``kwargs`` (image_mean, image_std, detections_per_img...) go to ``SSD``."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(n_maps)], min_ratio=0.2, max_ratio=0.95)
+    out_channels = det_utils.retrieve_out_channels(backbone, (320, 320))
+    head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes,
+                       partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+    settings = {"score_thresh": 0.001, "nms_thresh": 0.55, "topk_candidates": 300, **kwargs}
+    return SSD(backbone, anchors, (320, 320), num_classes, head=head, **settings)
+
+
 def build_timm_model(arch: str, num_classes: int, trunk: str = _TRUNK) -> nn.Module:
     """A randomly initialised ``ssdlite_timm`` / ``deeplabv3_timm`` / ``lraspp_timm`` with ``num_classes`` outputs.
 
     The trunk is ``model.backbone.trunk.body`` (the scope ``"backbone"`` converts it and nothing else).
     """
     if arch == "ssdlite_timm":
-        from torchvision.models.detection import _utils as det_utils
-        from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-        from torchvision.models.detection.ssd import SSD
-        from torchvision.models.detection.ssdlite import SSDLiteHead
-
         backbone = _SSDBackbone(TimmTrunk(trunk, (3, 4), rgb_normalised=False), SSD_EXTRA)
-        n_maps = 2 + len(SSD_EXTRA)
-        anchors = DefaultBoxGenerator([[2, 3] for _ in range(n_maps)], min_ratio=0.2, max_ratio=0.95)
-        out_channels = det_utils.retrieve_out_channels(backbone, (320, 320))
-        head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes,
-                           partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
         # image_mean 0 / std 1: GrayInput normalises; the rest are torchvision SSDlite's defaults
-        return SSD(backbone, anchors, (320, 320), num_classes, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-                   head=head, score_thresh=0.001, nms_thresh=0.55, detections_per_img=100, topk_candidates=300)
+        return ssdlite_on(backbone, 2 + len(SSD_EXTRA), num_classes, image_mean=[0.0] * 3, image_std=[1.0] * 3,
+                          detections_per_img=100)
     if arch == "deeplabv3_timm":
         from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
@@ -182,9 +192,6 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
             input channel count), or a detector / segmenter checkpoint instead of a classifier.
         CheckpointError: an unreadable file, RefConv (unfolded) weights; PretrainedError: see the registry.
     """
-    from ..convert import state_dict_format
-    from ..models import pretrained
-    from .models import read_weights
 
     src = str(source)
     state, info = read_weights(src)
@@ -211,8 +218,8 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
     body.load_state_dict({k: state[k] for k in want if k in state}, strict=False)
     loaded = sum(1 for k in want if k in state)
     card: dict[str, Any] = {}
-    if pretrained.is_pretrained_name(src):
-        card = pretrained.read_card(src) or {}
+    if catalog.is_pretrained_name(src):
+        card = catalog.read_card(src) or {}
     elif info.get("test_top1") is not None or info.get("name"):
         card = info
     return {"source": src, "name": card.get("name"), "test_top1": card.get("test_top1"), "loaded": loaded,
