@@ -19,8 +19,9 @@ SRC = Path(refconv.__file__).parent
 
 
 # ----------------------------------------------------------------------------------------------- import graph
-def _imports(path: Path, module: str, is_pkg: bool) -> set[str]:
-    """Modules of refconv that ``module`` imports anywhere (functions included), except under TYPE_CHECKING."""
+def _imports(path: Path, module: str, is_pkg: bool) -> set[tuple[str, str]]:
+    """``(package, name)`` pairs ``module`` imports anywhere (functions included), except under TYPE_CHECKING:
+    ``from P import n`` gives ``(P, n)`` (n may be a submodule or a name of P), ``import P`` gives ``(P, "")``."""
     tree = ast.parse(path.read_text())
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for n in ast.walk(node)}
@@ -34,14 +35,15 @@ def _imports(path: Path, module: str, is_pkg: bool) -> set[str]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
-            out |= {f"{base}.{a.name}" for a in node.names} | {base}
+            out |= {(base, a.name) for a in node.names}
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-    return {n for n in out if n == "refconv" or n.startswith("refconv.")}
+            out |= {(a.name, "") for a in node.names}
+    return {(p, n) for p, n in out if p == "refconv" or p.startswith("refconv.")}
 
 
 def import_graph() -> dict[str, set[str]]:
-    """``{module: modules of refconv it imports}``, each import resolved to the deepest module that exists."""
+    """``{module: modules of refconv it imports}``. ``from P import n`` is an arrow to the submodule ``P.n`` when
+    there is one, else to ``P``; a module's own parent packages (which Python runs first anyway) are no arrow."""
     files = {}
     for path in SRC.rglob("*.py"):
         parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
@@ -50,11 +52,12 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for module, (path, is_pkg) in files.items():
         targets = set()
-        for name in _imports(path, module, is_pkg):
-            while name and name not in files:
-                name = name.rpartition(".")[0]
-            if name and name != module:
-                targets.add(name)
+        for package, name in _imports(path, module, is_pkg):
+            target = f"{package}.{name}" if f"{package}.{name}" in files else package
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != module and not module.startswith(target + "."):
+                targets.add(target)
         graph[module] = targets
     return graph
 
