@@ -186,7 +186,9 @@ def _mocked_backbone_build(spec, state):
 
 
 @pytest.mark.parametrize("arch", ["ssdlite320_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large",
-                                  "lraspp_mobilenet_v3_large", "fcn_resnet50"])
+                                  "lraspp_mobilenet_v3_large", "fcn_resnet50",
+                                  pytest.param("ssd300_vgg16", marks=pytest.mark.slow),
+                                  pytest.param("deeplabv3_resnet50", marks=pytest.mark.slow)])
 def test_a_backbone_file_lands_where_torchvision_puts_it(arch, tmp_path):
     """No mock in refconv: the trunk is copied in module order; the result is torchvision's own layout, tensor
     for tensor (compared with torchvision's builder taking the same classifier through its pretrained branch)."""

@@ -1,4 +1,6 @@
-"""torchvision detectors and segmenters by name, with weights from the hub or a local file, and RefConv scopes.
+"""Detectors and segmenters of the one model API (``get_model("ssdlite", num_classes=21)``): torchvision's, and
+torchvision heads on a timm trunk (:mod:`refconv.models.trunk`), with weights from the hub or a local file,
+and RefConv scopes. Each architecture is registered in :mod:`refconv.models._registry` with its :class:`ArchSpec`.
 
 Supported (torchvision builders, their own code and state_dict keys)::
 
@@ -11,10 +13,9 @@ Weights, never loaded silently:
   (``"IMAGENET1K_V1"``, ``"DEFAULT"``; downloaded by torchvision) or a local file of the *classification*
   model (``mobilenet_v3_large`` / ``resnet50`` / ``vgg16``): a ``.pth``/``.safetensors``, a timm/torchvision
   checkpoint, or a finished ``refconv train`` run directory (its folded weights; a run on 1-channel
-  Fashion-MNIST has its stem adapted to RGB). A local file takes exactly the path torchvision takes for
-  its own download (the builder's "pretrained backbone" branch, e.g. SSDlite's full MobileNetV3 tail), only
-  the file differs. Its classifier is dropped (detectors and segmenters do not use it); every other key must
-  match.
+  Fashion-MNIST has its stem adapted to RGB). A local file builds the variant torchvision builds for its own
+  download (SSDlite's full MobileNetV3 tail) and fills its trunk (:func:`refconv.models.trunk.load_backbone_file`); the classifier
+  is dropped, every other key must match.
 - ``weights``: weights of the whole detector/segmenter: an enum name (``"COCO_V1"``...) or a local file
   (a stock state_dict, or a ``refconv detect``/``segment`` checkpoint of the same task and architecture).
   When the class count differs, the class-dependent layers of the head (``ArchSpec.heads``) are
@@ -42,6 +43,7 @@ from ..convert import state_dict_format
 from ..errors import CheckpointError, ConfigError, ModelError
 from ._registry import register_model
 from .checkpoint import load_checkpoint, rebuild_converted
+from .trunk import load_backbone_file, ssdlite_on
 from .weights import DOWNSTREAM_FORMAT, read_weights
 
 __all__ = [
@@ -229,50 +231,6 @@ def _enum_member(spec: ArchSpec, name: str, *, backbone: bool) -> Any:
         ) from None
 
 
-_CLASSIFIER_HEADS = ("classifier.", "fc.")  # what a torchvision classifier has beyond the trunk a detector uses
-
-
-def _in_scope(key: str, patterns: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in patterns)
-
-
-@torch.no_grad()
-def load_backbone_file(model: nn.Module, spec: ArchSpec, path: str) -> None:
-    """Load an ImageNet classifier's weights file into ``model``'s pretrained trunk (``spec.backbone``).
-
-    The file is first loaded into a stock torchvision classifier of the backbone's kind by
-    :func:`~refconv.models.load_checkpoint` (format check, a 1-channel stem adapted to RGB; its classifier is not
-    used), then the trunk's tensors are copied, in module order, into the detector / segmenter, whose builder
-    took them from that classifier in that order. Every tensor is matched by shape on the way.
-
-    Raises:
-        ModelError: a file that does not fit the backbone classifier.
-    """
-    import torchvision.models as tvm
-
-    state, _ = read_weights(path)
-    reference = tvm.get_model(spec.backbone_ctor[1], weights=None)
-    own = reference.state_dict()
-    trunk = [k for k in own if not k.startswith(_CLASSIFIER_HEADS)]
-    sd = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_HEADS)}
-    sd.update({k: v for k, v in own.items() if k.startswith(_CLASSIFIER_HEADS)})  # the head is not used
-    try:
-        load_checkpoint(reference, sd, source=path, adapt_in_chans=True)
-    except CheckpointError as exc:
-        raise ModelError(
-            f"{path} does not fit the {type(reference).__name__} backbone ({exc}). A backbone file must hold the "
-            "ImageNet classifier's weights (e.g. torchvision's mobilenet_v3_large / resnet50 / vgg16)."
-        ) from None
-    target = model.state_dict()
-    slots = [k for k in target if _in_scope(k, spec.backbone)]
-    pairs = list(zip(trunk, slots))
-    if len(trunk) != len(slots) or any(own[a].shape != target[b].shape for a, b in pairs):
-        raise ModelError(f"the {spec.name} trunk ({len(slots)} tensors) does not line up with the "
-                         f"{type(reference).__name__} classifier's ({len(trunk)}): please report this as a bug.")
-    for a, b in pairs:
-        target[b].copy_(own[a])  # state_dict tensors share their storage with the model's
-
-
 def load_model_weights(
     model: nn.Module, spec: ArchSpec, state: Mapping[str, Tensor], *, source: str, new_head: bool = True
 ) -> list[str]:
@@ -357,8 +315,6 @@ def _ssdlite_full_tail(num_classes: int, trainable_backbone_layers: int = 6, **k
     from torchvision.models.detection.ssdlite import _mobilenet_extractor
     from torchvision.models.mobilenetv3 import mobilenet_v3_large
 
-    from .trunk import ssdlite_on
-
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     backbone = _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm, reduced_tail=False),
                                     trainable_backbone_layers, norm)
@@ -392,9 +348,8 @@ def _build_torchvision(spec: ArchSpec, kwargs: dict[str, Any], weights_backbone:
             f"{wb} is a RefConv (unfolded) classification checkpoint: fold it first (`refconv fold`) and pass the "
             "folded .safetensors (or the finished run directory)."
         )
-    _enum_member(spec, spec.backbone_weights, backbone=True)  # the variant exists in this torchvision
     model = _stock(spec, kwargs, backbone=None, pretrained_layout=True)
-    load_backbone_file(model, spec, wb)
+    load_backbone_file(model, spec.backbone_ctor[1], spec.backbone, wb)
     return model, "pretrained"
 
 

@@ -1,4 +1,8 @@
-"""Detectors and segmenters whose backbone is one of this project's pretrained classifiers.
+"""The trunks of detectors and segmenters: a classifier's weights loaded where a detector's builder put its layers.
+
+:func:`load_backbone_file` fills a torchvision detector's trunk (SSDlite, DeepLabV3, ...) from an ImageNet
+classifier's weights file; the rest of this module is the architectures whose backbone is one of this project's
+pretrained classifiers.
 
 Why: RefConv refocuses a *pretrained* basis, and offline there are no ImageNet weights for torchvision's
 backbones; the registry (:mod:`refconv.models.pretrained`) does ship classifiers trained here on Fashion-MNIST,
@@ -37,13 +41,14 @@ from torch import Tensor, nn
 from ..convert import state_dict_format
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError, ModelError
+from .checkpoint import load_checkpoint
 from .weights import read_weights
 from . import catalog
 from .catalog import FMNIST_MEAN as _FMNIST_MEAN
 from .catalog import FMNIST_STD as _FMNIST_STD
 
-__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone", "ssdlite_on",
-           "trunk_reference"]
+__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone",
+           "load_backbone_file", "ssdlite_on", "trunk_reference"]
 
 _SHOW = 5
 
@@ -224,6 +229,51 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
         card = info
     return {"source": src, "name": card.get("name"), "test_top1": card.get("test_top1"), "loaded": loaded,
             "trunk_tensors": len(want), "dropped": sorted(k for k in state if k in head)}
+
+
+_CLASSIFIER_HEADS = ("classifier.", "fc.")  # what a torchvision classifier has beyond the trunk a detector uses
+
+
+def _in_scope(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in patterns)
+
+
+@torch.no_grad()
+def load_backbone_file(model: nn.Module, classifier: str, scope: Sequence[str], path: str) -> None:
+    """Load an ImageNet classifier's weights file into the pretrained trunk of a torchvision detector / segmenter:
+    ``model``'s tensors under the ``scope`` patterns, which its builder took from torchvision's ``classifier``.
+
+    The file is first loaded into a stock torchvision classifier of the backbone's kind by
+    :func:`~refconv.models.load_checkpoint` (format check, a 1-channel stem adapted to RGB; its classifier is not
+    used), then the trunk's tensors are copied, in module order, into the detector / segmenter, whose builder
+    took them from that classifier in that order. Every tensor is matched by shape on the way.
+
+    Raises:
+        ModelError: a file that does not fit the backbone classifier.
+    """
+    import torchvision.models as tvm
+
+    state, _ = read_weights(path)
+    reference = tvm.get_model(classifier, weights=None)
+    own = reference.state_dict()
+    trunk = [k for k in own if not k.startswith(_CLASSIFIER_HEADS)]
+    sd = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_HEADS)}
+    sd.update({k: v for k, v in own.items() if k.startswith(_CLASSIFIER_HEADS)})  # the head is not used
+    try:
+        load_checkpoint(reference, sd, source=path, adapt_in_chans=True)
+    except CheckpointError as exc:
+        raise ModelError(
+            f"{path} does not fit the {type(reference).__name__} backbone ({exc}). A backbone file must hold the "
+            "ImageNet classifier's weights (e.g. torchvision's mobilenet_v3_large / resnet50 / vgg16)."
+        ) from None
+    target = model.state_dict()
+    slots = [k for k in target if _in_scope(k, tuple(scope))]
+    pairs = list(zip(trunk, slots))
+    if len(trunk) != len(slots) or any(own[a].shape != target[b].shape for a, b in pairs):
+        raise ModelError(f"the {type(model).__name__} trunk ({len(slots)} tensors) does not line up with the "
+                         f"{type(reference).__name__} classifier's ({len(trunk)}): please report this as a bug.")
+    for a, b in pairs:
+        target[b].copy_(own[a])  # state_dict tensors share their storage with the model's
 
 
 def describe(backbone: dict[str, Any]) -> str:
