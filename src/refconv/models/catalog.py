@@ -41,6 +41,8 @@ from ..errors import PretrainedError, PretrainedNotShippedError, UnknownPretrain
 __all__ = [
     "ROOT_ENV",
     "CARD_VERSION",
+    "FMNIST_MEAN",
+    "FMNIST_STD",
     "PretrainedEntry",
     "ENTRIES",
     "registry_root",
@@ -52,6 +54,7 @@ __all__ = [
     "sha256_file",
     "weights_status",
     "weights_path",
+    "same_model",
     "check_compatible",
     "list_pretrained",
     "timm_overlay",

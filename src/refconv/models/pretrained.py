@@ -15,52 +15,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .catalog import (
-    CARD_VERSION,
-    ENTRIES,
-    FMNIST_MEAN,
-    FMNIST_STD,
-    ROOT_ENV,
-    PretrainedEntry,
-    check_compatible,
-    entry,
-    entry_files,
-    is_pretrained_name,
-    list_pretrained,
-    names,
-    read_card,
-    registry_root,
-    same_model,
-    sha256_file,
-    timm_kwargs,
-    timm_overlay,
-    weights_path,
-    weights_status,
-)
+from . import catalog
+from .catalog import *  # noqa: F403  (the catalogue's names: entry, weights_path, list_pretrained, timm_kwargs...)
 
-__all__ = [
-    "ROOT_ENV",
-    "CARD_VERSION",
-    "FMNIST_MEAN",
-    "FMNIST_STD",
-    "PretrainedEntry",
-    "ENTRIES",
-    "registry_root",
-    "names",
-    "entry",
-    "is_pretrained_name",
-    "entry_files",
-    "read_card",
-    "same_model",
-    "sha256_file",
-    "weights_status",
-    "weights_path",
-    "check_compatible",
-    "list_pretrained",
-    "timm_overlay",
-    "timm_kwargs",
-    "load",
-]
+__all__ = [*catalog.__all__, "load"]
 
 
 def load(
