@@ -101,7 +101,7 @@ def test_backbone_of_another_architecture_or_channels(tmp_path: Path, classifier
 
     rgb = tmp_path / "rgb.safetensors"
     save_file(timm.create_model("mobilenetv3_small_100", in_chans=3, num_classes=10).state_dict(), str(rgb))
-    with pytest.raises(ModelError, match=r"conv_stem\.weight \(16, 3, 3, 3\) vs \(16, 1, 3, 3\)"):
+    with pytest.raises(ModelError, match=r"conv_stem\.weight' \(16, 3, 3, 3\) in the file vs \(16, 1, 3, 3\)"):
         build_model("deeplabv3_timm", 11, weights_backbone=str(rgb))
 
     # another class count: the head is never used, so the trunk still transfers whole; the head is reported

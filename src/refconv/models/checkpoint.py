@@ -57,18 +57,18 @@ def _adapt_stem(model: nn.Module, sd: dict[str, Tensor], model_sd: Mapping[str, 
 
 
 def _shape_error(model: nn.Module, sd: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], keys: list[str],
-                 source: str) -> CheckpointError:
+                 source: str, what: str, hint: str) -> CheckpointError:
     detail = [f"'{k}' {tuple(sd[k].shape)} in the file vs {tuple(model_sd[k].shape)} in the model" for k in keys]
     stems = {n + ".weight" for n in first_conv_names(model)}
     stem = next((k for k in keys if k in stems and sd[k].ndim > 1 and sd[k].ndim == model_sd[k].ndim), None)
-    hint = (
+    hint = " " + hint if hint else (
         f" The checkpoint's input layer '{stem}' takes {sd[stem].shape[1]} channels, the model's "
         f"{model_sd[stem].shape[1]}: pass --in-chans {sd[stem].shape[1]} to match it, or build the model with "
         "get_model(..., in_chans=N, weights=FILE), which adapts the stem."
         if stem is not None and sd[stem].shape[1] != model_sd[stem].shape[1]
         else " It was saved from another architecture or variant."
     )
-    return CheckpointError(f"{source} does not fit the model: {len(keys)} shape mismatch(es): {_listing(detail)}.{hint}")
+    return CheckpointError(f"{source} does not fit {what}: {len(keys)} shape mismatch(es): {_listing(detail)}.{hint}")
 
 
 def _drop_head(sd: dict[str, Tensor], model_sd: Mapping[str, Tensor], heads: Sequence[str], head_mismatch: list[str],
@@ -101,23 +101,23 @@ def _drop_head(sd: dict[str, Tensor], model_sd: Mapping[str, Tensor], heads: Seq
 
 
 def _check_keys(sd: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], fresh: list[str], *, source: str,
-                strict: bool, foreign_hint: str) -> None:
+                strict: bool, what: str, hint: str) -> None:
     # BatchNorm's num_batches_tracked is absent from old checkpoints and filled in by BatchNorm itself.
     missing = [k for k in model_sd if k not in sd and k not in fresh and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in model_sd]
     if not any(k in model_sd for k in sd):
         raise CheckpointError(
-            f"{source}: none of its {len(sd)} keys match the model (e.g. {_listing(sorted(sd))}; the model has "
-            f"{_listing(list(model_sd))}). It belongs to another architecture.{foreign_hint}"
+            f"{source}: none of its {len(sd)} keys match {what} (e.g. {_listing(sorted(sd))}; it has "
+            f"{_listing(list(model_sd))}). It belongs to another architecture.{' ' + hint if hint else ''}"
         )
     if not (missing or unexpected):
         return
     parts = [f"missing from the file: {_listing(missing)}"] if missing else []
     parts += [f"not in the model: {_listing(unexpected)}"] if unexpected else []
-    message = f"{source} does not match the model's keys; " + "; ".join(parts) + "."
+    message = f"{source} does not match the keys of {what}; " + "; ".join(parts) + "."
     if strict:
-        raise CheckpointError(message + " It was saved from another architecture or variant; load with strict=False "
-                              "to load the matching keys only.")
+        raise CheckpointError(message + (" " + hint if hint else " It was saved from another architecture or variant; "
+                                         "load with strict=False to load the matching keys only."))
     warnings.warn(message + " Loading the matching keys only (strict=False).", stacklevel=4)
 
 
@@ -131,7 +131,8 @@ def load_checkpoint(
     new_head: bool = False,
     adapt_in_chans: bool = False,
     heads: Sequence[str] | None = None,
-    foreign_hint: str = "",
+    what: str = "the model",
+    hint: str = "",
 ) -> list[str]:
     """Load ``state`` into ``model`` after checking it fits; nothing is loaded when a check fails.
 
@@ -147,7 +148,9 @@ def load_checkpoint(
             channels is adapted with :func:`~refconv.models.surgery.adapt_input_weight`.
         heads: the modules whose tensors depend on the class count; default: the model's classifier(s)
             (:func:`~refconv.models.surgery.classifier_names`). A detector passes its class-dependent layers.
-        foreign_hint: a sentence added when no key matches (where such weights go instead).
+        what: what to call the model in messages (a detector's trunk...).
+        hint: the sentence that ends every message of a mismatch (what to pass instead), in place of the
+            default ones.
 
     Returns:
         Keys of the model left at their initial values (a dropped head).
@@ -166,11 +169,11 @@ def load_checkpoint(
     in_head = [k for k in mismatched if _under(k, heads) and sd[k].shape[1:] == model_sd[k].shape[1:]]
     other = [k for k in mismatched if k not in in_head]
     if other:
-        raise _shape_error(model, sd, model_sd, other, source)
+        raise _shape_error(model, sd, model_sd, other, source, what, hint)
     dropped = _drop_head(sd, model_sd, heads, in_head, source=source, strict=strict, new_head=new_head)
     fresh = [k for k in model_sd if dropped and k not in sd and _under(k, heads)
              and not k.endswith("num_batches_tracked")]  # a dropped head is re-initialised on purpose
-    _check_keys(sd, model_sd, fresh, source=source, strict=strict, foreign_hint=foreign_hint)
+    _check_keys(sd, model_sd, fresh, source=source, strict=strict, what=what, hint=hint)
     model.load_state_dict(sd, strict=False)
     return fresh
 

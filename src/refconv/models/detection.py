@@ -66,7 +66,6 @@ _log = logging.getLogger(__name__)
 
 TASKS = ("detection", "segmentation")
 SCOPES = ("backbone", "all")
-_SHOW = 5
 
 
 @dataclass(frozen=True)
@@ -245,8 +244,8 @@ def load_model_weights(
             for a plain model or the reverse, weights of another model.
     """
     return load_checkpoint(model, state, source=source, strict=True, new_head=new_head, heads=spec.heads,
-                           foreign_hint=" An ImageNet classifier's weights go to weights_backbone "
-                                        "(--weights-backbone), not weights.")
+                           hint="An ImageNet classifier's weights go to weights_backbone (--weights-backbone), not "
+                                "weights.")
 
 
 # --------------------------------------------------------------------------- sizes

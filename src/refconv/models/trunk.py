@@ -50,7 +50,6 @@ from .catalog import FMNIST_STD as _FMNIST_STD
 __all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone",
            "load_backbone_file", "ssdlite_on", "trunk_reference"]
 
-_SHOW = 5
 
 
 class GrayInput(nn.Module):
@@ -180,10 +179,6 @@ def trunk_reference(trunk: str = _TRUNK) -> tuple[frozenset[str], frozenset[str]
     return frozenset(body), frozenset(full - body)
 
 
-def _listing(keys: list[str]) -> str:
-    return ", ".join(keys[:_SHOW]) + (f" ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
-
-
 @torch.no_grad()
 def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRUNK) -> dict[str, Any]:
     """Load a classifier (registry name, weights file or run directory) into ``model``'s trunk; count the tensors.
@@ -191,6 +186,8 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
     Returns:
         ``{"source", "name", "test_top1", "loaded", "trunk_tensors", "dropped"}``: ``name`` / ``test_top1`` come
         from the registry card when ``source`` is a registry name (else the file's sidecar, when it has them).
+
+    The classifier's state_dict minus its head goes through :func:`~refconv.models.load_checkpoint` into the trunk.
 
     Raises:
         ModelError: tensors missing, unexpected or of other shapes (all named: another architecture, another
@@ -206,21 +203,15 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
         raise CheckpointError(f"{src} holds RefConv (unfolded) weights: fold them first (`refconv fold`) and pass the "
                               "folded .safetensors.")
     body: nn.Module = model.backbone.trunk.body
-    want = body.state_dict()
     _, head = trunk_reference(trunk)
-    missing = [k for k in want if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in want and k not in head]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(want[k].shape)}"
-                  for k in want if k in state and state[k].shape != want[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{what}: {_listing(keys)}" for what, keys in
-                 (("shape (file vs trunk)", mismatched), ("missing from the file", missing),
-                  ("not in the trunk", unexpected)) if keys]
-        raise ModelError(
-            f"{src} does not fit the timm {trunk} trunk (1 input channel) of this model: {'; '.join(parts)}. Pass a "
-            f"{trunk} classifier trained on 1-channel images, e.g. fmnist/{trunk} (`refconv pretrained`)."
-        )
-    body.load_state_dict({k: state[k] for k in want if k in state}, strict=False)
+    try:
+        load_checkpoint(body, {k: v for k, v in state.items() if k not in head}, source=src, heads=(),
+                        what=f"the timm {trunk} trunk (1 input channel) of this model",
+                        hint=f"Pass a {trunk} classifier trained on 1-channel images, e.g. fmnist/{trunk} "
+                             "(`refconv pretrained`).")
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    want = body.state_dict()
     loaded = sum(1 for k in want if k in state)
     card: dict[str, Any] = {}
     if catalog.is_pretrained_name(src):
