@@ -9,7 +9,6 @@ from unittest import mock
 
 import pytest
 import torch
-from torch import nn
 
 import refconv
 from refconv.errors import CheckpointError, ModelError
@@ -138,6 +137,8 @@ def test_get_model_builds_every_kind():
         get_model("lraspp", num_classes=4, in_chans=1)
     with pytest.raises(ModelError, match="unknown model"):
         get_model("tv/resnet_eighteen")
+    with pytest.raises(ModelError, match="unknown architecture 'tv/resnet18'. Supported: ssdlite"):
+        get_model("tv/resnet18", num_classes=3, task="detection")
 
 
 def test_load_checkpoint_is_the_one_loader(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ModelError
-from . import _registry, catalog, detection  # noqa: F401  (detection registers the detectors and segmenters)
+from . import _registry, catalog, detection  # detection registers the detectors and segmenters
 from .factory import ZOOS, build_classifier, zoo_names
 from .weights import resolve_weights_path
 
@@ -79,6 +79,8 @@ def get_model(
         return _from_catalog(str(name), weights=weights, num_classes=num_classes, in_chans=in_chans, root=root,
                              kwargs=kwargs)
     entry = _registry.find_model(name)
+    if entry is None and kwargs.get("task") in ("detection", "segmentation"):
+        detection.get_spec(name, kwargs["task"])  # raises: unknown, naming the architectures of the task
     if entry is not None:
         if in_chans is not None:
             raise ModelError(f"{entry.name} takes RGB images; in_chans is for classifiers.")
