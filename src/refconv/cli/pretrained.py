@@ -46,16 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _root_flag(path)
     path.set_defaults(func=path_main)
 
-    exp = actions.add_parser(
-        "export", help="write an entry as a folder stock timm loads (config.json, model.safetensors, README.md)",
-        description="Write the entry's verified weights, timm config (classes, input channels and size, mean/std) "
-        "and model card into DIR: timm.create_model('local-dir:DIR', pretrained=True) builds it without refconv, "
-        "and the folder uploads as is to the Hugging Face hub (then 'hf-hub:USER/REPO'). timm entries only.")
-    exp.add_argument("name")
-    exp.add_argument("dir", metavar="DIR", help="the folder to write (must be empty or new, unless --overwrite)")
-    _root_flag(exp)
-    exp.add_argument("--overwrite", action="store_true", help="replace the hub files of a non-empty DIR")
-    exp.set_defaults(func=export_main)
+    _add_export(actions)
 
     pub = actions.add_parser(
         "publish", help="make an entry from a finished run: copy its weights, hash them, write the card",
@@ -73,6 +64,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--overwrite", action="store_true", help="replace the entry's existing weights")
     pub.add_argument("--no-plot", action="store_true", help="do not draw the PNG of the curve")
     pub.set_defaults(func=publish_main)
+
+
+def _add_export(actions: argparse._SubParsersAction) -> None:
+    exp = actions.add_parser(
+        "export", help="write an entry as a folder stock timm loads (config.json, model.safetensors, README.md)",
+        description="Write the entry's verified weights, timm config (classes, input channels and size, mean/std) "
+        "and model card into DIR: timm.create_model('local-dir:DIR', pretrained=True) builds it without refconv, "
+        "and the folder uploads as is to the Hugging Face hub (then 'hf-hub:USER/REPO'). timm entries only.")
+    exp.add_argument("name")
+    exp.add_argument("dir", metavar="DIR", help="the folder to write (must be empty or new, unless --overwrite)")
+    exp.add_argument("--overwrite", action="store_true", help="replace the hub files of a non-empty DIR")
+    _root_flag(exp)
+    exp.set_defaults(func=export_main)
 
 
 def _root(args: argparse.Namespace) -> str | None:

@@ -95,7 +95,7 @@ def load_model(
         StateDictFormatError: a state_dict whose format cannot be rebuilt (RefConv weights without their
             conversion record).
     """
-    src, cfg = _locate(source, which=which, model_name=model_name, num_classes=num_classes, in_chans=in_chans)
+    src, cfg = _locate(source, which, {"model": model_name, "in_chans": in_chans, "num_classes": num_classes})
     ckpt = None
     if src.suffix in (".pt", ".pth", ".tar", ".ckpt"):
         obj = load_checkpoint(src)
@@ -146,13 +146,11 @@ def load_model(
                        conversion=conversion)
 
 
-def _locate(source: str | Path, *, which: str | None, model_name: str | None, num_classes: int | None,
-            in_chans: int | None) -> tuple[Path, RunConfig | None]:
-    """The file an artefact means (a registry entry's verified weights, a run's deployable weights or checkpoint)
-    and the config of the run it belongs to, if any."""
+def _locate(source: str | Path, which: str | None, asked: dict[str, Any]) -> tuple[Path, RunConfig | None]:
+    """The file an artefact means (a registry entry's verified weights, checked against what the caller ``asked``
+    for; a run's deployable weights or checkpoint) and the config of the run it belongs to, if any."""
     if pretrained.is_pretrained_name(source):
-        pretrained.check_compatible(str(source), model=model_name, in_chans=in_chans, num_classes=num_classes,
-                                    native_defaults=False)
+        pretrained.check_compatible(str(source), **asked, native_defaults=False)
         source = pretrained.weights_path(str(source))  # SHA-256 checked; its card is the sidecar naming the model
     src = Path(source)
     if not src.exists():
