@@ -54,7 +54,7 @@ def _timm_only(hub: Path, x: torch.Tensor, tmp_path: Path) -> tuple[torch.Tensor
     # -S -I would drop site-packages (timm); instead refconv's source folder is removed from sys.path explicitly
     code = f"import sys; sys.path = [p for p in sys.path if p.rstrip('/') != {src!r}]\n" + _TIMM_ONLY
     subprocess.run([sys.executable, "-c", code, str(hub), str(io)], check=True, env=env, cwd=str(tmp_path),
-                   timeout=300)
+                   timeout=900)  # generous: a loaded shared machine imports torch slowly
     return torch.load(io / "y_timm.pt"), json.loads((io / "report.json").read_text())
 
 
