@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import refconv
-from refconv.downstream import models as M
+from refconv.models import detection as M
 from refconv.downstream.export import (
     compare_detections,
     network_outputs,

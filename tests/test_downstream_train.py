@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from refconv.convert import RefConvWarning
 from refconv.downstream import (
-    DownstreamConfig,
     build_datasets,
     build_model,
     downstream_config,
@@ -48,7 +47,7 @@ def _cfg(fmnist: Path, data_root: Path, out: Path, **kw) -> RunConfig:
                 fashion_mnist_dir=str(fmnist), synthetic_train=4, synthetic_val=2, synthetic_size=48,
                 epochs=1, batch_size=2, lr=0.01, onnx=False, out=str(out))
     base.update(kw)
-    return DownstreamConfig(**base)
+    return downstream_config(**base)
 
 
 def _stock_keys(arch: str, num_classes: int) -> list[str]:
@@ -200,7 +199,7 @@ def test_bad_configs(fmnist: Path, data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="batch_size >= 2"):
         run_downstream(_cfg(fmnist, data_root, tmp_path / "c", task="segmentation", arch="lraspp", batch_size=1))
     with pytest.raises(ConfigError, match="unknown config keys.*'lr_rate'"):
-        DownstreamConfig(task="detection", lr_rate=1)
+        downstream_config(task="detection", lr_rate=1)
     with pytest.raises(ConfigError, match="label_smoothing=0.1 is a classification setting"):
         downstream_config("detection", label_smoothing=0.1)
     with pytest.raises(ConfigError, match="unknown task option 'scop'; did you mean 'scope'"):

@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 
 import refconv
 from refconv.cli import main as cli_main
-from refconv.downstream import DownstreamConfig, build_datasets, build_model, run_downstream
-from refconv.downstream.backbones import load_backbone, trunk_reference
+from refconv.downstream import downstream_config, build_datasets, build_model, run_downstream
+from refconv.models.trunk import load_backbone, trunk_reference
 from refconv.downstream.export import compare_detections, compare_masks
 from refconv.downstream.metrics import DetectionMetric
-from refconv.downstream.models import DOWNSTREAM_FORMAT, scope_patterns
+from refconv.models.detection import DOWNSTREAM_FORMAT, scope_patterns
 from refconv.downstream.study import StudyConfig, TaskPlan, load_study_config, packaged_studies, run_study
 from refconv.downstream.synthetic import SyntheticConfig, write_voc
 from refconv.engine import RunInterrupted
@@ -51,7 +51,7 @@ def _tiny(fmnist: Path, out: Path, **kw):
         "task", "detection")), fashion_mnist_dir=str(fmnist), synthetic_train=4, synthetic_val=2, synthetic_size=48,
         epochs=1, batch_size=2, lr=0.01, onnx=False, out=str(out), weights_backbone=BACKBONE)
     base.update(kw)
-    return DownstreamConfig(**base)  # the engine's RunConfig of a detection / segmentation run
+    return downstream_config(**base)  # the engine's RunConfig of a detection / segmentation run
 
 
 # ----------------------------------------------------------------------------------------------- transfer
@@ -101,7 +101,7 @@ def test_backbone_of_another_architecture_or_channels(tmp_path: Path, classifier
 
     rgb = tmp_path / "rgb.safetensors"
     save_file(timm.create_model("mobilenetv3_small_100", in_chans=3, num_classes=10).state_dict(), str(rgb))
-    with pytest.raises(ModelError, match=r"conv_stem\.weight \(16, 3, 3, 3\) vs \(16, 1, 3, 3\)"):
+    with pytest.raises(ModelError, match=r"conv_stem\.weight' \(16, 3, 3, 3\) in the file vs \(16, 1, 3, 3\)"):
         build_model("deeplabv3_timm", 11, weights_backbone=str(rgb))
 
     # another class count: the head is never used, so the trunk still transfers whole; the head is reported

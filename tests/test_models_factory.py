@@ -105,9 +105,15 @@ def test_list_models():
     tv, timm_names, both = list_models("tv"), list_models("timm"), list_models()
     assert "tv/resnet18" in tv and "tv/mobilenet_v3_small" in tv and not any(n.startswith("timm/") for n in tv)
     assert "timm/resnet10t" in timm_names and list_models("torchvision") == tv
-    assert both == sorted(tv + timm_names)
+    own = list_models("refconv")  # the catalogue's pretrained entries and the registered detectors / segmenters
+    assert "fmnist/mobilenetv3_small_100" in own and "ssdlite320_mobilenet_v3_large" in own
+    assert both == sorted(tv + timm_names + own)
+    assert list_models(task="segmentation") == sorted(n for n in own if "deeplab" in n or "lraspp" in n or "fcn" in n)
+    assert "tv/resnet18" in list_models(task="classification") and not list_models("tv", task="detection")
     with pytest.raises(ModelError, match="zoo"):
         list_models("keras")
+    with pytest.raises(ModelError, match="task"):
+        list_models(task="pose")
 
 
 # ---------------------------------------------------------------------------------------------- building

@@ -22,7 +22,7 @@ from refconv.cli import main
 from refconv.engine import make_config, run
 from refconv.engine.publish import plateau, publish
 from refconv.errors import PretrainedError, PretrainedNotShippedError, UnknownPretrainedError
-from refconv.models import create_model, load_weights
+from refconv.models import create_model, get_model, load_weights
 from refconv.models import pretrained as reg
 
 TINY = "fmnist/tiny"
@@ -195,8 +195,9 @@ def test_python_api_loads_the_published_model(published):
     x = torch.randn(2, 1, 32, 32)
     ref = create_model("timm/test_resnet", num_classes=10, in_chans=1, weights=result.run_dir / "model.safetensors")
     ref.eval()
-    for model in (refconv.pretrained.load(TINY), create_model(TINY)):
-        assert not model.training
+    assert not refconv.pretrained.load(TINY).training  # load: eval mode; every builder: train mode, as torch's
+    assert create_model(TINY).training and get_model(TINY).training
+    for model in (refconv.pretrained.load(TINY), create_model(TINY).eval(), get_model(TINY).eval()):
         assert torch.equal(model(x), ref(x))
     plain = create_model("timm/test_resnet", num_classes=10, in_chans=1, weights=TINY)  # weights= takes names too
     assert torch.equal(plain.eval()(x), ref(x))

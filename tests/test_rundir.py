@@ -130,13 +130,13 @@ def test_sweep_and_demo_directories_have_one_owner(tmp_path):
 
 
 def test_detect_and_segment_runs_have_one_owner(tmp_path):
-    from refconv.downstream.train import DownstreamConfig, run_downstream
+    from refconv.downstream import downstream_config, run_downstream
 
     out = tmp_path / "det"
     with RunDirLock(out):
         for task in ("detection", "segmentation"):
             with pytest.raises(RunDirBusyError, match=rf"PID {os.getpid()}"):
-                run_downstream(DownstreamConfig(task=task, out=str(out)))
+                run_downstream(downstream_config(task=task, out=str(out)))
 
 
 def test_two_trains_into_one_out_then_kill_and_resume(common, tmp_path, capsys):

@@ -44,9 +44,9 @@ _FLAGS = {"model": "--arch", "export_onnx": "--onnx"}
 
 
 def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str, what: str) -> argparse.ArgumentParser:
-    from ..downstream.models import list_archs
+    from ..models.detection import list_archs
     from ..downstream.tasks import CLASSIFICATION_ONLY, DownstreamOptions
-    from ..downstream.train import DEFAULTS
+    from ..downstream.run import DEFAULTS
     from ..engine.config import RunConfig
 
     name = "detect" if task == "detection" else "segment"
@@ -93,7 +93,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
     """The :class:`~refconv.engine.RunConfig` the parsed flags describe; with ``--resume``, the run's own
     ``config.yaml`` with the given flags on top (the engine refuses flags that change the recipe)."""
     from ..downstream.tasks import DownstreamOptions
-    from ..downstream.train import downstream_config
+    from ..downstream.run import downstream_config
     from ..engine.config import RunConfig, make_config
 
     names = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(DownstreamOptions)}
@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace, task: str) -> Any:
 
 
 def _main(args: argparse.Namespace, task: str) -> int:
-    from ..downstream.train import run_downstream
+    from ..downstream.run import run_downstream
     from ..engine.task import task_class
 
     cfg = config_from_args(args, task)

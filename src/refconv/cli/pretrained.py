@@ -3,7 +3,9 @@
 ``refconv pretrained`` lists the registry (name, architecture, input size, test top-1, whether the weights are
 here and match their card). ``publish RUN_DIR --name NAME`` turns a finished pretraining run into the entry's
 weights and model card; ``path NAME`` prints the verified weights file (for timm's ``pretrained_cfg_overlay``);
-``show NAME`` prints the card, or the commands that make it. Everything heavy is imported inside the commands.
+``show NAME`` prints the card, or the commands that make it; ``export NAME DIR`` writes the entry as a folder stock
+timm loads (``timm.create_model("local-dir:DIR", pretrained=True)``, or ``hf-hub:`` once uploaded) with its card
+as ``README.md``. Everything heavy is imported inside the commands.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _root_flag(path)
     path.set_defaults(func=path_main)
 
+    _add_export(actions)
+
     pub = actions.add_parser(
         "publish", help="make an entry from a finished run: copy its weights, hash them, write the card",
         description="Check a finished run against a registry entry (model, classes, channels, input size, data, "
@@ -60,6 +64,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--overwrite", action="store_true", help="replace the entry's existing weights")
     pub.add_argument("--no-plot", action="store_true", help="do not draw the PNG of the curve")
     pub.set_defaults(func=publish_main)
+
+
+def _add_export(actions: argparse._SubParsersAction) -> None:
+    exp = actions.add_parser(
+        "export", help="write an entry as a folder stock timm loads (config.json, model.safetensors, README.md)",
+        description="Write the entry's verified weights, timm config (classes, input channels and size, mean/std) "
+        "and model card into DIR: timm.create_model('local-dir:DIR', pretrained=True) builds it without refconv, "
+        "and the folder uploads as is to the Hugging Face hub (then 'hf-hub:USER/REPO'). timm entries only.")
+    exp.add_argument("name")
+    exp.add_argument("dir", metavar="DIR", help="the folder to write (must be empty or new, unless --overwrite)")
+    exp.add_argument("--overwrite", action="store_true", help="replace the hub files of a non-empty DIR")
+    _root_flag(exp)
+    exp.set_defaults(func=export_main)
 
 
 def _root(args: argparse.Namespace) -> str | None:
@@ -114,6 +131,15 @@ def path_main(args: argparse.Namespace) -> int:
     from ..models import pretrained
 
     print(pretrained.weights_path(args.name, _root(args)))
+    return 0
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from ..models.hub import export_pretrained
+
+    out = export_pretrained(args.name, args.dir, root=_root(args), overwrite=args.overwrite)
+    print(f"exported {args.name} -> {out} ({', '.join(sorted(p.name for p in out.iterdir()))})\n"
+          f"  load it without refconv: timm.create_model('local-dir:{out}', pretrained=True)")
     return 0
 
 

@@ -14,8 +14,10 @@ Detection and segmentation are tasks of the one training engine (:mod:`refconv.e
 loop, AMP, DDP, EMA, checkpoints, resume and run directory as ``refconv train``.
 
 Modules: :mod:`.synthetic` (the generator), :mod:`.voc` / :mod:`.cityscapes` (datasets with validation),
-:mod:`.models` (builders, weights, scopes), :mod:`.metrics` (mAP, mIoU), :mod:`.tasks` (the engine's detection
-and segmentation tasks), :mod:`.train` (``run_downstream``, the config), :mod:`.export` (fold checks, ONNX).
+:mod:`.metrics` (mAP, mIoU), :mod:`.tasks` (the engine's detection and segmentation tasks), :mod:`.run`
+(``run_downstream``, the config), :mod:`.export` (fold checks, ONNX). The detectors and segmenters themselves
+(builders, weights, scopes) are models of the one model API: :mod:`refconv.models.detection`, built by
+``refconv.models.get_model``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .metrics import (
     iou_per_class,
     mean_iou,
 )
-from .models import (
+from ..models.detection import (
     ARCHS,
     ArchSpec,
     build_model,
@@ -40,7 +42,7 @@ from .models import (
 )
 from .synthetic import SyntheticConfig, write_cityscapes, write_voc
 from .tasks import DownstreamOptions, build_datasets, evaluate, model_from_checkpoint
-from .train import DownstreamConfig, downstream_config, load_checkpoint, run_downstream
+from .run import downstream_config, load_checkpoint, run_downstream
 from .voc import VOC_CLASSES, VOCDetection, VOCSegmentation, parse_voc_xml
 
 __all__ = [
@@ -50,7 +52,6 @@ __all__ = [
     "ArchSpec",
     "CityscapesSegmentation",
     "DetectionMetric",
-    "DownstreamConfig",
     "DownstreamOptions",
     "SegmentationMetric",
     "SyntheticConfig",

@@ -36,7 +36,7 @@ from ..engine.runner import RunResult
 from ..errors import ConfigError
 from ..runlayout import checkpoint_path
 from ..stats import paired_difference, summarize
-from .train import LineReporter, downstream_config
+from .run import LineReporter, downstream_config
 
 __all__ = ["ARMS", "METRICS", "StudyConfig", "TaskPlan", "load_study_config", "packaged_studies", "run_study"]
 
@@ -50,7 +50,7 @@ class TaskPlan:
     """One task of the study.
 
     Attributes:
-        task / arch / data: as in :func:`~refconv.downstream.train.downstream_config` (a ``*_timm`` arch).
+        task / arch / data: as in :func:`~refconv.downstream.run.downstream_config` (a ``*_timm`` arch).
         baseline_epochs: epochs of the baseline from the pretrained backbone.
         budget_epochs: epochs of every arm from the baseline (the equal budget).
         run: other :func:`downstream_config` settings shared by every run of the task (data sizes, recipe...).

@@ -35,13 +35,14 @@ from ..convert import RefConvWarning, convert, refconv_layers, reparameterize
 from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
-from ..engine.modeling import count_params, groups_spec, rebuild_converted
+from ..engine.modeling import count_params, groups_spec
 from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
+from ..models import get_model, rebuild_converted
+from ..models.detection import SCOPES, get_spec, load_model_weights, scope_patterns, set_image_size
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
 from .metrics import DetectionMetric, SegmentationMetric
-from .models import SCOPES, build_model, get_spec, scope_patterns, set_image_size
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -190,8 +191,8 @@ def rebuild_model(meta: dict[str, Any]) -> nn.Module:
     """The model a checkpoint's record describes (``arch``, ``task``, ``num_classes``, ``image_size``,
     ``backbone_layout``, ``aux_loss``, ``conversion``), randomly initialised: its weights load next."""
     spec = get_spec(meta["arch"], meta["task"])
-    model = build_model(spec.name, int(meta["num_classes"]), task=spec.task, aux_loss=meta.get("aux_loss"),
-                        pretrained_layout=meta.get("backbone_layout") == "pretrained")
+    model = get_model(spec.name, num_classes=int(meta["num_classes"]), task=spec.task, aux_loss=meta.get("aux_loss"),
+                      pretrained_layout=meta.get("backbone_layout") == "pretrained")
     if meta.get("image_size"):
         set_image_size(model, tuple(meta["image_size"]))
     if meta.get("conversion"):
@@ -201,8 +202,6 @@ def rebuild_model(meta: dict[str, Any]) -> nn.Module:
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model a ``refconv detect``/``segment`` checkpoint holds, weights loaded strictly, eval mode."""
-    from .models import load_model_weights
-
     model = rebuild_model(ckpt)
     spec = get_spec(ckpt["arch"], ckpt["task"])
     load_model_weights(model, spec, ckpt["state_dict"], source=f"{spec.task} checkpoint", new_head=False)
@@ -218,8 +217,8 @@ def _starting_model(cfg: RunConfig, num_classes: int, size: tuple[int, int]) -> 
     """The model a new run starts from: built with its weights, then converted (``refconv``) or folded (a RefConv
     checkpoint as the start of a plain method)."""
     opt = _options(cfg)
-    model = build_model(cfg.model, num_classes, task=cfg.task, weights=cfg.weights,
-                        weights_backbone=opt.weights_backbone, image_size=size)
+    model = get_model(cfg.model, num_classes=num_classes, task=cfg.task, weights=cfg.weights,
+                      weights_backbone=opt.weights_backbone, image_size=size)
     layout, backbone = model.refconv_backbone_layout, model.refconv_backbone
     has_refconv = bool(refconv_layers(model))
     if cfg.method == "refconv":
@@ -370,13 +369,13 @@ class _DownstreamTask(Task):
                 "aux_loss": self.aux_loss, "backbone": self.backbone}
 
     def run_facts(self) -> dict[str, Any]:
-        """Where a registry backbone came from (``refconv.downstream.backbones.load_backbone``'s record, kept
+        """Where a registry backbone came from (``refconv.models.trunk.load_backbone``'s record, kept
         through checkpoints and runs started from them); nothing for the torchvision backbones."""
         return {"backbone": self.backbone} if self.backbone else {}
 
     @classmethod
     def fact_rows(cls, facts: dict[str, Any]) -> list[tuple[str, str]]:
-        from .backbones import describe
+        from ..models.trunk import describe
 
         return [("backbone", describe(facts["backbone"]))] if facts.get("backbone") else []
 

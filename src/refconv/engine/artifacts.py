@@ -24,12 +24,9 @@ from ..runlayout import CHECKPOINT_DIR, CONFIG_FILE, checkpoint_path, deployable
 from .checkpoint import is_run_checkpoint, load_checkpoint
 from .config import RunConfig, make_config
 from .export import compare_outputs, export_onnx, read_sidecar, save_weights
-from .modeling import (
-    count_params,
-    create_stock_model,
-    load_format_checked,
-    rebuild_converted,
-)
+from ..models import get_model, pretrained, read_state_dict, rebuild_converted
+from ..models import load_checkpoint as load_into
+from .modeling import count_params
 
 __all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldResult", "find_checkpoint",
            "FOLD_REL_TOL"]
@@ -98,29 +95,7 @@ def load_model(
         StateDictFormatError: a state_dict whose format cannot be rebuilt (RefConv weights without their
             conversion record).
     """
-    from ..models import pretrained, read_state_dict
-
-    if pretrained.is_pretrained_name(source):
-        pretrained.check_compatible(str(source), model=model_name, in_chans=in_chans, num_classes=num_classes,
-                                    native_defaults=False)
-        source = pretrained.weights_path(str(source))  # SHA-256 checked; its card is the sidecar naming the model
-    src = Path(source)
-    if not src.exists():
-        raise CheckpointError(f"{src} does not exist. Pass a run directory, a checkpoint or a weights file.")
-    cfg: RunConfig | None = None
-    if src.is_dir():
-        cfg = _run_config(src)
-        if which is None and is_finished(src):
-            src = deployable_weights(src)
-        elif cfg is not None or (src / CHECKPOINT_DIR).is_dir():
-            src = find_checkpoint(src, which or "last")
-        else:
-            raise CheckpointError(f"{src} is a directory but not a refconv run (no config.yaml or {CHECKPOINT_DIR}/).")
-    elif src.parent.name == CHECKPOINT_DIR:
-        cfg = _run_config(src.parent.parent)
-    elif (src.parent / CONFIG_FILE).is_file():
-        cfg = _run_config(src.parent)
-
+    src, cfg = _locate(source, which, {"model": model_name, "in_chans": in_chans, "num_classes": num_classes})
     ckpt = None
     if src.suffix in (".pt", ".pth", ".tar", ".ckpt"):
         obj = load_checkpoint(src)
@@ -156,7 +131,7 @@ def load_model(
             n_cls = _infer_num_classes(state)
         chans = chans or 3
     fmt = state_dict_format(state)
-    model = create_stock_model(arch, num_classes=int(n_cls), in_chans=int(chans))
+    model = get_model(arch, num_classes=int(n_cls), in_chans=int(chans))
     if fmt == "refconv":
         if not conversion:
             raise StateDictFormatError(
@@ -164,11 +139,36 @@ def load_model(
                 "Use the run's checkpoint (checkpoints/last.pt), or fold the model and use the folded weights."
             )
         rebuild_converted(model, conversion["layers"])
-    load_format_checked(model, state, str(src))
+    load_into(model, state, source=str(src), strict=True)
     model.eval()
     return LoadedModel(model=model, source=src, arch=arch, num_classes=int(n_cls), in_chans=int(chans), format=fmt,
                        image_size=meta.get("image_size") or (cfg.image_size if cfg else None), config=cfg, meta=meta,
                        conversion=conversion)
+
+
+def _locate(source: str | Path, which: str | None, asked: dict[str, Any]) -> tuple[Path, RunConfig | None]:
+    """The file an artefact means (a registry entry's verified weights, checked against what the caller ``asked``
+    for; a run's deployable weights or checkpoint) and the config of the run it belongs to, if any."""
+    if pretrained.is_pretrained_name(source):
+        pretrained.check_compatible(str(source), **asked, native_defaults=False)
+        source = pretrained.weights_path(str(source))  # SHA-256 checked; its card is the sidecar naming the model
+    src = Path(source)
+    if not src.exists():
+        raise CheckpointError(f"{src} does not exist. Pass a run directory, a checkpoint or a weights file.")
+    cfg: RunConfig | None = None
+    if src.is_dir():
+        cfg = _run_config(src)
+        if which is None and is_finished(src):
+            src = deployable_weights(src)
+        elif cfg is not None or (src / CHECKPOINT_DIR).is_dir():
+            src = find_checkpoint(src, which or "last")
+        else:
+            raise CheckpointError(f"{src} is a directory but not a refconv run (no config.yaml or {CHECKPOINT_DIR}/).")
+    elif src.parent.name == CHECKPOINT_DIR:
+        cfg = _run_config(src.parent.parent)
+    elif (src.parent / CONFIG_FILE).is_file():
+        cfg = _run_config(src.parent)
+    return src, cfg
 
 
 def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
@@ -232,11 +232,12 @@ class FoldResult:
     train_params: int
     deploy_params: int
     onnx: dict[str, Any] | None = None
+    hub_dir: Path | None = None  # the folder stock timm loads (``--hub-dir``)
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": str(self.source), "weights_path": str(self.weights_path), "max_abs_err": self.max_abs_err,
                 "layers": self.layers, "train_params": self.train_params, "deploy_params": self.deploy_params,
-                "onnx": self.onnx}
+                "onnx": self.onnx, "hub_dir": str(self.hub_dir) if self.hub_dir else None}
 
 
 def fold_checkpoint(
@@ -248,12 +249,14 @@ def fold_checkpoint(
     batch: int = 8,
     image_size: int | None = None,
     seed: int = 0,
+    hub_dir: str | Path | None = None,
 ) -> FoldResult:
     """Fold a RefConv training checkpoint (or a run directory's) into deployable ``.safetensors``.
 
     The folded weights are loaded ``strict=True`` into a freshly built stock model, and that model's outputs
     are compared with the RefConv model's on a seeded random batch; the max abs error is returned (and
-    written into the sidecar JSON).
+    written into the sidecar JSON). ``hub_dir``: also write the folded model as a folder stock timm loads
+    (``timm.create_model("local-dir:DIR", pretrained=True)``, :func:`refconv.models.hub.export_hub_dir`).
 
     Raises:
         StateDictFormatError: ``source`` holds plain (already folded) weights: nothing to fold.
@@ -274,7 +277,7 @@ def fold_checkpoint(
     size = image_size or loaded.image_size or 32
     gen = torch.Generator().manual_seed(seed)
     sample = torch.randn(batch, loaded.in_chans, size, size, generator=gen)
-    stock, report = fold_model(loaded.model, sample, into=create_stock_model(
+    stock, report = fold_model(loaded.model, sample, into=get_model(
         loaded.arch, num_classes=loaded.num_classes, in_chans=loaded.in_chans))
     err = report["max_abs_err"]
     if out is None:
@@ -288,8 +291,46 @@ def fold_checkpoint(
             "method": loaded.meta.get("method")}
     path = save_weights(stock, out, meta)
     onnx_info = export_onnx(stock, Path(out).with_suffix(".onnx"), sample[:2]) if onnx else None
+    hub = _export_hub(stock, loaded, meta, Path(hub_dir)) if hub_dir is not None else None
     return FoldResult(source=src, weights_path=path, max_abs_err=err, layers=len(refconv_layers(loaded.model)),
-                      train_params=count_params(loaded.model)[1], deploy_params=count_params(stock)[1], onnx=onnx_info)
+                      train_params=count_params(loaded.model)[1], deploy_params=count_params(stock)[1], onnx=onnx_info,
+                      hub_dir=hub)
+
+
+def _normalisation(data: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a run on ``data`` normalised its ``in_chans`` inputs with (ImageNet's for image folders)."""
+    from ..data import cifar, fashion_mnist
+    from ..data.factory import canonical_name
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats
+
+    try:
+        name = canonical_name(data)
+    except ConfigError:
+        name = data
+    base = {"fashion-mnist": (fashion_mnist.MEAN, fashion_mnist.STD)}
+    base.update({k: (v.mean, v.std) for k, v in cifar.SPECS.items()})
+    return channel_stats(*base.get(name, (IMAGENET_MEAN, IMAGENET_STD)), in_chans)
+
+
+def _export_hub(stock: nn.Module, loaded: LoadedModel, meta: dict[str, Any], hub_dir: Path) -> Path:
+    """The folded model as a hub folder, its card saying where it came from and what it was trained on."""
+    from ..models.hub import export_hub_dir, hub_card
+
+    cfg = loaded.config
+    data = cfg.data if cfg is not None else "unknown data"
+    mean, std = _normalisation(data, loaded.in_chans)
+    body = "\n".join([
+        f"A RefConv model folded back into the stock `{loaded.arch}` (same keys, parameters and cost).", "",
+        "| | |", "|---|---|",
+        f"| trained on | {data}, input {loaded.in_chans}x{meta['image_size']}x{meta['image_size']}, {loaded.num_classes} "
+        f"classes, mean {list(mean)}, std {list(std)} |",
+        f"| method | {meta.get('method') or 'refconv'} |",
+        f"| folded from | `{meta['folded_from']}` |",
+        f"| max abs error, folded vs RefConv model | {meta['fold_max_abs_err']:.3g} |",
+    ])
+    card = hub_card(f"{loaded.arch} (RefConv, folded)", body, arch=loaded.arch, tags=(data,))
+    return export_hub_dir(stock, hub_dir, arch=loaded.arch, num_classes=loaded.num_classes, in_chans=loaded.in_chans,
+                          image_size=meta["image_size"], mean=mean, std=std, card=card)
 
 
 def _is_implicit_run(checkpoint: Path) -> bool:

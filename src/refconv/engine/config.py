@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .task_registry import TASK_CLASSES, task_class
 
 __all__ = [
     "RunConfig",
@@ -44,13 +45,6 @@ __all__ = [
     "resolve_config_path",
 ]
 
-#: Every task a run can train (refconv.engine.task), by name: ``"module:Class"``, imported on first use (the config
-#: stays plain data: naming a task imports nothing).
-TASK_CLASSES: dict[str, str] = {
-    "classification": "refconv.engine.task:ClassificationTask",
-    "detection": "refconv.downstream.tasks:DetectionTask",
-    "segmentation": "refconv.downstream.tasks:SegmentationTask",
-}
 TASKS = tuple(TASK_CLASSES)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 LAYER_SELECTIONS = ("all", "depthwise", "dense", "no-stem")
@@ -202,8 +196,6 @@ class RunConfig:
         The task checks its own keys last (:meth:`refconv.engine.task.Task.validate_config`), and may fill
         ``task_options`` with its defaults, so the resolved config written into a run names every setting.
         """
-        from .task import task_class
-
         _choice("task", self.task, TASKS)
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, AMP_MODES)
@@ -488,8 +480,6 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
         data.pop("task", None)
         data.pop("task_options", None)
     elif isinstance(data.get("task_options"), Mapping):
-        from .task import task_class
-
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
         data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}

@@ -22,6 +22,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..models.weights import read_sidecar, sidecar_path
 from .checkpoint import atomic_write_bytes
 
 __all__ = [
@@ -31,10 +32,6 @@ __all__ = [
     "compare_outputs",
     "export_onnx",
 ]
-
-
-def sidecar_path(path: str | Path) -> Path:
-    return Path(path).with_suffix(".json")
 
 
 def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
@@ -49,27 +46,6 @@ def save_weights(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> Pa
     atomic_write_bytes(path, save(tensors, metadata={"format": "pt", **header}))
     atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The description of a weights file: its sidecar JSON, else its safetensors header, else ``{}``."""
-    path = Path(path)
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            return json.loads(side.read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
-    if path.suffix == ".safetensors" and path.is_file():
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            return {k[len("refconv."):]: json.loads(v) for k, v in meta.items() if k.startswith("refconv.")}
-        except Exception:
-            return {}
-    return {}
 
 
 def compare_outputs(a: Tensor | Mapping[str, Tensor], b: Tensor | Mapping[str, Tensor]) -> dict[str, float]:

@@ -1,9 +1,10 @@
 """Models for a run: build the stock model, load starting weights, apply the method, rebuild from checkpoints.
 
-The stock architecture always comes from :func:`refconv.models.create_model` by name, so every artefact a
+The stock architecture always comes from :func:`refconv.models.get_model` by name, so every artefact a
 run writes can be turned back into a model from ``(name, num_classes, in_chans)`` alone: plain weights load
 into it directly, and a RefConv checkpoint loads after :func:`rebuild_converted` has re-applied the
-per-layer conversion recorded in it (``refconv.conversion_config``).
+per-layer conversion recorded in it (``refconv.conversion_config``). Weights go in through the one loader,
+:func:`refconv.models.load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..convert import conversion_config, convert, plan_conversion
-from ..errors import CheckpointError, ConfigError, NoEligibleConvError
+from ..convert import convert, plan_conversion
+from ..errors import ConfigError, NoEligibleConvError
+from ..models import get_model, load_checkpoint, read_state_dict, rebuild_converted, resolve_weights_path
 from ..runlayout import DONE_FILE, deployable_weights
 from ..transform import capped_groups, default_groups, num_kernels
 from .config import RunConfig
@@ -41,10 +43,8 @@ resolve_run_weights = deployable_weights
 
 
 def create_stock_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
-    """The plain architecture by name (``timm/<name>`` or ``tv/<name>``) via :mod:`refconv.models`."""
-    from ..models import create_model
-
-    return create_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained)
+    """The plain architecture by name (``timm/<name>`` or ``tv/<name>``): :func:`refconv.models.get_model`."""
+    return get_model(name, num_classes=num_classes, in_chans=in_chans, weights="DEFAULT" if pretrained else None)
 
 
 _TRY_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224)
@@ -152,33 +152,6 @@ def apply_conversion(model: nn.Module, kwargs: Mapping[str, Any]) -> nn.Module:
     )
 
 
-def rebuild_converted(model: nn.Module, layers: Mapping[str, Mapping[str, int]]) -> nn.Module:
-    """Re-apply a recorded per-layer conversion (``conversion_config`` output) to a stock model, in place.
-
-    Each layer gets exactly its recorded ``map_k`` and ``groups``; RT starts at zero (a checkpoint is about to
-    overwrite it). Layer names are matched literally (glob characters escaped).
-    """
-    by_k: dict[int, list[str]] = {}
-    for name, spec in layers.items():
-        by_k.setdefault(int(spec["map_k"]), []).append(name)
-    for map_k, names in sorted(by_k.items()):
-        convert(
-            model,
-            map_k=map_k,
-            groups=lambda name, conv: int(layers[name]["groups"]),
-            init="zeros",
-            include=[glob.escape(n) for n in names],
-        )
-    got = conversion_config(model)
-    if set(got) != set(layers):
-        missing = sorted(set(layers) - set(got))[:5]
-        raise CheckpointError(
-            f"cannot rebuild the RefConv model: layers {missing} recorded in the checkpoint do not exist in this "
-            "architecture. Check --model matches the run that wrote the checkpoint."
-        )
-    return model
-
-
 def count_params(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts (shared tensors counted once)."""
     seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
@@ -188,12 +161,10 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def load_format_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    """The engine's strict load: :func:`refconv.models.load_state_dict_checked` (the format check of
+    """The engine's strict load: :func:`refconv.models.load_checkpoint` (the format check of
     :func:`refconv.convert.check_state_dict_format` first, then keys, shapes, class-count and channel hints),
     never half-loading."""
-    from ..models import load_state_dict_checked
-
-    load_state_dict_checked(model, state_dict, source=source, strict=True)
+    load_checkpoint(model, state_dict, source=source, strict=True)
 
 
 def load_start_weights(model: nn.Module, weights: str | Path) -> str:
@@ -208,10 +179,8 @@ def load_start_weights(model: nn.Module, weights: str | Path) -> str:
         StateDictFormatError: a RefConv (unfolded) checkpoint where plain weights are needed.
         CheckpointError: missing or corrupt file, unfinished run, weights that do not fit (classes, keys).
     """
-    from ..models import read_state_dict, resolve_weights_path
-
     # A registry name becomes its verified weights file (its card's fit was checked by the config), a run
     # directory its deployable weights (refconv.runlayout).
     path = resolve_weights_path(weights)
-    load_format_checked(model, read_state_dict(path), str(path))
+    load_checkpoint(model, read_state_dict(path), source=str(path), strict=True)
     return str(path)

@@ -11,7 +11,6 @@ detection code for a classification run).
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ from torch.utils.data import Dataset
 
 from ..data.loader import build_loader
 from ..errors import ConfigError, DataError
-from .config import TASK_CLASSES
 from .loop import autocast, evaluate, to_device, topk_correct
+from .task_registry import task_class  # noqa: F401  (its name here too: refconv.engine.task.task_class)
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -36,14 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Task", "StepOutput", "ClassificationTask", "task_class", "rank0_first"]
 
 T = TypeVar("T")
-
-def task_class(name: str) -> type[Task]:
-    """The :class:`Task` class registered as ``name``."""
-    if name not in TASK_CLASSES:
-        raise ConfigError(f"task must be one of {', '.join(TASK_CLASSES)}; got {name!r}.")
-    module, cls = TASK_CLASSES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
 
 def rank0_first(info: DistInfo, build: Callable[[], T]) -> T:
     """``build()`` on rank 0, then on the other ranks (what downloads or generates files does it once)."""

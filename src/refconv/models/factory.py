@@ -1,4 +1,4 @@
-"""``create_model``: one name space over timm and torchvision, with local weights as a first-class source.
+"""The classifier zoos behind :func:`refconv.models.get_model`: one name space over timm and torchvision.
 
 Names are ``"timm/<name>"`` or ``"tv/<name>"`` (also ``timm:``, ``tv:``, ``torchvision/``, ``torchvision:``). A bare
 name is looked up in timm, then torchvision: ``"resnet18"`` exists in both and resolves to timm, so write
@@ -13,15 +13,17 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..errors import ModelError
+from .checkpoint import load_checkpoint
 from .surgery import replace_classifier, replace_first_conv
-from .weights import load_state_dict_checked, read_state_dict, resolve_weights_path
+from .weights import read_state_dict
 
-__all__ = ["ZOOS", "list_models", "resolve_model_name", "create_model"]
+__all__ = ["ZOOS", "zoo_names", "resolve_model_name", "build_classifier"]
 
 _log = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ def _tv_names() -> list[str]:
     return list(tvm.list_models())
 
 
-def list_models(zoo: str | None = None) -> list[str]:
-    """Every model name :func:`create_model` accepts, prefixed by its zoo (``timm/...``, ``tv/...``), sorted.
+def zoo_names(zoo: str | None = None) -> list[str]:
+    """Every classifier name of timm and torchvision, prefixed by its zoo (``timm/...``, ``tv/...``), sorted.
 
     Args:
         zoo: ``"timm"``, ``"tv"`` (or ``"torchvision"``); None for both.
@@ -158,7 +160,7 @@ def _no_weights_error(model_name: str, cause: BaseException) -> ModelError:
     return ModelError(
         f"cannot get pretrained weights for '{model_name}': no network (or the hub is unreachable) and they are "
         f"not in the local cache ({type(cause).__name__}: {cause}). Pass --weights FILE with a local copy "
-        "(.safetensors/.pth; python: create_model(..., weights=FILE)), or run once with network access to "
+        "(.safetensors/.pth; python: get_model(..., weights=FILE)), or run once with network access to "
         "fill the cache."
     )
 
@@ -207,53 +209,31 @@ def _create_torchvision(
     return model
 
 
-def create_model(
+def build_classifier(
     name: str,
     *,
     num_classes: int | None = None,
     in_chans: int | None = None,
     pretrained: bool = False,
-    weights: str | os.PathLike | None = None,
+    weights_file: Path | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a timm or torchvision classifier, optionally with hub or local weights.
+    """A timm or torchvision classifier by name, with hub weights or a local weights file (already resolved).
 
-    Args:
-        name: ``"timm/<name>"``, ``"tv/<name>"`` or a bare name (timm first); see the module docstring. A
-            pretrained model of refconv's registry (``"fmnist/mobilenetv3_small_100"``) is built with its
-            verified weights, in eval mode (:func:`refconv.models.pretrained.load`).
-        num_classes: classifier width; None keeps the architecture's default (1000). With pretrained or
-            local weights the backbone is kept and a new head of this width is initialised (fine-tuning).
-        in_chans: input channels; None keeps 3. Pretrained stem kernels are adapted (summed over RGB for one
-            channel, so a grayscale image gives the response its RGB replica would); torchvision's stem conv is
-            replaced by a copy of the same class and arguments.
-        pretrained: hub weights (timm's default pretrained tag, torchvision's ``DEFAULT``). Offline, the local
-            caches are used; failing that, a ModelError says to pass a weights file.
-        weights: a local weights file, run directory or registry name (see :func:`~refconv.models.load_weights`), loaded
-            strictly except for the head and stem when ``num_classes``/``in_chans`` ask for a change. Use it
-            in place of ``pretrained`` where there is no network.
-        **kwargs: passed to the builder (``drop_rate``, ``drop_path_rate``...).
+    The private constructor behind :func:`refconv.models.get_model` for zoo names; see it for the arguments.
+    ``weights_file`` loads strictly through :func:`~refconv.models.load_checkpoint`, except for the head and stem
+    when ``num_classes``/``in_chans`` ask for a change.
 
     Raises:
         ModelError: unknown name (with close matches from both zoos), no pretrained weights available,
-            arguments the builder rejects, both ``pretrained`` and ``weights``.
-        CheckpointError: ``weights`` unreadable or not fitting the model.
+            arguments the builder rejects.
+        CheckpointError: ``weights_file`` unreadable or not fitting the model.
     """
-    if pretrained and weights is not None:
-        raise ModelError("pass either pretrained=True (hub weights) or weights=FILE (local weights), not both.")
-    from . import pretrained as registry
-
-    if registry.is_pretrained_name(name):
-        if pretrained or weights is not None:
-            raise ModelError(f"{name!r} is a pretrained model of refconv's registry: it brings its own weights, so "
-                             "pass neither pretrained=True nor weights=.")
-        return registry.load(str(name), num_classes=num_classes, in_chans=in_chans, **kwargs)
     for arg, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < (0 if arg == "num_classes" else 1)
         ):
             raise ModelError(f"{arg} must be an int >= {0 if arg == 'num_classes' else 1}, got {value!r}.")
-    weights_file = resolve_weights_path(weights) if weights is not None else None  # fail before building
     zoo, arch = resolve_model_name(name)
     try:
         if zoo == "timm":
@@ -263,14 +243,7 @@ def create_model(
     except TypeError as e:  # an argument the builder does not take
         raise ModelError(f"cannot build '{zoo}/{arch}' with these arguments: {e}") from e
     if weights_file is not None:
-        state = read_state_dict(weights_file)
-        load_state_dict_checked(
-            model,
-            state,
-            source=str(weights_file),
-            strict=True,
-            new_head=num_classes is not None,
-            adapt_in_chans=in_chans is not None,
-        )
+        load_checkpoint(model, read_state_dict(weights_file), source=str(weights_file), strict=True,
+                        new_head=num_classes is not None, adapt_in_chans=in_chans is not None)
         _log.info("loaded %s into %s/%s", weights_file, zoo, arch)
     return model

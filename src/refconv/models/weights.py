@@ -6,7 +6,8 @@ and torchvision's training scripts, and ours); a finished run directory (its dep
 :func:`refconv.runlayout.deployable_weights` says: the one answer every room gives). The format is recognised from the file's first bytes,
 not its extension. ``torch.load`` always runs with ``weights_only=True``: a weights file cannot run code.
 
-Loading checks everything before touching the model, so a failed load leaves it as it was: a checkpoint
+A weights file's description (:func:`read_sidecar`) is its sidecar JSON or its safetensors header. Loading
+(:func:`load_weights`, through :func:`refconv.models.load_checkpoint`) checks everything before touching the model, so a failed load leaves it as it was: a checkpoint
 whose classifier has another number of classes, keys that are missing or unexpected, a RefConv (unfolded)
 checkpoint given to a plain model and the reverse. The RefConv paper's reference code loads its basis with
 ``strict=False`` and silently trains from a zero basis when keys do not match; here that is an error.
@@ -15,9 +16,9 @@ checkpoint given to a plain model and the reverse. The RefConv paper's reference
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..convert import check_state_dict_format, state_dict_format
+from ..convert import state_dict_format
 from ..errors import CheckpointError, short_reason
 from ..runlayout import deployable_weights
-from .surgery import adapt_input_weight, classifier_names, first_conv_names
+from . import catalog
+from .checkpoint import load_checkpoint
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -36,8 +38,14 @@ __all__ = [
     "read_state_dict",
     "is_refconv_state_dict",
     "load_weights",
-    "load_state_dict_checked",
+    "sidecar_path",
+    "read_sidecar",
+    "read_weights",
+    "DOWNSTREAM_FORMAT",
 ]
+
+# The "format" of detect/segment checkpoints before they joined the engine (now "refconv-run" with a "task").
+DOWNSTREAM_FORMAT = "refconv-downstream"
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +54,6 @@ CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _EMA_FIRST = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Wrappers that prefix every key: DistributedDataParallel / DataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_SHOW = 5  # keys listed in an error message
 
 
 def _safe_globals() -> list[Any]:
@@ -73,10 +80,8 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
             directory that is not a run.
         PretrainedError: a registry name that is unknown, not trained yet, or whose file fails its SHA-256.
     """
-    from . import pretrained
-
-    if pretrained.is_pretrained_name(path):
-        return pretrained.weights_path(str(path))
+    if catalog.is_pretrained_name(path):
+        return catalog.weights_path(str(path))
     p = Path(path).expanduser()
     if p.is_dir():
         return deployable_weights(p)
@@ -179,134 +184,6 @@ def is_refconv_state_dict(state_dict: Mapping[str, Any]) -> bool:
     return state_dict_format(state_dict) == "refconv"
 
 
-def _under(key: str, prefixes: list[str]) -> bool:
-    return any(key.startswith(p + ".") for p in prefixes)
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOW])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > _SHOW else "")
-
-
-@torch.no_grad()
-def load_state_dict_checked(
-    model: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    *,
-    source: str = "the state_dict",
-    strict: bool = True,
-    new_head: bool = False,
-    adapt_in_chans: bool = False,
-) -> list[str]:
-    """Load ``state_dict`` into ``model`` after checking it fits; nothing is loaded when a check fails.
-
-    Args:
-        model: the model to fill.
-        state_dict: keys without wrapper prefixes.
-        source: what to call the weights in messages (a file name).
-        strict: every key must match. ``False`` drops a classifier of another size (a new head is trained)
-            and tolerates missing/unexpected keys with a warning; other shape mismatches stay errors.
-        new_head: the caller asked for this model's number of classes: a classifier of another size in the
-            weights is dropped quietly (the fine-tuning case).
-        adapt_in_chans: the caller asked for this model's input channels: a stem kernel for another number
-            of channels is adapted with :func:`~refconv.models.surgery.adapt_input_weight`.
-
-    Returns:
-        Keys of the model left at their initial values (a dropped head).
-
-    Raises:
-        CheckpointError: see the module docstring (a format mismatch is its subclass
-            :class:`~refconv.errors.StateDictFormatError`).
-    """
-    check_state_dict_format(model, state_dict, source=source)
-    model_sd = model.state_dict()
-
-    sd = dict(state_dict)
-    if adapt_in_chans:
-        for name in first_conv_names(model):
-            key = name + ".weight"
-            if key in sd and key in model_sd:
-                got, want = sd[key].shape, model_sd[key].shape
-                if len(got) == len(want) and got[1] != want[1] and got[:1] == want[:1] and got[2:] == want[2:]:
-                    _log.info("%s: adapting '%s' from %d to %d input channels", source, key, got[1], want[1])
-                    sd[key] = adapt_input_weight(sd[key], int(want[1]))
-
-    heads = classifier_names(model)
-    mismatched = [k for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]
-    # A classifier mismatch is another number of outputs over the same features; anything else is structural.
-    head_mismatch = [k for k in mismatched if _under(k, heads) and sd[k].shape[1:] == model_sd[k].shape[1:]]
-    other_mismatch = [k for k in mismatched if k not in head_mismatch]
-    if other_mismatch:
-        detail = [
-            f"'{k}' {tuple(sd[k].shape)} in the file vs {tuple(model_sd[k].shape)} in the model" for k in other_mismatch
-        ]
-        stems = {n + ".weight" for n in first_conv_names(model)}
-        stem = next(
-            (k for k in other_mismatch if k in stems and sd[k].ndim > 1 and sd[k].ndim == model_sd[k].ndim), None
-        )
-        hint = (
-            f" The checkpoint's input layer '{stem}' takes {sd[stem].shape[1]} channels, the model's "
-            f"{model_sd[stem].shape[1]}: pass --in-chans {sd[stem].shape[1]} to match it, or build the model with "
-            "create_model(..., in_chans=N, weights=FILE), which adapts the stem."
-            if stem is not None and sd[stem].shape[1] != model_sd[stem].shape[1]
-            else " It was saved from another architecture or variant."
-        )
-        raise CheckpointError(
-            f"{source} does not fit the model: {len(other_mismatch)} shape mismatch(es): {_listing(detail)}.{hint}"
-        )
-    unexpected = [k for k in sd if k not in model_sd]
-    head_unexpected = [k for k in unexpected if _under(k, heads)]
-    dropped: list[str] = []
-    if head_mismatch or head_unexpected:
-        if new_head or not strict:
-            dropped = head_mismatch + head_unexpected
-            for k in dropped:
-                del sd[k]
-            log = _log.info if new_head else _log.warning
-            log(
-                "%s: classifier of another size dropped (%s); the model's new head is trained.",
-                source,
-                ", ".join(dropped),
-            )
-        elif head_mismatch:
-            k = head_mismatch[0]
-            n_file, n_model = int(sd[k].shape[0]), int(model_sd[k].shape[0])
-            detail = [
-                f"'{k}' {tuple(sd[k].shape)} in the file vs {tuple(model_sd[k].shape)} in the model"
-                for k in head_mismatch
-            ]
-            raise CheckpointError(
-                f"{source}: classifier mismatch: the checkpoint has {n_file} classes, the model {n_model} "
-                f"({_listing(detail)}). Pass --num-classes {n_file} (num_classes={n_file}) to use its head, or "
-                "load with strict=False to drop the head and train a new one."
-            )
-    unexpected = [k for k in sd if k not in model_sd]
-    # BatchNorm's num_batches_tracked is absent from old checkpoints and filled in by BatchNorm itself.
-    absent = [k for k in model_sd if k not in sd and not k.endswith("num_batches_tracked")]
-    fresh = [k for k in absent if dropped and _under(k, heads)]  # a dropped head is re-initialised on purpose
-    missing = [k for k in absent if k not in fresh]
-    if not any(k in model_sd for k in sd):
-        raise CheckpointError(
-            f"{source}: none of its {len(sd)} keys match the model (e.g. {_listing(sorted(sd))}; the model has "
-            f"{_listing(list(model_sd))}). It belongs to another architecture."
-        )
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing from the file: {_listing(missing)}")
-        if unexpected:
-            parts.append(f"not in the model: {_listing(unexpected)}")
-        message = f"{source} does not match the model's keys; " + "; ".join(parts) + "."
-        if strict:
-            raise CheckpointError(
-                message + " It was saved from another architecture or variant; load with strict=False to load "
-                "the matching keys only."
-            )
-        warnings.warn(message + " Loading the matching keys only (strict=False).", stacklevel=3)
-    model.load_state_dict(sd, strict=False)
-    return fresh
-
-
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True, use_ema: bool = False) -> None:
     """Load a weights file or run directory into ``model`` in place, refusing anything that does not fit.
 
@@ -324,4 +201,54 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     """
     file = resolve_weights_path(path)
     state = read_state_dict(file, use_ema=use_ema)
-    load_state_dict_checked(model, state, source=str(file), strict=strict)
+    load_checkpoint(model, state, source=str(file), strict=strict)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON that describes a ``.safetensors`` weights file: beside it, same stem."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+    """The description of a weights file: its sidecar JSON, else its safetensors header, else ``{}``."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            return {k[len("refconv."):]: json.loads(v) for k, v in meta.items() if k.startswith("refconv.")}
+        except Exception:  # noqa: BLE001 - an unreadable header describes nothing
+            return {}
+    return {}
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a weights file into ``(state_dict, info)``; ``info`` is a checkpoint's metadata (``format``,
+    ``task``, ``arch``...) or a ``.safetensors`` sidecar's, ``{}`` for a bare state_dict.
+
+    Raises:
+        CheckpointError: missing, truncated or unreadable file (see :func:`refconv.models.read_state_dict`).
+    """
+    file = resolve_weights_path(path)
+    info: dict[str, Any] = {}
+    if file.suffix != ".safetensors":
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception:
+            obj = None  # read_state_dict below raises the detailed error
+        if isinstance(obj, dict):
+            keep = ("conversion", "config", "backbone")
+            info = {k: v for k, v in obj.items() if not isinstance(v, (dict, Tensor)) or k in keep}
+            if obj.get("format") == DOWNSTREAM_FORMAT and isinstance(obj.get("state_dict"), dict):
+                return dict(obj["state_dict"]), info
+    else:
+        info = read_sidecar(file)
+    return read_state_dict(file), info

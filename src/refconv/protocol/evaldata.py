@@ -88,12 +88,13 @@ def evaluate_weights(weights: str, run_config: RunConfig | dict[str, Any], *, da
     Returns ``loss``, ``top1``, ``top5``, ``correct1`` and ``images``.
     """
     from ..engine.loop import evaluate
-    from ..engine.modeling import create_stock_model, load_start_weights
+    from ..engine.modeling import load_start_weights
+    from ..models import get_model
 
     cfg = make_config(run_config)
     loader = test_loader(cfg, data_dir=data_dir, batch_size=batch_size or cfg.batch_size)
     info = loader.info  # type: ignore[attr-defined]
-    model = create_stock_model(cfg.model, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
+    model = get_model(cfg.model, num_classes=cfg.num_classes or info.num_classes, in_chans=info.in_chans)
     load_start_weights(model, weights)
     device = study_device(cfg.device)
     m = evaluate(model.to(device), loader, device=device)

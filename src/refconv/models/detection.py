@@ -1,4 +1,6 @@
-"""torchvision detectors and segmenters by name, with weights from the hub or a local file, and RefConv scopes.
+"""Detectors and segmenters of the one model API (``get_model("ssdlite", num_classes=21)``): torchvision's, and
+torchvision heads on a timm trunk (:mod:`refconv.models.trunk`), with weights from the hub or a local file,
+and RefConv scopes. Each architecture is registered in :mod:`refconv.models._registry` with its :class:`ArchSpec`.
 
 Supported (torchvision builders, their own code and state_dict keys)::
 
@@ -11,10 +13,9 @@ Weights, never loaded silently:
   (``"IMAGENET1K_V1"``, ``"DEFAULT"``; downloaded by torchvision) or a local file of the *classification*
   model (``mobilenet_v3_large`` / ``resnet50`` / ``vgg16``): a ``.pth``/``.safetensors``, a timm/torchvision
   checkpoint, or a finished ``refconv train`` run directory (its folded weights; a run on 1-channel
-  Fashion-MNIST has its stem adapted to RGB). A local file takes exactly the path torchvision takes for
-  its own download (the builder's "pretrained backbone" branch, e.g. SSDlite's full MobileNetV3 tail), only
-  the file differs. Its classifier is dropped (detectors and segmenters do not use it); every other key must
-  match.
+  Fashion-MNIST has its stem adapted to RGB). A local file builds the variant torchvision builds for its own
+  download (SSDlite's full MobileNetV3 tail) and fills its trunk (:func:`refconv.models.trunk.load_backbone_file`); the classifier
+  is dropped, every other key must match.
 - ``weights``: weights of the whole detector/segmenter: an enum name (``"COCO_V1"``...) or a local file
   (a stock state_dict, or a ``refconv detect``/``segment`` checkpoint of the same task and architecture).
   When the class count differs, the class-dependent layers of the head (``ArchSpec.heads``) are
@@ -26,22 +27,24 @@ and the heads and SSD's extra layers start random); ``"all"`` converts every eli
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from torch import Tensor, nn
 
-from ..convert import check_state_dict_format, state_dict_format
+from ..convert import state_dict_format
 from ..errors import CheckpointError, ConfigError, ModelError
+from ._registry import register_model
+from .checkpoint import load_checkpoint, rebuild_converted
+from .trunk import load_backbone_file, ssdlite_on
+from .weights import DOWNSTREAM_FORMAT, read_weights
 
 __all__ = [
     "ARCHS",
@@ -63,9 +66,6 @@ _log = logging.getLogger(__name__)
 
 TASKS = ("detection", "segmentation")
 SCOPES = ("backbone", "all")
-# The "format" of detect/segment checkpoints before they joined the engine (now "refconv-run" with a "task").
-DOWNSTREAM_FORMAT = "refconv-downstream"
-_SHOW = 5
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ArchSpec:
             is taken for local files too).
         aux: the builder has an ``aux_loss`` auxiliary head.
         timm_trunk: the heads sit on this timm classifier's ``features_only`` trunk, whose weights come from
-            this project's pretrained registry (:mod:`refconv.downstream.backbones`) instead of torchvision.
+            this project's pretrained registry (:mod:`refconv.models.trunk`) instead of torchvision.
     """
 
     name: str
@@ -101,7 +101,7 @@ class ArchSpec:
 
     def builder(self) -> Callable[..., nn.Module]:
         if self.timm_trunk is not None:
-            from .backbones import build_timm_model
+            from .trunk import build_timm_model
 
             return lambda num_classes, **_: build_timm_model(self.name, num_classes, self.timm_trunk)
         import torchvision.models.detection as det
@@ -141,7 +141,7 @@ ARCHS: dict[str, ArchSpec] = {
             "fcn_resnet50", "segmentation", ("backbone",), ("classifier.4", "aux_classifier.4"),
             520, 32, ("torchvision.models.segmentation.fcn", "resnet50"), "IMAGENET1K_V1", aux=True,
         ),
-        # heads on a registry classifier's trunk (fmnist/mobilenetv3_small_100); see downstream/backbones.py
+        # heads on a registry classifier's trunk (fmnist/mobilenetv3_small_100); see refconv/models/trunk.py
         ArchSpec("ssdlite_timm", "detection", ("backbone.trunk.body",), ("head.classification_head",), 320, 32,
                  timm_trunk="mobilenetv3_small_100"),
         ArchSpec("deeplabv3_timm", "segmentation", ("backbone.trunk.body",), ("classifier.4",), 520, 32,
@@ -203,33 +203,6 @@ def _is_path_like(value: str) -> bool:
     return os.sep in value or "/" in value or Path(value).suffix != "" or Path(value).exists()
 
 
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a weights file into ``(state_dict, info)``; ``info`` is a checkpoint's metadata (``format``,
-    ``task``, ``arch``...) or a ``.safetensors`` sidecar's, ``{}`` for a bare state_dict.
-
-    Raises:
-        CheckpointError: missing, truncated or unreadable file (see :func:`refconv.models.read_state_dict`).
-    """
-    from ..engine.export import read_sidecar
-    from ..models import read_state_dict, resolve_weights_path
-
-    file = resolve_weights_path(path)
-    info: dict[str, Any] = {}
-    if file.suffix != ".safetensors":
-        try:
-            obj = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception:
-            obj = None  # read_state_dict below raises the detailed error
-        if isinstance(obj, dict):
-            keep = ("conversion", "config", "backbone")
-            info = {k: v for k, v in obj.items() if not isinstance(v, (dict, Tensor)) or k in keep}
-            if obj.get("format") == DOWNSTREAM_FORMAT and isinstance(obj.get("state_dict"), dict):
-                return dict(obj["state_dict"]), info
-    else:
-        info = read_sidecar(file)
-    return read_state_dict(file), info
-
-
 def _describe(info: Mapping[str, Any]) -> str | None:
     """A name for a checkpoint of another kind than the model asks for, or None when it may fit."""
     fmt = info.get("format")
@@ -257,115 +230,22 @@ def _enum_member(spec: ArchSpec, name: str, *, backbone: bool) -> Any:
         ) from None
 
 
-def _classification_trunk_state(
-    state: Mapping[str, Tensor], target: nn.Module, source: str
-) -> dict[str, Tensor]:
-    """Check a classification state_dict fits ``target`` except for its classifier; return what to load."""
-    from ..models import adapt_input_weight
-
-    heads = ("classifier.", "fc.")
-    model_sd = target.state_dict()
-    sd = {k: v for k, v in state.items() if not k.startswith(heads)}
-    missing = [k for k in model_sd if not k.startswith(heads) and k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in model_sd]
-    mismatched = []
-    for k in list(sd):
-        if k in model_sd and sd[k].shape != model_sd[k].shape:
-            got, want = sd[k].shape, model_sd[k].shape
-            if sd[k].ndim == 4 and got[0] == want[0] and got[2:] == want[2:] and got[1] != want[1]:
-                sd[k] = adapt_input_weight(sd[k], int(want[1]))  # a 1-channel (Fashion-MNIST) stem -> RGB
-            else:
-                mismatched.append(f"'{k}' {tuple(got)} vs {tuple(want)}")
-    if missing or unexpected or mismatched:
-        parts = [
-            f"{what}: {', '.join(keys[:_SHOW])}{' ...' if len(keys) > _SHOW else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-            if keys
-        ]
-        raise ModelError(
-            f"{source} does not fit the {type(target).__name__} backbone ({'; '.join(parts)}). A backbone file must "
-            "hold the ImageNet classifier's weights (e.g. torchvision's mobilenet_v3_large / resnet50 / vgg16)."
-        )
-    return sd
-
-
-@contextlib.contextmanager
-def _local_backbone(spec: ArchSpec, state: Mapping[str, Tensor] | None, source: str) -> Iterator[None]:
-    """While active, the builder's classification constructor builds without downloading and loads ``state``
-    (``None``: keeps the random init, to rebuild a pretrained-branch model whose weights come next)."""
-    module_name, attr = spec.backbone_ctor
-    module = importlib.import_module(module_name)
-    real = getattr(module, attr, None)
-    if real is None:
-        raise ModelError(
-            f"this torchvision ({module_name} has no {attr}) cannot take a local backbone file for {spec.name}; "
-            "pass a torchvision weights name instead, or full-model weights."
-        )
-
-    def ctor(*, weights: Any = None, progress: bool = True, **kwargs: Any) -> nn.Module:
-        model = real(weights=None, progress=progress, **kwargs)
-        if state is not None:
-            model.load_state_dict(_classification_trunk_state(state, model, source), strict=False)
-        return model
-
-    with mock.patch.object(module, attr, ctor):
-        yield
-
-
-def _head_key(key: str, heads: tuple[str, ...]) -> bool:
-    return any(key.startswith(h + ".") for h in heads)
-
-
-@torch.no_grad()
 def load_model_weights(
     model: nn.Module, spec: ArchSpec, state: Mapping[str, Tensor], *, source: str, new_head: bool = True
 ) -> list[str]:
-    """Load a full-model state_dict, re-initialising the class-dependent head tensors when the class count
-    differs (``new_head``); nothing is loaded when anything else does not fit.
+    """Load a full-model state_dict: :func:`~refconv.models.load_checkpoint` with the class-dependent layers of
+    ``spec.heads`` as the head (re-initialised when the class count differs and ``new_head``).
 
     Returns:
         The keys left at their fresh initialisation.
 
     Raises:
         CheckpointError: shape mismatches outside the head, missing or unexpected keys, a RefConv checkpoint
-            for a plain model or the reverse, weights of another task.
+            for a plain model or the reverse, weights of another model.
     """
-    check_state_dict_format(model, state, source=source)
-    model_sd = model.state_dict()
-    if not any(k in model_sd for k in state):
-        sample = ", ".join(list(state)[:3])
-        raise CheckpointError(
-            f"{source}: none of its keys (e.g. {sample}) belong to {spec.name}: it holds another model. An ImageNet "
-            "classifier's weights go to weights_backbone (--weights-backbone), not weights."
-        )
-    sd = dict(state)
-    fresh: list[str] = []
-    mismatched = [k for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]
-    head_mismatch = [k for k in mismatched if _head_key(k, spec.heads)]
-    other = [k for k in mismatched if k not in head_mismatch]
-    if other:
-        detail = ", ".join(f"'{k}' {tuple(sd[k].shape)} vs {tuple(model_sd[k].shape)}" for k in other[:_SHOW])
-        raise CheckpointError(f"{source} does not fit {spec.name}: shape mismatch {detail}.")
-    if head_mismatch:
-        if not new_head:
-            raise CheckpointError(
-                f"{source}: its head is for another number of classes ({', '.join(head_mismatch[:_SHOW])})."
-            )
-        for k in head_mismatch:
-            del sd[k]
-        fresh = head_mismatch
-        _log.info("%s: class-dependent head tensors re-initialised: %s", source, ", ".join(fresh))
-    missing = [k for k in model_sd if k not in sd and k not in fresh and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in model_sd]
-    if missing or unexpected:
-        parts = [
-            f"{what}: {', '.join(keys[:_SHOW])}{' ...' if len(keys) > _SHOW else ''}"
-            for what, keys in (("missing from the file", missing), ("not in the model", unexpected))
-            if keys
-        ]
-        raise CheckpointError(f"{source} does not match {spec.name}'s keys ({'; '.join(parts)}).")
-    model.load_state_dict(sd, strict=False)
-    return fresh
+    return load_checkpoint(model, state, source=source, strict=True, new_head=new_head, heads=spec.heads,
+                           hint="An ImageNet classifier's weights go to weights_backbone (--weights-backbone), not "
+                                "weights.")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -411,7 +291,7 @@ def _build_on_trunk(
     spec: ArchSpec, num_classes: int, weights_backbone: str | os.PathLike | None
 ) -> tuple[nn.Module, str, dict[str, Any] | None]:
     """A timm-trunk architecture, with a registry classifier (or a classifier file) loaded into its trunk."""
-    from .backbones import build_timm_model, load_backbone
+    from .trunk import build_timm_model, load_backbone
 
     model = build_timm_model(spec.name, num_classes, spec.timm_trunk)
     if weights_backbone is None:
@@ -426,6 +306,88 @@ def _build_on_trunk(
     info = load_backbone(model, wb, spec.timm_trunk)
     _log.info("%s: loaded %d/%d trunk tensors from %s", spec.name, info["loaded"], info["trunk_tensors"], wb)
     return model, "pretrained", info
+
+
+def _ssdlite_full_tail(num_classes: int, trainable_backbone_layers: int = 6, **kwargs: Any) -> nn.Module:
+    """SSDlite320-MobileNetV3-Large as torchvision builds it for ImageNet backbone weights (the full MobileNetV3
+    tail, the backbone's default init), without fetching them: what a local backbone file loads into."""
+    from torchvision.models.detection.ssdlite import _mobilenet_extractor
+    from torchvision.models.mobilenetv3 import mobilenet_v3_large
+
+    norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    backbone = _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm, reduced_tail=False),
+                                    trainable_backbone_layers, norm)
+    defaults = {"detections_per_img": 300, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    return ssdlite_on(backbone, 6, num_classes, **{**defaults, **kwargs})
+
+
+def _stock(spec: ArchSpec, kwargs: dict[str, Any], *, backbone: Any, pretrained_layout: bool) -> nn.Module:
+    """torchvision's model: with its backbone weights enum ``backbone`` (downloaded by torchvision), else the
+    variant its builder makes for backbone weights (``pretrained_layout``) or from scratch, random."""
+    if backbone is None and pretrained_layout and spec.name == "ssdlite320_mobilenet_v3_large":
+        return _ssdlite_full_tail(**kwargs)  # the only builder whose layout depends on the backbone weights
+    return spec.builder()(weights=None, weights_backbone=backbone, **kwargs)
+
+
+def _build_torchvision(spec: ArchSpec, kwargs: dict[str, Any], weights_backbone: str | os.PathLike | None,
+                       pretrained_layout: bool | None) -> tuple[nn.Module, str]:
+    """A torchvision detector / segmenter with its backbone weights: an enum name, a classifier file, or none."""
+    if weights_backbone is None:
+        model = _stock(spec, kwargs, backbone=None, pretrained_layout=bool(pretrained_layout))
+        return model, "pretrained" if pretrained_layout else "scratch"
+    wb = str(weights_backbone)
+    if not _is_path_like(wb):
+        return _stock(spec, kwargs, backbone=_enum_member(spec, wb, backbone=True), pretrained_layout=True), "pretrained"
+    bstate, info = read_weights(wb)
+    other = _describe(info)
+    if other and "classification" not in other:
+        raise CheckpointError(f"{wb} is {other}, not ImageNet backbone weights; pass it as --weights (weights=...).")
+    if state_dict_format(bstate) == "refconv":
+        raise CheckpointError(
+            f"{wb} is a RefConv (unfolded) classification checkpoint: fold it first (`refconv fold`) and pass the "
+            "folded .safetensors (or the finished run directory)."
+        )
+    model = _stock(spec, kwargs, backbone=None, pretrained_layout=True)
+    load_backbone_file(model, spec.backbone_ctor[1], spec.backbone, wb)
+    return model, "pretrained"
+
+
+def _full_weights(spec: ArchSpec, weights: str, aux_loss: bool | None,
+                  pretrained_layout: bool | None) -> tuple[dict[str, Tensor], dict[str, Any], str, bool | None, bool | None]:
+    """``(state, info, source, aux_loss, pretrained_layout)`` of whole-model weights: a file or an enum name."""
+    info: dict[str, Any] = {}
+    if _is_path_like(weights):
+        state, info = read_weights(weights)
+        other = _describe(info)
+        if other and (info.get("task") != spec.task or info.get("arch") not in (None, spec.name)):
+            raise CheckpointError(
+                f"{weights} is {other}, not {spec.task} weights of {spec.name}. "
+                + ("Pass an ImageNet classifier as --weights-backbone." if "classification" in other else
+                   f"Use {info.get('arch')} with `refconv {'detect' if info.get('task') == 'detection' else 'segment'}`.")
+            )
+        if info.get("backbone_layout") is not None and pretrained_layout is None:
+            pretrained_layout = bool(info["backbone_layout"] == "pretrained")
+        source = weights
+    else:
+        member = _enum_member(spec, weights, backbone=False)
+        state = dict(member.get_state_dict(progress=True, check_hash=True))
+        source = f"torchvision {spec.name} {member.name}"
+    if aux_loss is None and spec.aux:
+        aux_loss = any(k.startswith("aux_classifier.") for k in state)
+    return state, info, source, aux_loss, pretrained_layout
+
+
+def _load_full(model: nn.Module, spec: ArchSpec, state: dict[str, Tensor], info: dict[str, Any], source: str,
+               from_file: bool) -> None:
+    if state_dict_format(state) == "refconv":
+        conversion = (info.get("conversion") or {}).get("layers") if from_file else None
+        if not conversion:
+            raise CheckpointError(
+                f"{source} holds RefConv (unfolded) weights without the conversion record needed to rebuild "
+                "the RefConv model; pass the refconv detect/segment checkpoint itself, or folded weights."
+            )
+        rebuild_converted(model, conversion)
+    load_model_weights(model, spec, state, source=source)
 
 
 def build_model(
@@ -461,92 +423,38 @@ def build_model(
     spec = get_spec(arch, task)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}.")
-    builder = spec.builder()
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if spec.task == "detection":
         kwargs["trainable_backbone_layers"] = 6 if spec.name.startswith("ssdlite") else 5  # train everything
-
-    full_state: dict[str, Tensor] | None = None
-    info: dict[str, Any] = {}
-    source = ""
+    full = None
     if weights is not None:
-        weights = str(weights)
-        if _is_path_like(weights):
-            full_state, info = read_weights(weights)
-            source = weights
-            other = _describe(info)
-            if other and (info.get("task") != spec.task or info.get("arch") not in (None, spec.name)):
-                raise CheckpointError(
-                    f"{weights} is {other}, not {spec.task} weights of {spec.name}. "
-                    + ("Pass an ImageNet classifier as --weights-backbone." if "classification" in other else
-                       f"Use {info.get('arch')} with `refconv {'detect' if info.get('task') == 'detection' else 'segment'}`.")
-                )
-            if info.get("backbone_layout") is not None and pretrained_layout is None:
-                pretrained_layout = bool(info["backbone_layout"] == "pretrained")
-        else:
-            member = _enum_member(spec, weights, backbone=False)
-            full_state = dict(member.get_state_dict(progress=True, check_hash=True))
-            source = f"torchvision {spec.name} {member.name}"
-        if aux_loss is None and spec.aux:
-            aux_loss = any(k.startswith("aux_classifier.") for k in full_state)
-        weights_backbone = None
+        full = _full_weights(spec, str(weights), aux_loss, pretrained_layout)
+        aux_loss, pretrained_layout, weights_backbone = full[3], full[4], None
     if spec.aux:
         kwargs["aux_loss"] = bool(aux_loss)
     elif aux_loss:
         raise ConfigError(f"{spec.name} has no auxiliary head; aux_loss must be off.")
-
     backbone_info: dict[str, Any] | None = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*trainable_backbone_layers.*")
         if spec.timm_trunk is not None:
             model, layout, backbone_info = _build_on_trunk(spec, num_classes, weights_backbone)
-        elif weights_backbone is not None:
-            wb = str(weights_backbone)
-            if _is_path_like(wb):
-                bstate, info = read_weights(wb)
-                other = _describe(info)
-                if other and "classification" not in other:
-                    raise CheckpointError(
-                        f"{wb} is {other}, not ImageNet backbone weights; pass it as --weights (weights=...)."
-                    )
-                if state_dict_format(bstate) == "refconv":
-                    raise CheckpointError(
-                        f"{wb} is a RefConv (unfolded) classification checkpoint: fold it first (`refconv fold`) and "
-                        "pass the folded .safetensors (or the finished run directory)."
-                    )
-                member = _enum_member(spec, spec.backbone_weights, backbone=True)
-                with _local_backbone(spec, bstate, wb):
-                    model = builder(weights=None, weights_backbone=member, **kwargs)
-            else:
-                member = _enum_member(spec, wb, backbone=True)
-                model = builder(weights=None, weights_backbone=member, **kwargs)
-            layout = "pretrained"
-        elif pretrained_layout:
-            member = _enum_member(spec, spec.backbone_weights, backbone=True)
-            with _local_backbone(spec, None, ""):
-                model = builder(weights=None, weights_backbone=member, **kwargs)
-            layout = "pretrained"
         else:
-            model = builder(weights=None, weights_backbone=None, **kwargs)
-            layout = "scratch"
+            model, layout = _build_torchvision(spec, kwargs, weights_backbone, pretrained_layout)
     model.refconv_backbone_layout = layout  # recorded in checkpoints, to rebuild the same variant
-    if full_state is not None and isinstance(info.get("backbone"), dict):
-        backbone_info = info["backbone"]  # a run started from a registry backbone: keep naming it
+    if full is not None:
+        state, info, source = full[:3]
+        if isinstance(info.get("backbone"), dict):
+            backbone_info = info["backbone"]  # a run started from a registry backbone: keep naming it
+        _load_full(model, spec, state, info, source, from_file=source == str(weights))
     model.refconv_backbone = backbone_info  # where the backbone came from, for summaries and checkpoints
-    if full_state is not None:
-        if state_dict_format(full_state) == "refconv":
-            conversion = (info.get("conversion") or {}).get("layers") if source == str(weights) else None
-            if not conversion:
-                raise CheckpointError(
-                    f"{source} holds RefConv (unfolded) weights without the conversion record needed to rebuild "
-                    "the RefConv model; pass the refconv detect/segment checkpoint itself, or folded weights."
-                )
-            from ..engine.modeling import rebuild_converted
-
-            rebuild_converted(model, conversion)
-        load_model_weights(model, spec, full_state, source=source)
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         set_image_size(model, size)
         check_image_size(model, spec, size)
     return model
+
+
+for _spec in ARCHS.values():  # one registry for every model (refconv.models.get_model)
+    register_model(_spec.name, task=_spec.task, spec=_spec,
+                   aliases=tuple(a for a, n in _ALIASES.items() if n == _spec.name))(partial(build_model, _spec.name))

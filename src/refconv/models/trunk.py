@@ -1,4 +1,8 @@
-"""Detectors and segmenters whose backbone is one of this project's pretrained classifiers.
+"""The trunks of detectors and segmenters: a classifier's weights loaded where a detector's builder put its layers.
+
+:func:`load_backbone_file` fills a torchvision detector's trunk (SSDlite, DeepLabV3, ...) from an ImageNet
+classifier's weights file; the rest of this module is the architectures whose backbone is one of this project's
+pretrained classifiers.
 
 Why: RefConv refocuses a *pretrained* basis, and offline there are no ImageNet weights for torchvision's
 backbones; the registry (:mod:`refconv.models.pretrained`) does ship classifiers trained here on Fashion-MNIST,
@@ -34,14 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.fashion_mnist import MEAN as _FMNIST_MEAN
-from ..data.fashion_mnist import STD as _FMNIST_STD
+from ..convert import state_dict_format
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import CheckpointError, ModelError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .checkpoint import load_checkpoint
+from .weights import read_weights
+from . import catalog
+from .catalog import FMNIST_MEAN as _FMNIST_MEAN
+from .catalog import FMNIST_STD as _FMNIST_STD
 
-__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone", "trunk_reference"]
+__all__ = ["SSD_EXTRA", "GrayInput", "TimmTrunk", "build_timm_model", "describe", "load_backbone",
+           "load_backbone_file", "ssdlite_on", "trunk_reference"]
 
-_SHOW = 5
 
 
 class GrayInput(nn.Module):
@@ -121,26 +129,32 @@ _TRUNK = "mobilenetv3_small_100"
 SSD_EXTRA = (256, 128, 128, 64)  # torchvision SSDlite's (512, 256, 256, 128), halved for the 576-channel trunk
 
 
+def ssdlite_on(backbone: nn.Module, n_maps: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    """torchvision's SSDlite (320 px, its anchors, SSDLiteHead) on ``backbone``'s ``n_maps`` feature maps;
+    ``kwargs`` (image_mean, image_std, detections_per_img...) go to ``SSD``."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(n_maps)], min_ratio=0.2, max_ratio=0.95)
+    out_channels = det_utils.retrieve_out_channels(backbone, (320, 320))
+    head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes,
+                       partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
+    settings = {"score_thresh": 0.001, "nms_thresh": 0.55, "topk_candidates": 300, **kwargs}
+    return SSD(backbone, anchors, (320, 320), num_classes, head=head, **settings)
+
+
 def build_timm_model(arch: str, num_classes: int, trunk: str = _TRUNK) -> nn.Module:
     """A randomly initialised ``ssdlite_timm`` / ``deeplabv3_timm`` / ``lraspp_timm`` with ``num_classes`` outputs.
 
     The trunk is ``model.backbone.trunk.body`` (the scope ``"backbone"`` converts it and nothing else).
     """
     if arch == "ssdlite_timm":
-        from torchvision.models.detection import _utils as det_utils
-        from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-        from torchvision.models.detection.ssd import SSD
-        from torchvision.models.detection.ssdlite import SSDLiteHead
-
         backbone = _SSDBackbone(TimmTrunk(trunk, (3, 4), rgb_normalised=False), SSD_EXTRA)
-        n_maps = 2 + len(SSD_EXTRA)
-        anchors = DefaultBoxGenerator([[2, 3] for _ in range(n_maps)], min_ratio=0.2, max_ratio=0.95)
-        out_channels = det_utils.retrieve_out_channels(backbone, (320, 320))
-        head = SSDLiteHead(out_channels, anchors.num_anchors_per_location(), num_classes,
-                           partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
         # image_mean 0 / std 1: GrayInput normalises; the rest are torchvision SSDlite's defaults
-        return SSD(backbone, anchors, (320, 320), num_classes, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-                   head=head, score_thresh=0.001, nms_thresh=0.55, detections_per_img=100, topk_candidates=300)
+        return ssdlite_on(backbone, 2 + len(SSD_EXTRA), num_classes, image_mean=[0.0] * 3, image_std=[1.0] * 3,
+                          detections_per_img=100)
     if arch == "deeplabv3_timm":
         from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
@@ -165,10 +179,6 @@ def trunk_reference(trunk: str = _TRUNK) -> tuple[frozenset[str], frozenset[str]
     return frozenset(body), frozenset(full - body)
 
 
-def _listing(keys: list[str]) -> str:
-    return ", ".join(keys[:_SHOW]) + (f" ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
-
-
 @torch.no_grad()
 def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRUNK) -> dict[str, Any]:
     """Load a classifier (registry name, weights file or run directory) into ``model``'s trunk; count the tensors.
@@ -177,14 +187,13 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
         ``{"source", "name", "test_top1", "loaded", "trunk_tensors", "dropped"}``: ``name`` / ``test_top1`` come
         from the registry card when ``source`` is a registry name (else the file's sidecar, when it has them).
 
+    The classifier's state_dict minus its head goes through :func:`~refconv.models.load_checkpoint` into the trunk.
+
     Raises:
         ModelError: tensors missing, unexpected or of other shapes (all named: another architecture, another
             input channel count), or a detector / segmenter checkpoint instead of a classifier.
         CheckpointError: an unreadable file, RefConv (unfolded) weights; PretrainedError: see the registry.
     """
-    from ..convert import state_dict_format
-    from ..models import pretrained
-    from .models import read_weights
 
     src = str(source)
     state, info = read_weights(src)
@@ -194,29 +203,68 @@ def load_backbone(model: nn.Module, source: str | os.PathLike, trunk: str = _TRU
         raise CheckpointError(f"{src} holds RefConv (unfolded) weights: fold them first (`refconv fold`) and pass the "
                               "folded .safetensors.")
     body: nn.Module = model.backbone.trunk.body
-    want = body.state_dict()
     _, head = trunk_reference(trunk)
-    missing = [k for k in want if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in want and k not in head]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(want[k].shape)}"
-                  for k in want if k in state and state[k].shape != want[k].shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{what}: {_listing(keys)}" for what, keys in
-                 (("shape (file vs trunk)", mismatched), ("missing from the file", missing),
-                  ("not in the trunk", unexpected)) if keys]
-        raise ModelError(
-            f"{src} does not fit the timm {trunk} trunk (1 input channel) of this model: {'; '.join(parts)}. Pass a "
-            f"{trunk} classifier trained on 1-channel images, e.g. fmnist/{trunk} (`refconv pretrained`)."
-        )
-    body.load_state_dict({k: state[k] for k in want if k in state}, strict=False)
+    try:
+        load_checkpoint(body, {k: v for k, v in state.items() if k not in head}, source=src, heads=(),
+                        what=f"the timm {trunk} trunk (1 input channel) of this model",
+                        hint=f"Pass a {trunk} classifier trained on 1-channel images, e.g. fmnist/{trunk} "
+                             "(`refconv pretrained`).")
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    want = body.state_dict()
     loaded = sum(1 for k in want if k in state)
     card: dict[str, Any] = {}
-    if pretrained.is_pretrained_name(src):
-        card = pretrained.read_card(src) or {}
+    if catalog.is_pretrained_name(src):
+        card = catalog.read_card(src) or {}
     elif info.get("test_top1") is not None or info.get("name"):
         card = info
     return {"source": src, "name": card.get("name"), "test_top1": card.get("test_top1"), "loaded": loaded,
             "trunk_tensors": len(want), "dropped": sorted(k for k in state if k in head)}
+
+
+_CLASSIFIER_HEADS = ("classifier.", "fc.")  # what a torchvision classifier has beyond the trunk a detector uses
+
+
+def _in_scope(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in patterns)
+
+
+@torch.no_grad()
+def load_backbone_file(model: nn.Module, classifier: str, scope: Sequence[str], path: str) -> None:
+    """Load an ImageNet classifier's weights file into the pretrained trunk of a torchvision detector / segmenter:
+    ``model``'s tensors under the ``scope`` patterns, which its builder took from torchvision's ``classifier``.
+
+    The file is first loaded into a stock torchvision classifier of the backbone's kind by
+    :func:`~refconv.models.load_checkpoint` (format check, a 1-channel stem adapted to RGB; its classifier is not
+    used), then the trunk's tensors are copied, in module order, into the detector / segmenter, whose builder
+    took them from that classifier in that order. Every tensor is matched by shape on the way.
+
+    Raises:
+        ModelError: a file that does not fit the backbone classifier.
+    """
+    import torchvision.models as tvm
+
+    state, _ = read_weights(path)
+    reference = tvm.get_model(classifier, weights=None)
+    own = reference.state_dict()
+    trunk = [k for k in own if not k.startswith(_CLASSIFIER_HEADS)]
+    sd = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_HEADS)}
+    sd.update({k: v for k, v in own.items() if k.startswith(_CLASSIFIER_HEADS)})  # the head is not used
+    try:
+        load_checkpoint(reference, sd, source=path, adapt_in_chans=True)
+    except CheckpointError as exc:
+        raise ModelError(
+            f"{path} does not fit the {type(reference).__name__} backbone ({exc}). A backbone file must hold the "
+            "ImageNet classifier's weights (e.g. torchvision's mobilenet_v3_large / resnet50 / vgg16)."
+        ) from None
+    target = model.state_dict()
+    slots = [k for k in target if _in_scope(k, tuple(scope))]
+    pairs = list(zip(trunk, slots))
+    if len(trunk) != len(slots) or any(own[a].shape != target[b].shape for a, b in pairs):
+        raise ModelError(f"the {type(model).__name__} trunk ({len(slots)} tensors) does not line up with the "
+                         f"{type(reference).__name__} classifier's ({len(trunk)}): please report this as a bug.")
+    for a, b in pairs:
+        target[b].copy_(own[a])  # state_dict tensors share their storage with the model's
 
 
 def describe(backbone: dict[str, Any]) -> str:

@@ -19,11 +19,10 @@ from ..engine.progress import Reporter
 from ..engine.runner import RunResult, run
 from ..errors import CheckpointError, ConfigError
 from ..runlayout import checkpoint_path
-from .models import DOWNSTREAM_FORMAT, TASKS, get_spec, list_archs
-from .tasks import DownstreamOptions, model_from_checkpoint
+from ..models.detection import DOWNSTREAM_FORMAT, TASKS, get_spec, list_archs
+from .tasks import DownstreamOptions
 
-__all__ = ["DEFAULTS", "DownstreamConfig", "LineReporter", "downstream_config", "load_checkpoint",
-           "model_from_checkpoint", "run_downstream"]
+__all__ = ["DEFAULTS", "LineReporter", "downstream_config", "load_checkpoint", "run_downstream"]
 
 #: Where ``refconv detect`` / ``segment`` differ from RunConfig's defaults (a classification recipe): a short
 #: SGD recipe at an explicit lr without warm-up on the CPU, ONNX exported, synthetic data, method refconv.
@@ -63,8 +62,6 @@ def downstream_config(task: str = "detection", **settings: Any) -> RunConfig:
         values["model"] = get_spec(values["model"], task).name
     return make_config(values, {"task": task, "task_options": task_options})
 
-
-DownstreamConfig = downstream_config  # its name when detection and segmentation had their own config class
 
 
 class LineReporter(Reporter):
