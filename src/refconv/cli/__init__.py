@@ -31,8 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fold": ("fold", "fold a RefConv run or checkpoint into plain deployable weights"),
     "convert-info": ("convert_info", "show what refconv.convert would do to a model"),
     "pretrained": ("pretrained", "list the pretrained models made here; publish a run as one"),
-    "analyze": ("analyze", "channel redundancy, kernel skeleton, loss landscape, attacks and cost of a baseline vs "
-                           "RefConv pair"),
+    "analyze": ("analyze", "channel redundancy, kernel skeleton, refocusing spectrum, loss landscape, attacks and "
+                           "cost of a baseline vs RefConv pair"),
     "sweep": ("sweep", "run RefConv settings and the controls over budgets and seeds from one baseline; report when "
                        "RefConv pays"),
     "detect": ("downstream", "train / fold / export an SSD detector with a RefConv backbone"),
