@@ -41,7 +41,7 @@ from ..errors import ConfigError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
 from .metrics import DetectionMetric, SegmentationMetric
-from .models import SCOPES, build_model, get_spec, scope_patterns, set_image_size
+from .models import SCOPES, build_model, check_min_size, get_spec, scope_patterns, set_image_size
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -300,7 +300,7 @@ class _DownstreamTask(Task):
     def validate_config(cls, cfg: RunConfig) -> None:
         opt = DownstreamOptions.from_mapping(cfg.task_options)
         cfg.task_options = dataclasses.asdict(opt)  # resolved: config.yaml names every setting
-        get_spec(cfg.model, cls.name)
+        spec = get_spec(cfg.model, cls.name)
         if cfg.data not in DATASETS:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} for {cls.name}, got {cfg.data!r}.")
         if cls.name == "detection" and cfg.data in ("cityscapes", "synthetic-cityscapes"):
@@ -318,6 +318,7 @@ class _DownstreamTask(Task):
         for key in ("max_steps", "eval_images"):
             if getattr(opt, key) is not None and getattr(opt, key) < 1:
                 raise ConfigError(f"{key} must be >= 1 when given, got {getattr(opt, key)}.")
+        check_min_size(spec, input_size(cfg))  # from the config alone: before any data is generated or read
         if cls.name == "segmentation" and cfg.batch_size < 2 and cfg.epochs > 0:
             raise ConfigError("segmentation training needs batch_size >= 2 (BatchNorm in the ASPP pooling branch).")
         for key, default in CLASSIFICATION_ONLY.items():
