@@ -331,3 +331,62 @@ def test_readme_training_speed_figures_are_the_benchmark_s():
     assert len(figures) >= 4, figures
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert not [f for f in figures if f.rstrip("x") not in results], figures
+
+
+# --------------------------------------------------------------------------------------------- API in the docs
+def _resolve(dotted: str):
+    """What ``dotted`` names as a user reaches it: attributes first (``refconv.convert`` is the function the
+    package exports, not the module of the same name), a submodule where no attribute is."""
+    import importlib
+
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, attr in enumerate(parts[1:], 1):
+        obj = getattr(obj, attr) if hasattr(obj, attr) else importlib.import_module(".".join(parts[: i + 1]))
+    return obj
+
+
+def api_mentions() -> list[tuple[str, str, str]]:
+    """``(doc, dotted name, what is inside the parentheses)`` for every `` `refconv.x.y(...)` `` the docs write."""
+    out = []
+    for path, text in _texts().items():
+        for name, args in re.findall(r"`(refconv(?:\.\w+)+)\(([^`]*)\)`", re.sub(r"\n\s*", " ", text)):
+            out.append((str(path.relative_to(ROOT)), name, args))
+    return out
+
+
+def test_api_signatures_and_calls_in_the_docs_match_the_code():
+    """A written signature (``f(model, *, map_k=3)``) equals the function's: names, keyword-only marker, defaults;
+    a written call (``f(arch, num_classes, pretrained_layout=True)``) binds to it."""
+    import ast
+    import inspect
+
+    wrong = []
+    mentions = api_mentions()
+    assert len(mentions) >= 5
+    for doc, name, args in mentions:
+        sig = inspect.signature(_resolve(name))
+        if args.strip() in ("", "..."):
+            continue
+        items = [a.strip() for a in args.split(",")]
+        if "*" in items:  # a signature
+            params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+            written, kw_only = [], False
+            for item in items:
+                if item == "*":
+                    kw_only = True
+                    continue
+                pname, _, default = item.partition("=")
+                written.append((pname.strip(), kw_only, ast.literal_eval(default) if default else inspect._empty))
+            actual = [(p.name, p.kind is p.KEYWORD_ONLY, p.default) for p in params]
+            if written != actual:
+                wrong.append(f"{doc}: {name}({args}) but the code says {name}{sig}")
+        else:  # a call
+            call = ast.parse(f"f({args})", mode="eval").body
+            if any(isinstance(a, ast.Constant) and a.value is Ellipsis for a in call.args):
+                continue
+            try:
+                sig.bind(*call.args, **{k.arg: None for k in call.keywords})
+            except TypeError as exc:
+                wrong.append(f"{doc}: {name}({args}) does not fit {name}{sig}: {exc}")
+    assert not wrong, "\n".join(wrong)
