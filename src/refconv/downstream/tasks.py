@@ -7,7 +7,7 @@ module holds only what differs: the data (VOC, Cityscapes, the synthetic Fashion
 model builder and its RefConv scope, the loss step, mAP / mIoU, the detector-aware fold comparison and ONNX.
 
 The task's own settings live in the config's ``task_options`` (:class:`DownstreamOptions`: scope, backbone
-weights, data splits and synthetic-data settings...). Methods, as in classification (REFCONV.md, "The
+weights, data splits and synthetic-data settings...). Methods, as in classification (docs/method.md, "The
 protocol"): ``baseline`` trains from the given weights; ``refconv`` converts the backbone (``scope="backbone"``)
 or every eligible conv (``"all"``) and trains with the bases frozen; ``continue`` and ``finetune`` are the
 controls (``finetune``: ``lr * finetune_lr_mult``).
