@@ -21,8 +21,7 @@ data: setup
 		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
 		|| echo "apt-get could not install dataset-fashion-mnist: downloading it with torchvision"; \
 	fi
-	@$(PYTHON) -c "from refconv.data.fashion_mnist import load_fashion_mnist as get; \
-		[print('Fashion-MNIST', s, 'in', get(s, download=True)[2]) for s in ('train', 'test')]"
+	@$(PYTHON) tools/get_fashion_mnist.py
 
 demo: setup data
 	$(PYTHON) -m refconv.cli demo $(DEMO_ARGS)
