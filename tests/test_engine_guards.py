@@ -72,7 +72,8 @@ def test_corrupt_image_is_named_and_the_run_stops_with_a_checkpoint(tmp_path):
         ds[5]
     assert bad in str(info.value)
 
-    # no augmentation: its random draws are not restored exactly after a stop inside a batch (see the report)
+    # no augmentation: a stop inside a batch has already drawn that batch's augmentation (workers > 0: the
+    # worker's stream), and the resumed run does not draw the same again, so only augmentation-free runs match
     cfg = RunConfig(out=str(tmp_path / "run"), **_common(root, data="imagefolder", image_size=32, batch_size=4,
                                                           workers=1, epochs=2, augment=False))
     with pytest.raises(CorruptImageError) as info:  # raised in a loader worker: still one line, naming the file
