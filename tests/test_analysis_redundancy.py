@@ -156,10 +156,14 @@ def test_compare_redundancy_reports_layers_and_delta():
 def test_different_architectures_name_the_layers():
     with pytest.raises(CheckpointError, match=r"0\.weight: \(6, 3, 3, 3\) vs \(8, 3, 3, 3\)") as err:
         check_same_architecture(_net(6), _net(8))
-    assert "only in" not in str(err.value) or "refconv" in str(err.value)
+    msg = str(err.value)
+    # same keys, other widths: every difference is a shape (11 of them, 10 shown), none is a missing key
+    assert "only in" not in msg and "shape differs (baseline vs refconv)" in msg and "(1 more)" in msg
+    assert "7.bias" not in msg  # (3,) in both
     extra = nn.Sequential(*_net(6), nn.Linear(3, 3))
-    with pytest.raises(CheckpointError, match=r"only in refconv: 8\.weight"):
+    with pytest.raises(CheckpointError, match=r"only in refconv: 8\.weight, 8\.bias\.") as err:
         compare_redundancy(_net(6), extra)
+    assert "only in baseline" not in str(err.value) and "shape differs" not in str(err.value)
 
 
 def test_the_basis_inside_a_refconv_layer_is_never_analysed():

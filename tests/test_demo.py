@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
+import time
 
 import pytest
+import torch
 
 from _datagen import write_fashion_mnist
+
+import refconv
 from refconv.errors import CheckpointError, ConfigError, DataError, ModelError
 from refconv.protocol.demo import PROFILES, profile, run_demo
 from refconv.protocol.demo_report import fmt, fmt_diff, fmt_summary
@@ -26,7 +31,9 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     data = write_fashion_mnist(root / "data", n_train=96, n_test=40)
     out = root / "out"
+    t0 = time.perf_counter()
     res = run_demo(TEST_PROFILE, out, data_dir=str(data), log=lambda s: None)
+    res.elapsed_s = time.perf_counter() - t0  # what wall_time_s must stay within
     return res, data, out
 
 
@@ -43,6 +50,15 @@ def test_report_has_every_section(demo):
             assert (out / line.split("](")[1].rstrip(")")).is_file()
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"profile", "models", "commands", "environment", "seeds", "wall_time_s"}
+    # what was run, as recorded: this profile, its seeds and models, the command that reruns it, this machine
+    assert results["profile"] == json.loads(json.dumps(TEST_PROFILE.to_dict()))
+    assert results["seeds"] == list(range(TEST_PROFILE.seeds)) and list(results["models"]) == list(TEST_PROFILE.models)
+    assert results["commands"] == [f"refconv demo --profile {TEST_PROFILE.name} --seeds {TEST_PROFILE.seeds} "
+                                   f"--models {' '.join(TEST_PROFILE.models)} --out {out}"]
+    env = results["environment"]
+    assert (env["torch"], env["python"], env["refconv"]) == (torch.__version__, platform.python_version(),
+                                                             refconv.__version__)
+    assert 0 < results["wall_time_s"] <= res.elapsed_s
 
 
 def test_report_numbers_equal_results_json(demo):

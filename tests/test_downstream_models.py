@@ -149,6 +149,12 @@ def test_aux_head_follows_the_weights(tmp_path: Path) -> None:
     torch.save(src.state_dict(), tmp_path / "aux.pth")
     model = M.build_model("deeplabv3_mobilenet_v3_large", NUM_CLASSES, weights=tmp_path / "aux.pth")
     assert model.aux_classifier is not None
+    want, got = src.state_dict(), model.state_dict()
+    assert got.keys() == want.keys() and any(k.startswith("aux_classifier.") for k in got)
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not different, different  # the auxiliary head too: loaded, not re-initialised
+    plain = M.build_model("deeplabv3_mobilenet_v3_large", NUM_CLASSES)
+    assert plain.aux_classifier is None  # without weights holding one, no auxiliary head
     with pytest.raises(ConfigError, match="no auxiliary head"):
         M.build_model("lraspp", NUM_CLASSES, aux_loss=True)
 

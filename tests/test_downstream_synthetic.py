@@ -83,10 +83,9 @@ def test_cityscapes_layout(tmp_path: Path, fmnist: Path) -> None:
     assert len(list((root / "leftImg8bit/val/fmnist").iterdir())) == 2
 
 
-def test_real_fashion_mnist_when_installed(tmp_path: Path) -> None:
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    root = write_voc(tmp_path, SyntheticConfig(num_train=2, num_val=1, height=64, width=64))
+def test_real_fashion_mnist(tmp_path: Path, real_fashion_mnist: Path) -> None:
+    root = write_voc(tmp_path, SyntheticConfig(num_train=2, num_val=1, height=64, width=64),
+                     data_dir=real_fashion_mnist)
     assert len(list((root / "JPEGImages").glob("*.jpg"))) == 3
 
 

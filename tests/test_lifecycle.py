@@ -55,9 +55,29 @@ def test_eval_cache_reused_until_parameters_change():
 def test_eval_with_grad_enabled_is_differentiable():
     # adversarial attacks and eval-mode fine-tuning need gradients through Wt: no stale cache then
     model = converted().eval()
-    x = torch.randn(2, 3, 6, 6, requires_grad=True)
-    model(x).sum().backward()
-    assert x.grad is not None and model[0].refocus_weight.grad is not None
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model(x)  # fills the eval cache
+    # the reference: the same function with the RefConv layers in train mode (never cached), BatchNorm in eval mode
+    ref = copy.deepcopy(model).train()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    for step in range(2):  # a step on RT between the two: the gradients must follow the new Wt
+        grads = []
+        for net in (model, ref):
+            net.zero_grad(set_to_none=True)
+            xg = x.clone().requires_grad_()
+            (net(xg) ** 2).sum().backward()
+            grads.append({"x": xg.grad, **{n: p.grad for n, p in net.named_parameters() if p.grad is not None}})
+        got, want = grads
+        assert got.keys() == want.keys() and "0.refocus_weight" in got and "3.refocus_weight" in got
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], msg=f"step {step}: {k}")
+        with torch.no_grad():
+            for net in (model, ref):
+                for layer in refconv.refconv_layers(net).values():
+                    layer.refocus_weight.sub_(0.5 * layer.refocus_weight.grad)
 
 
 def test_cache_follows_dtype_changes():

@@ -3,7 +3,7 @@
 # `refconv pretrained publish` needs (not the checkpoints) as one small tarball.
 #
 #   tools/pretrain.sh NAME [DATA_DIR] [KEEP_DIR] [TRAIN FLAGS...]
-#   tools/pretrain.sh fmnist/mobilenetv3_small_100 runs/data "$OUT"      # on a GPU machine, see docs/pretrained.md
+#   tools/pretrain.sh fmnist/mobilenetv3_small_100 runs/data keep/       # on a GPU machine, see docs/pretrained.md
 #   tools/pretrain.sh fmnist/mobilenetv3_small_100 "" /tmp/keep --epochs 1 --subset-train 256 --subset-test 128 \
 #       --workers 0 --out /tmp/smoke                                     # a CPU smoke test of the whole path
 #

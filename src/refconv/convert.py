@@ -203,7 +203,8 @@ def _resolve_groups(groups: GroupsSpec, name: str, conv: nn.Module) -> int:
         raise ConversionError(
             f"groups={g!r} for layer '{name}' does not divide its N={n} kernels (Cout*Cin/g). Use a divisor "
             f"of {n}, None for the authors' rule (here {default_groups(conv.in_channels, conv.out_channels, conv.groups)}), "
-            "or refconv.capped_groups(max_group_size) to bound RT's size."
+            "or a callable returning refconv.capped_groups(N, base_groups, max_group_size) to bound RT's size "
+            "(`refconv train --max-group-size K` does this)."
         )
     return g
 

@@ -7,7 +7,7 @@ module holds only what differs: the data (VOC, Cityscapes, the synthetic Fashion
 model builder and its RefConv scope, the loss step, mAP / mIoU, the detector-aware fold comparison and ONNX.
 
 The task's own settings live in the config's ``task_options`` (:class:`DownstreamOptions`: scope, backbone
-weights, data splits and synthetic-data settings...). Methods, as in classification (REFCONV.md, "The
+weights, data splits and synthetic-data settings...). Methods, as in classification (docs/method.md, "The
 protocol"): ``baseline`` trains from the given weights; ``refconv`` converts the backbone (``scope="backbone"``)
 or every eligible conv (``"all"``) and trains with the bases frozen; ``continue`` and ``finetune`` are the
 controls (``finetune``: ``lr * finetune_lr_mult``).
@@ -39,7 +39,7 @@ from ..engine.modeling import count_params, groups_spec
 from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
 from ..models import get_model, rebuild_converted
-from ..models.detection import SCOPES, get_spec, load_model_weights, scope_patterns, set_image_size
+from ..models.detection import SCOPES, check_min_size, get_spec, load_model_weights, scope_patterns, set_image_size
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
 from .metrics import DetectionMetric, SegmentationMetric
@@ -299,7 +299,7 @@ class _DownstreamTask(Task):
     def validate_config(cls, cfg: RunConfig) -> None:
         opt = DownstreamOptions.from_mapping(cfg.task_options)
         cfg.task_options = dataclasses.asdict(opt)  # resolved: config.yaml names every setting
-        get_spec(cfg.model, cls.name)
+        spec = get_spec(cfg.model, cls.name)
         if cfg.data not in DATASETS:
             raise ConfigError(f"data must be one of {', '.join(DATASETS)} for {cls.name}, got {cfg.data!r}.")
         if cls.name == "detection" and cfg.data in ("cityscapes", "synthetic-cityscapes"):
@@ -317,6 +317,7 @@ class _DownstreamTask(Task):
         for key in ("max_steps", "eval_images"):
             if getattr(opt, key) is not None and getattr(opt, key) < 1:
                 raise ConfigError(f"{key} must be >= 1 when given, got {getattr(opt, key)}.")
+        check_min_size(spec, input_size(cfg))  # from the config alone: before any data is generated or read
         if cls.name == "segmentation" and cfg.batch_size < 2 and cfg.epochs > 0:
             raise ConfigError("segmentation training needs batch_size >= 2 (BatchNorm in the ASPP pooling branch).")
         for key, default in CLASSIFICATION_ONLY.items():

@@ -250,7 +250,7 @@ def _markdown(card: dict[str, Any], plotted: bool) -> str:
         "```bash",
         "refconv pretrained                                   # list, with test top-1 and weights status",
         f"refconv eval --weights {name}",
-        f"refconv train --method refconv --weights {name} --model {card['model']} --image-size {card['image_size']} --epochs 3",
+        f"{e.refconv_command()}   # RefConv from it, with its recipe",
         "```",
         "",
         "```python",

@@ -114,6 +114,12 @@ class PretrainedEntry:
     def publish_command(self, run_dir: str | None = None) -> str:
         return f"refconv pretrained publish {run_dir or self.default_run_dir()} --name {self.name}"
 
+    def refconv_command(self, out: str | None = None) -> str:
+        """Refocusing Learning from this entry with its own recipe (the authors' protocol: the same recipe as the
+        baseline's), the first command a card shows."""
+        out = out or f"runs/{self.name.replace('/', '-')}-refconv"
+        return f"refconv train --config {self.recipe} --method refconv --weights {self.name} --out {out}"
+
 
 ENTRIES: dict[str, PretrainedEntry] = {
     e.name: e

@@ -54,6 +54,7 @@ __all__ = [
     "ArchSpec",
     "build_model",
     "check_image_size",
+    "check_min_size",
     "get_spec",
     "list_archs",
     "load_model_weights",
@@ -264,14 +265,20 @@ def set_image_size(model: nn.Module, size: tuple[int, int]) -> None:
     transform.fixed_size = (w, h)  # torchvision's fixed_size is (width, height)
 
 
-@torch.no_grad()
-def check_image_size(model: nn.Module, spec: ArchSpec, size: tuple[int, int]) -> None:
-    """Raise a :class:`~refconv.errors.ConfigError` when the network cannot run at ``size`` (a dry run)."""
+def check_min_size(spec: ArchSpec, size: tuple[int, int]) -> None:
+    """Raise a :class:`~refconv.errors.ConfigError` when ``size`` is below the architecture's minimum (no model
+    needed, so a config is refused before any data is generated or read)."""
     if min(size) < spec.min_size:
         raise ConfigError(
             f"image size {size[0]}x{size[1]} is too small for {spec.name} (at least {spec.min_size} px; its default "
             f"is {spec.default_size})."
         )
+
+
+@torch.no_grad()
+def check_image_size(model: nn.Module, spec: ArchSpec, size: tuple[int, int]) -> None:
+    """Raise a :class:`~refconv.errors.ConfigError` when the network cannot run at ``size`` (a dry run)."""
+    check_min_size(spec, size)
     was = model.training
     model.eval()
     try:
