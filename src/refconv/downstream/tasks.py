@@ -69,7 +69,9 @@ DATASETS = ("synthetic", "synthetic-cityscapes", "voc", "cityscapes")
 # config that sets one otherwise is refused (it would silently do nothing), and refconv detect/segment have no flag.
 CLASSIFICATION_ONLY = {"pretrained": False, "num_classes": None, "in_chans": None, "subset_train": None,
                        "subset_test": None, "layers": "all", "basis": "pretrained", "label_smoothing": 0.0,
-                       "augment": True, "download": False, "data_seed": 0, "input_pipeline": "auto"}
+                       "augment": True, "download": False, "data_seed": 0, "input_pipeline": "auto",
+                       # implicit refocusing and BN recalibration are tested for classification only
+                       "refocus_impl": "explicit", "refocus_precond": "exact", "bn_recalibrate_batches": 0}
 
 
 def _opt(default: Any, text: str, *aliases: str) -> Any:
