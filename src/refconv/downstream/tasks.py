@@ -36,7 +36,7 @@ from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec, rebuild_converted
-from ..engine.task import StepOutput, Task, rank0_first
+from ..engine.task import StepOutput, Task, rank0_first, register_task
 from ..errors import ConfigError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation
@@ -429,6 +429,7 @@ class _DownstreamTask(Task):
         return export_onnx(model, self.name, path, sample[:1])
 
 
+@register_task("detection")
 class DetectionTask(_DownstreamTask):
     """SSD / SSDlite on VOC-format data: torchvision's detection losses, COCO mAP (``map_50`` picks best.pt)."""
 
@@ -452,6 +453,7 @@ class DetectionTask(_DownstreamTask):
         return f"mAP@0.5 {m['map_50']:.4f}  mAP {m['map']:.4f}"
 
 
+@register_task("segmentation")
 class SegmentationTask(_DownstreamTask):
     """DeepLabV3 / LR-ASPP / FCN on VOC- or Cityscapes-format data: per-pixel cross-entropy (plus the auxiliary
     head's, weighted), dataset-level mIoU (``miou`` picks best.pt)."""
