@@ -1,10 +1,12 @@
-"""The modules that register :mod:`refconv.engine` tasks when imported (``@register_task``), beside the
-engine's own classification task.
+"""The modules that define :mod:`refconv.engine` tasks (``@register_task``), in the order the engine's task
+registry (:mod:`refconv.engine.registry`) imports them when it meets a task name it has not seen.
 
-Plain data, read by :func:`refconv.engine.task.task_class` the first time it meets a task name it has not
-seen: the package root knows its task packages, the engine knows none of them (it never imports
-``refconv.downstream``), and a task package imports the engine, never the reverse. A new task package joins by
-decorating its classes and adding its module here.
+Plain data in the package root: the root knows its task packages, the engine knows none of them, and each
+task package imports the engine's registry, never the reverse. A new task package joins by decorating its
+classes and adding its module here.
 """
 
-TASK_MODULES: tuple[str, ...] = ("refconv.downstream.tasks",)
+TASK_MODULES: tuple[str, ...] = (
+    "refconv.engine.task",  # classification
+    "refconv.downstream.tasks",  # detection, segmentation
+)

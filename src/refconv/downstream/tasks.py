@@ -36,7 +36,8 @@ from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec, rebuild_converted
-from ..engine.task import StepOutput, Task, rank0_first, register_task
+from ..engine.registry import register_task
+from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
 from . import synthetic
 from .cityscapes import CityscapesSegmentation

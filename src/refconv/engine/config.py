@@ -193,7 +193,7 @@ class RunConfig:
         The task checks its own keys last (:meth:`refconv.engine.task.Task.validate_config`), and may fill
         ``task_options`` with its defaults, so the resolved config written into a run names every setting.
         """
-        from .task import task_class  # the task registry (refconv.engine.task); a name it lacks is a ConfigError
+        from .registry import task_class  # a name no task module registers is a ConfigError
 
         task = task_class(self.task)
         _choice("method", self.method, METHODS)
@@ -479,7 +479,7 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
         data.pop("task", None)
         data.pop("task_options", None)
     elif isinstance(data.get("task_options"), Mapping):
-        from .task import task_class
+        from .registry import task_class
 
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
         data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})

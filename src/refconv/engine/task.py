@@ -6,19 +6,13 @@ AMP, DDP, EMA, checkpoints, exact resume, Ctrl-C, NaN handling, the run director
 written once. A task is a class with the methods of :class:`Task`; the runner builds one per run
 (``task_class(cfg.task)(cfg)``) and calls it.
 
-Tasks register themselves: ``@register_task("name")`` on the class, in the module that defines it.
-Classification lives (and registers) here; detection and segmentation live in :mod:`refconv.downstream.tasks`,
-which registers them when imported. The engine names none of them: a name it has not seen yet makes
-:func:`task_class` import the package's task modules, listed as data in :mod:`refconv._task_modules` (the
-composition root, above both the engine and the task packages), once. So a classification run never imports
-torchvision's detection code, ``run(RunConfig(task="detection"))`` works without importing anything first, and
-no engine module imports ``refconv.downstream`` (the arrow points from the task package to the engine only).
+Tasks register themselves (``@register_task("name")``, :mod:`refconv.engine.registry`): classification here,
+detection and segmentation in :mod:`refconv.downstream.tasks`, which the engine never imports itself (the
+registry imports it by name, from the package root's list, when a run asks for one of its tasks).
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +26,7 @@ from torch.utils.data import Dataset
 from ..data.loader import build_loader
 from ..errors import ConfigError, DataError
 from .loop import autocast, evaluate, to_device, topk_correct
+from .registry import register_task, task_class, task_names
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -42,56 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["Task", "StepOutput", "ClassificationTask", "register_task", "task_class", "task_names", "rank0_first"]
 
 T = TypeVar("T")
-TaskT = TypeVar("TaskT", bound="type[Task]")
-
-_REGISTRY: dict[str, type[Task]] = {}  # name -> class, in registration order (classification first)
-_modules_imported = False
-
-
-def register_task(name: str) -> Callable[[TaskT], TaskT]:
-    """Class decorator: make the :class:`Task` subclass the ``task`` config value ``name`` trains."""
-
-    def register(cls: TaskT) -> TaskT:
-        known = _REGISTRY.get(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:  # (a module reload re-registers)
-            raise ValueError(f"task {name!r} is already registered by {known.__module__}.{known.__qualname__}.")
-        if cls.__dict__.get("name", name) != name:
-            raise ValueError(f"{cls.__qualname__}.name is {cls.name!r}, registered as {name!r}.")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return register
-
-
-def _import_task_modules() -> None:
-    """Import the modules that register the package's other tasks (once; a module whose import fails is
-    tried again next time, with its error)."""
-    global _modules_imported
-    if _modules_imported:
-        return
-    from .._task_modules import TASK_MODULES
-
-    for module in TASK_MODULES:
-        importlib.import_module(module)
-    _modules_imported = True
-
-
-def task_names() -> tuple[str, ...]:
-    """Every registered task name (imports the task modules)."""
-    _import_task_modules()
-    return tuple(_REGISTRY)
-
-
-def task_class(name: str) -> type[Task]:
-    """The :class:`Task` class registered as ``name``; ConfigError naming the known ones otherwise."""
-    if name not in _REGISTRY:
-        _import_task_modules()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"task must be one of {', '.join(_REGISTRY)}; got {name!r}.{hint}")
-    return _REGISTRY[name]
 
 
 def rank0_first(info: DistInfo, build: Callable[[], T]) -> T:
