@@ -201,7 +201,7 @@ def test_the_engine_imports_no_task_package():
             "from refconv.engine import RunConfig, make_config\n"
             "make_config({}).validate()\n"
             "assert 'refconv.downstream' not in sys.modules, sorted(m for m in sys.modules if 'downstream' in m)\n"
-            "from refconv.engine.registry import task_class\n"
+            "from refconv.engine.task_registry import task_class\n"
             "assert task_class('detection').__module__ == 'refconv.downstream.tasks'\n")
     env = {**os.environ, "PYTHONPATH": str(ENGINE.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
@@ -211,7 +211,7 @@ def test_the_engine_imports_no_task_package():
 
 
 def test_registry_names_tasks_and_refuses_clashes():
-    from refconv.engine.registry import register_task, task_class, task_names
+    from refconv.engine.task_registry import register_task, task_class, task_names
     from refconv.engine.task import ClassificationTask
 
     assert task_names()[:3] == ("classification", "detection", "segmentation")

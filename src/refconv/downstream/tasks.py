@@ -36,7 +36,7 @@ from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec, rebuild_converted
-from ..engine.registry import register_task
+from ..engine.task_registry import register_task
 from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
 from . import synthetic

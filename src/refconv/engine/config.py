@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .task_registry import task_class
 
 __all__ = [
     "RunConfig",
@@ -193,9 +194,7 @@ class RunConfig:
         The task checks its own keys last (:meth:`refconv.engine.task.Task.validate_config`), and may fill
         ``task_options`` with its defaults, so the resolved config written into a run names every setting.
         """
-        from .registry import task_class  # a name no task module registers is a ConfigError
-
-        task = task_class(self.task)
+        task = task_class(self.task)  # a name no task module registers is a ConfigError
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("progress", self.progress, PROGRESS_MODES)
@@ -479,8 +478,6 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
         data.pop("task", None)
         data.pop("task_options", None)
     elif isinstance(data.get("task_options"), Mapping):
-        from .registry import task_class
-
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
         data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}

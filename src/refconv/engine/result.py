@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry import task_class
+from .task_registry import task_class
 
 __all__ = ["RunResult", "RunInterrupted", "summary_rows"]
 

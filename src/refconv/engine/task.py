@@ -6,7 +6,7 @@ AMP, DDP, EMA, checkpoints, exact resume, Ctrl-C, NaN handling, the run director
 written once. A task is a class with the methods of :class:`Task`; the runner builds one per run
 (``task_class(cfg.task)(cfg)``) and calls it.
 
-Tasks register themselves (``@register_task("name")``, :mod:`refconv.engine.registry`): classification here,
+Tasks register themselves (``@register_task("name")``, :mod:`refconv.engine.task_registry`): classification here,
 detection and segmentation in :mod:`refconv.downstream.tasks`, which the engine never imports itself (the
 registry imports it by name, from the package root's list, when a run asks for one of its tasks).
 """
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from ..data.loader import build_loader
 from ..errors import ConfigError, DataError
 from .loop import autocast, evaluate, to_device, topk_correct
-from .registry import register_task, task_class, task_names
+from .task_registry import register_task, task_class, task_names
 
 if TYPE_CHECKING:
     from .config import RunConfig

@@ -47,7 +47,7 @@ from .result import RunInterrupted, RunResult, summary_rows
 from .sampling import ResumableSampler, ShardSampler
 from .state import TrainState
 from .stopping import DEFAULT_STOP_SIGNALS, StopFlag
-from .registry import task_class
+from .task_registry import task_class
 from .task import Task
 
 __all__ = ["Trainer", "seed_everything"]
