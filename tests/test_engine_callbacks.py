@@ -23,6 +23,11 @@ from refconv.engine.torchstate import capture, run_globals
 from refconv.errors import ConfigError
 
 TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
+# last.pt's keys (the run directory's file format; a classification task adds arch, model_kwargs, image_size)
+CHECKPOINT_KEYS = {"task", "arch", "model_kwargs", "image_size", "method", "state_dict", "state_dict_format",
+                   "conversion", "implicit_refocus", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch",
+                   "step_in_epoch", "global_step", "meter", "meters", "history", "best", "rng", "config",
+                   "config_hash"}
 ENGINE = Path(__file__).resolve().parents[1] / "src" / "refconv" / "engine"
 
 
@@ -84,6 +89,7 @@ def test_a_callback_stops_the_run_and_resume_is_bit_identical(common, reference,
         run(RunConfig(out=str(out), **cfg), callbacks=[stopper])
     ckpt = load_checkpoint(info.value.checkpoint)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == ((0, 3) if where == "step" else (1, 0))
+    assert set(ckpt) == CHECKPOINT_KEYS  # TrainState.state_dict() is the format checkpoints always had
     rec = Recorder()
     resumed = run(RunConfig(out=str(out), **cfg), resume=True, callbacks=[rec])
     assert [s[0] for s in rec.steps] == list(range(4 if where == "step" else 5, 9))  # the remaining steps only
