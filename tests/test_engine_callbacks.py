@@ -27,7 +27,7 @@ TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
 CHECKPOINT_KEYS = {"task", "arch", "model_kwargs", "image_size", "method", "state_dict", "state_dict_format",
                    "conversion", "implicit_refocus", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch",
                    "step_in_epoch", "global_step", "meter", "meters", "history", "best", "rng", "config",
-                   "config_hash"}
+                   "config_hash", "format", "format_version"}  # the last two: save_checkpoint's
 ENGINE = Path(__file__).resolve().parents[1] / "src" / "refconv" / "engine"
 
 
