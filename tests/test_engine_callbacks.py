@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -108,6 +109,23 @@ def test_a_raising_callback_aborts_the_run(common):
     with pytest.raises(RuntimeError, match="watchdog"):
         run(RunConfig(out=str(root / "crashed"), **cfg), callbacks=[crash])  # a plain function: on_step_end
     assert not (root / "crashed" / "done.json").exists()
+
+
+def test_stop_signals_stop_the_run_like_ctrl_c(common):
+    """A launcher's preemption warning (here SIGUSR1) in ``stop_signals``: checkpoint at the step, handler put back."""
+    root, cfg = common
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def preempt(event):
+        if event.global_step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    with pytest.raises(RunInterrupted):
+        run(RunConfig(out=str(root / "preempted"), **cfg), callbacks=[preempt],
+            stop_signals=(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1))
+    ckpt = load_checkpoint(root / "preempted" / "checkpoints" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 2)
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_installed_callbacks_are_scoped_to_the_block_and_the_thread():
