@@ -36,6 +36,7 @@ from ..engine import distributed as dist_utils
 from ..engine.config import coerce_value
 from ..engine.loop import autocast
 from ..engine.modeling import count_params, groups_spec
+from ..engine.task_registry import register_task
 from ..engine.task import StepOutput, Task, rank0_first
 from ..errors import ConfigError, DataError
 from ..models import get_model, rebuild_converted
@@ -431,6 +432,7 @@ class _DownstreamTask(Task):
         return export_onnx(model, self.name, path, sample[:1])
 
 
+@register_task("detection")
 class DetectionTask(_DownstreamTask):
     """SSD / SSDlite on VOC-format data: torchvision's detection losses, COCO mAP (``map_50`` picks best.pt)."""
 
@@ -454,6 +456,7 @@ class DetectionTask(_DownstreamTask):
         return f"mAP@0.5 {m['map_50']:.4f}  mAP {m['map']:.4f}"
 
 
+@register_task("segmentation")
 class SegmentationTask(_DownstreamTask):
     """DeepLabV3 / LR-ASPP / FCN on VOC- or Cityscapes-format data: per-pixel cross-entropy (plus the auxiliary
     head's, weighted), dataset-level mIoU (``miou`` picks best.pt)."""

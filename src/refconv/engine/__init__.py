@@ -18,6 +18,7 @@ from .._lazy import lazy_exports
 from .config import METHODS, RunConfig, config_diff, config_hash, load_yaml, make_config, packaged_configs
 
 if TYPE_CHECKING:
+    from .callbacks import Callback, EpochEvent, StepEvent, installed
     from .loop import NonFiniteLossError, evaluate, train_one_epoch
     from .rundir import load_run_config
     from .runner import RunInterrupted, RunResult, run
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 lazy_exports(__name__, {
     **dict.fromkeys(("NonFiniteLossError", "evaluate", "train_one_epoch"), ".loop"),
     **dict.fromkeys(("RunInterrupted", "RunResult", "run"), ".runner"),
+    **dict.fromkeys(("Callback", "StepEvent", "EpochEvent", "installed"), ".callbacks"),
     "load_run_config": ".rundir",
 })
 
@@ -36,6 +38,10 @@ __all__ = [
     "NonFiniteLossError",
     "METHODS",
     "run",
+    "Callback",
+    "StepEvent",
+    "EpochEvent",
+    "installed",
     "make_config",
     "load_yaml",
     "load_run_config",

@@ -27,11 +27,10 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .task_registry import TASK_CLASSES, task_class
+from .task_registry import task_class
 
 __all__ = [
     "RunConfig",
-    "TASKS",
     "METHODS",
     "AMP_MODES",
     "NON_RECIPE_KEYS",
@@ -45,7 +44,6 @@ __all__ = [
     "resolve_config_path",
 ]
 
-TASKS = tuple(TASK_CLASSES)
 METHODS = ("baseline", "refconv", "continue", "finetune")
 LAYER_SELECTIONS = ("all", "depthwise", "dense", "no-stem")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -196,7 +194,7 @@ class RunConfig:
         The task checks its own keys last (:meth:`refconv.engine.task.Task.validate_config`), and may fill
         ``task_options`` with its defaults, so the resolved config written into a run names every setting.
         """
-        _choice("task", self.task, TASKS)
+        task = task_class(self.task)  # a name no task module registers is a ConfigError
         _choice("method", self.method, METHODS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("progress", self.progress, PROGRESS_MODES)
@@ -210,7 +208,7 @@ class RunConfig:
         for key in ("batch_size", "lr_base_size", "map_k", "eval_every_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}.")
-        min_epochs = task_class(self.task).MIN_EPOCHS
+        min_epochs = task.MIN_EPOCHS
         if self.epochs < min_epochs:
             raise ConfigError(f"epochs must be >= {min_epochs}, got {self.epochs}.")
         for key in ("workers", "checkpoint_every_steps", "log_every_steps", "warmup_epochs", "label_smoothing",
@@ -246,7 +244,7 @@ class RunConfig:
             _check_pretrained_start(self)
         if self.method == "refconv":
             _check_refocus_impl(self)
-        task_class(self.task).validate_config(self)
+        task.validate_config(self)
         return self
 
 

@@ -153,7 +153,7 @@ def train_one_epoch(
         is_sync_step: ``(step_in_epoch, global_step) -> bool``: where ranks check the loss is finite, agree on
             stopping and call ``on_sync`` (logging, periodic checkpoints). The epoch's last step always is one.
         on_sync: called at sync points after the finite check, so anything it saves is good.
-        stop_requested: ``global_step -> bool``, polled after every step (Ctrl-C flag, :mod:`~refconv.engine.hooks`).
+        stop_requested: ``global_step -> bool``, polled after every step (Ctrl-C flag, :mod:`~refconv.engine.callbacks`).
             With one process the epoch stops right there; under DDP at the next sync point, together.
         on_batch: called with the batch size after every step (progress bars).
 

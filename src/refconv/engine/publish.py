@@ -302,25 +302,45 @@ def publish(
         PretrainedError: a run that does not fit the entry (model, size, classes, data, subset, recipe),
             existing weights without ``overwrite``.
     """
-    from ..models import read_state_dict
-    from .export import read_sidecar, save_weights
-    from .modeling import RUN_DONE_FILE, create_stock_model, load_format_checked, resolve_run_weights
-
     e = registry.entry(name)
     run_dir = Path(run_dir)
+    cfg, weights_src, meta, history, done = _read_run(e, run_dir)
+    recipe = _check_run(e, cfg, meta, weights_src, allow_subset=allow_subset, allow_recipe_diff=allow_recipe_diff)
+    files = registry.entry_files(name, root)
+    params = _write_weights(e, files, weights_src, meta, overwrite=overwrite)
+    card = _card(e, cfg, run_dir, files, weights_src, history, done, recipe=recipe, params=params, machine=machine)
+    plotted = plot and _plot(files["plot"], e.name, card["curve"])
+    if not plotted and files["plot"].exists():
+        files["plot"].unlink()  # never leave another run's curve beside these weights
+    atomic_write_bytes(files["card"], (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write_bytes(files["markdown"], _markdown(card, plotted).encode())
+    registry.weights_path(name, root)  # the entry now verifies end to end
+    return card
+
+
+def _read_run(e: registry.PretrainedEntry, run_dir: Path) -> tuple[Any, Path, dict[str, Any], list[dict[str, Any]],
+                                                                 dict[str, Any]]:
+    """``(config, weights file, sidecar, history, done.json)`` of a finished run (or of its snapshot epoch)."""
+    from .export import read_sidecar
+    from .modeling import RUN_DONE_FILE, resolve_run_weights
+
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a directory: pass the run directory `refconv train --out` wrote.")
-    if e.snapshot_epoch is None:
-        weights_src = resolve_run_weights(run_dir)  # refuses unfinished runs, naming how to finish them
-        done = _read_json(run_dir / RUN_DONE_FILE)
-        cfg = make_config(run_dir / "config.yaml")
-        meta = read_sidecar(weights_src)
-        history = _history(run_dir)
-    else:
-        cfg, weights_src, meta, history, done = _snapshot(e, run_dir)
-    recipe = _check_run(e, cfg, meta, weights_src, allow_subset=allow_subset, allow_recipe_diff=allow_recipe_diff)
+    if e.snapshot_epoch is not None:
+        return _snapshot(e, run_dir)
+    weights_src = resolve_run_weights(run_dir)  # refuses unfinished runs, naming how to finish them
+    done = _read_json(run_dir / RUN_DONE_FILE)
+    return make_config(run_dir / "config.yaml"), weights_src, read_sidecar(weights_src), _history(run_dir), done
 
-    files = registry.entry_files(name, root)
+
+def _write_weights(e: registry.PretrainedEntry, files: dict[str, Path], weights_src: Path, meta: dict[str, Any], *,
+                   overwrite: bool) -> int:
+    """Copy (or, from a training checkpoint, write) the entry's weights; check they load ``strict=True`` into
+    the stock model; return its parameter count."""
+    from ..models import read_state_dict
+    from .export import save_weights
+    from .modeling import create_stock_model, load_format_checked
+
     if files["weights"].exists() and not overwrite:
         raise PretrainedError(f"{e.name!r} already has weights ({files['weights']}); pass --overwrite to replace them "
                               "with this run's.")
@@ -332,8 +352,13 @@ def publish(
         load_format_checked(model, read_state_dict(weights_src), str(weights_src))
         save_weights(model, files["weights"], meta)
     load_format_checked(model, read_state_dict(files["weights"]), str(files["weights"]))  # the promise: strict
-    params = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())
 
+
+def _card(e: registry.PretrainedEntry, cfg: Any, run_dir: Path, files: dict[str, Path], weights_src: Path,
+          history: list[dict[str, Any]], done: dict[str, Any], *, recipe: dict[str, Any], params: int,
+          machine: str | None) -> dict[str, Any]:
+    """The model card (``.json``): what the weights are, how they were trained and what they score."""
     curve = [{k: r.get(k) for k in ("epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
                                     "epoch_time_s")} for r in history]
     final, last = done["final"], history[-1]
@@ -373,10 +398,4 @@ def publish(
         "published_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "versions": _versions(),
     }
-    plotted = plot and _plot(files["plot"], e.name, curve)
-    if not plotted and files["plot"].exists():
-        files["plot"].unlink()  # never leave another run's curve beside these weights
-    atomic_write_bytes(files["card"], (json.dumps(card, indent=2) + "\n").encode())
-    atomic_write_bytes(files["markdown"], _markdown(card, plotted).encode())
-    registry.weights_path(name, root)  # the entry now verifies end to end
     return card

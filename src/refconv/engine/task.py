@@ -4,9 +4,11 @@ Why a seam here: classification, detection and segmentation differ in their data
 fold check and export, and in nothing else. Everything else a run does (config, loop, optimiser and schedule,
 AMP, DDP, EMA, checkpoints, exact resume, Ctrl-C, NaN handling, the run directory) is the engine's and is
 written once. A task is a class with the methods of :class:`Task`; the runner builds one per run
-(``task_class(cfg.task)(cfg)``) and calls it. Classification lives here; detection and segmentation live in
-:mod:`refconv.downstream.tasks`, imported only when a run asks for them (the engine never imports torchvision's
-detection code for a classification run).
+(``task_class(cfg.task)(cfg)``) and calls it.
+
+Tasks register themselves (``@register_task("name")``, :mod:`refconv.engine.task_registry`): classification here,
+detection and segmentation in :mod:`refconv.downstream.tasks`, which the engine never imports itself (the
+registry imports it by name, from the package root's list, when a run asks for one of its tasks).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import Dataset
 from ..data.loader import build_loader
 from ..errors import ConfigError, DataError
 from .loop import autocast, evaluate, to_device, topk_correct
-from .task_registry import task_class  # noqa: F401  (its name here too: refconv.engine.task.task_class)
+from .task_registry import register_task, task_class, task_names
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -32,9 +34,10 @@ if TYPE_CHECKING:
     from .progress import Reporter
     from .sampling import ResumableSampler
 
-__all__ = ["Task", "StepOutput", "ClassificationTask", "task_class", "rank0_first"]
+__all__ = ["Task", "StepOutput", "ClassificationTask", "register_task", "task_class", "task_names", "rank0_first"]
 
 T = TypeVar("T")
+
 
 def rank0_first(info: DistInfo, build: Callable[[], T]) -> T:
     """``build()`` on rank 0, then on the other ranks (what downloads or generates files does it once)."""
@@ -185,6 +188,7 @@ class Task(ABC):
 
 
 # ---------------------------------------------------------------------------------------------- classification
+@register_task("classification")
 class ClassificationTask(Task):
     """Image classification on timm / torchvision models (``refconv train``): cross-entropy, top-1 / top-5."""
 

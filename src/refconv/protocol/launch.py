@@ -335,7 +335,7 @@ class CellJob:
 
     It runs the cell as :func:`refconv.protocol.cells.run_cell` does (the finished run is returned, an interrupted
     one resumed, a new one started), reports to its state file, and turns Slurm's warning signal into a
-    checkpoint and a requeue (see the module docstring). ``hooks`` are engine step hooks installed for the run
+    checkpoint and a requeue (see the module docstring). ``hooks`` are engine step callbacks installed for the run
     (fault injection in tests, a user's watchdog); they must pickle.
     """
 
@@ -351,7 +351,7 @@ class CellJob:
         import torch
 
         from ..engine.config import make_config
-        from ..engine.hooks import STEP_HOOKS
+        from ..engine.callbacks import installed
         from .cells import run_cell
 
         os.environ["REFCONV_CELL"] = self.key  # which cell this process runs (logs, a user's hooks)
@@ -371,10 +371,9 @@ class CellJob:
                         log=str(env.paths.stderr) if env else None)
         usr = env._usr_sig() if env is not None else None
         with _Preemption(usr) as pre:
-            hooks = [*self.hooks, pre.hook]  # a hook that signals is heard at the same step
-            STEP_HOOKS.extend(hooks)
             try:
-                res = run_cell(cfg)
+                with installed(*self.hooks, pre.hook):  # a hook that signals is heard at the same step
+                    res = run_cell(cfg)
             except RunInterrupted:
                 if pre.received is None:
                     if rank0:
@@ -391,19 +390,12 @@ class CellJob:
                     raise LaunchError(f"{self.key}: {reason}.") from None
                 if rank0:
                     write_state(self.state_file, status="requeued", requeues=requeues + 1)
-                for h in hooks:
-                    if h in STEP_HOOKS:
-                        STEP_HOOKS.remove(h)
                 pre.forward()  # submitit: checkpoint() + requeue + exit (never returns on rank 0)
                 raise
             except Exception as exc:
                 if rank0:
                     write_state(self.state_file, status="failed", reason=short_reason(exc))
                 raise
-            finally:
-                for h in hooks:
-                    if h in STEP_HOOKS:
-                        STEP_HOOKS.remove(h)
         if rank0:
             write_state(self.state_file, status="done", reason=None, finished=time.time())
         return res.to_dict()
