@@ -318,7 +318,7 @@ def test_sweep_baseline_weights_take_a_registry_name(published):
     from refconv.protocol.sweep import parse_sweep
 
     entry, card, data_dir, result = published
-    base = {"model": "timm/test_resnet", "data": "fashion-mnist", "image_size": 32}
+    base = {"model": "timm/test_resnet", "data": "fashion-mnist", "image_size": 32, "warmup_epochs": 0}
     spec = parse_sweep({"base": base, "baseline": {"weights": TINY}, "seeds": 1, "budgets": [1],
                         "settings": [{"name": "refconv"}], "controls": ["continue"]})
     assert spec.baseline_weights == TINY  # the name, not the file it resolves to on this machine

@@ -379,7 +379,10 @@ def test_report_sections_and_numbers(sweep):
             expected += [fmt_diff(d) for d in r["vs"].values()]
             expected.append(fmt(r["cost"]["epoch_time_s"]))
             if r["verdict"]:
-                expected.append(r["verdict"])
+                expected.append(r["verdict"].rstrip("."))  # the report goes on with the lr-matched comparison
+                if r["vs_lr_matched"]:
+                    expected.append(f"against its lr-matched control ({r['lr_matched_control']}): "
+                                    f"{fmt_diff(r['vs_lr_matched'])} pt.")
                 assert r["verdict"].startswith(("beats the best control", "does not beat the best control"))
     for s in expected:
         assert s in md, s

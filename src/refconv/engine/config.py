@@ -480,7 +480,15 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
     elif isinstance(data.get("task_options"), Mapping):
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
         data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
+    for key, default in _ADDED_KEYS.items():  # keys added later, at their defaults: the hash of older runs holds
+        if data.get(key, default) == default:
+            data.pop(key, None)
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}
+
+
+# Recipe keys added after runs were recorded, with the default that computes what those runs computed: left out of
+# the hash at that default, so recorded runs and shipped cards keep their config hash (and stay cached).
+_ADDED_KEYS = {"refocus_impl": "explicit", "refocus_precond": "exact", "bn_recalibrate_batches": 0}
 
 
 def config_hash(cfg: RunConfig | Mapping[str, Any]) -> str:
