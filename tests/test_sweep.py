@@ -182,13 +182,18 @@ def test_pretrained_study_configs_validate_and_estimate(name, tmp_path_factory):
                        "refocus-lr-x0.01": {"refocus_lr_mult": 0.01},
                        "zero-init-lr-x0.1": {"init": "zeros", "refocus_lr_mult": 0.1},
                        "zero-init-lr-x0.01": {"init": "zeros", "refocus_lr_mult": 0.01},
-                       "refocus-lr-x10": {"refocus_lr_mult": 10.0}, "random-basis": {"basis": "random"}}
+                       "refocus-lr-x10": {"refocus_lr_mult": 10.0}, "random-basis": {"basis": "random"},
+                       # the mechanism's arms and the lr-matched partner of finetune (the fair re-read)
+                       "normalized": {"refocus_precond": "normalized"}, "geometry": {"refocus_precond": "geometry"},
+                       "isotropic": {"refocus_precond": "isotropic"}, "authors-ft-rate": {"base_lr": 0.02}}
+    assert spec.warmup_share == 0.05 and spec.base["bn_recalibrate_batches"] > 0
+    assert spec.lr_matched_control("authors-ft-rate") == "finetune" and spec.lr_matched_control("authors") == "continue"
     assert spec.base["image_size"] == pretrained.entry(start).image_size and not spec.warnings
     data = tmp_path_factory.getbasetemp() / "study-data"
     if not data.exists():
         write_fashion_mnist(data, n_train=1000, n_test=5000)
     est = run_sweep(spec, tmp_path_factory.mktemp("est"), data_dir=str(data), estimate_only=True, log=quiet()).estimate
-    assert est["cells_todo"] == 8 * 3 * len(spec.seeds) + 2 * 3 * len(spec.seeds) and not est["baseline_todo"]
+    assert est["cells_todo"] == 12 * 3 * len(spec.seeds) + 2 * 3 * len(spec.seeds) and not est["baseline_todo"]
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -480,14 +480,11 @@ def _recipe(cfg: RunConfig | Mapping[str, Any]) -> dict[str, Any]:
     elif isinstance(data.get("task_options"), Mapping):
         skip = task_class(data["task"]).NON_RECIPE_OPTIONS
         data.update({f"task_options.{k}": v for k, v in data.pop("task_options").items() if k not in skip})
-    for key, default in _ADDED_KEYS.items():  # keys added later, at their defaults: the hash of older runs holds
-        if data.get(key, default) == default:
-            data.pop(key, None)
+    data = {k: v for k, v in data.items() if k not in _ADDED_KEYS or v != _ADDED_KEYS[k]}  # older runs' hashes hold
     return {k: v for k, v in sorted(data.items()) if k not in NON_RECIPE_KEYS}
 
 
-# Recipe keys added after runs were recorded, with the default that computes what those runs computed: left out of
-# the hash at that default, so recorded runs and shipped cards keep their config hash (and stay cached).
+# Recipe keys added after runs were recorded, at the default that computes what those runs did: out of the hash.
 _ADDED_KEYS = {"refocus_impl": "explicit", "refocus_precond": "exact", "bn_recalibrate_batches": 0}
 
 
