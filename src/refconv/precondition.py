@@ -136,14 +136,12 @@ class GroupPreconditioner:
     def matrix(self, basis: Tensor) -> Tensor:
         """The ``(G, K, K)`` matrices this applies (materialised: for tests and reports only)."""
         k = basis[0, 0].numel()
-        eye = torch.eye(k, dtype=torch.float64, device=basis.device)
-        rows = eye.expand(self.groups, k, k)  # apply to the identity, one group at a time
         n = num_kernels(basis.shape)
         size = n // self.groups
         out = []
-        for j in range(k):
+        for j in range(k):  # row j of every group's matrix: apply it to the unit gradient e_j on the group's 1st kernel
             g = torch.zeros(self.groups, size, k, dtype=torch.float64, device=basis.device)
-            g[:, 0, :] = rows[:, j, :]
+            g[:, 0, j] = 1.0
             out.append(self.apply(g.reshape(n, k), basis.double()).reshape(self.groups, size, k)[:, 0, :])
         return torch.stack(out, dim=1)
 
