@@ -64,6 +64,7 @@ def test_bad_inputs_name_the_fix():
 
 def test_paper_regime_config_is_valid():
     spec = load_sweep("paper-regime")
+    assert spec.source == "paper-regime"  # a packaged sweep is recorded by its name, not this machine's path
     assert spec.per_seed_baselines and "scratch" in spec.controls and len(spec.seeds) >= 3
     assert spec.budgets == [spec.baseline["epochs"]]  # refocusing budget = pretraining budget
     assert {spec.lr_matched_control(s.name) for s in spec.settings} == {"continue", "finetune"}

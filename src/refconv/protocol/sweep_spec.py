@@ -197,9 +197,11 @@ def resolve_sweep_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_sweep(name_or_path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a sweep YAML (a path or a packaged sweep name)."""
+    """Read and validate a sweep YAML (a path or a packaged sweep name). A packaged sweep is recorded by its name,
+    not by where this machine installed it, so a recorded study's command reruns it anywhere."""
     path = resolve_sweep_path(name_or_path)
-    return parse_sweep(read_yaml(path, "sweep config"), source=str(path), default_name=path.stem)
+    packaged = next((name for name, p in packaged_sweeps().items() if p.resolve() == path.resolve()), None)
+    return parse_sweep(read_yaml(path, "sweep config"), source=packaged or str(path), default_name=path.stem)
 
 
 def _unknown_keys_error(keys: Sequence[str], where: str, allowed: Sequence[str], extra: str = "") -> ConfigError:
