@@ -128,16 +128,16 @@ class CallbackList:
         self.callbacks = tuple(callbacks)
 
     def step_end(self, event: StepEvent) -> bool:
-        stop = False
-        for cb in self.callbacks:
-            method = getattr(cb, "on_step_end", None)
-            stop = bool(method(event) if method is not None else None) or stop
-        return stop
+        return self._call("on_step_end", event)
 
     def epoch_end(self, event: EpochEvent) -> bool:
+        return self._call("on_epoch_end", event)
+
+    def _call(self, hook: str, event: StepEvent | EpochEvent) -> bool:
+        """Call ``hook`` on every callback that has it; True when any of them asked to stop."""
         stop = False
         for cb in self.callbacks:
-            method = getattr(cb, "on_epoch_end", None)
+            method = getattr(cb, hook, None)
             stop = bool(method(event) if method is not None else None) or stop
         return stop
 
