@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from _counting import count_calls
 from _datagen import write_fashion_mnist
 
 import refconv
@@ -32,9 +33,33 @@ def demo(tmp_path_factory):
     data = write_fashion_mnist(root / "data", n_train=96, n_test=40)
     out = root / "out"
     t0 = time.perf_counter()
-    res = run_demo(TEST_PROFILE, out, data_dir=str(data), log=lambda s: None)
+    with count_calls(*MODEL_BUILDERS) as calls:
+        res = run_demo(TEST_PROFILE, out, data_dir=str(data), log=lambda s: None)
     res.elapsed_s = time.perf_counter() - t0  # what wall_time_s must stay within
+    res.calls = calls
     return res, data, out
+
+
+def _model_builders():
+    from refconv.data import build_dataset
+    from refconv.engine.artifacts import load_model
+    from refconv.models import get_model
+
+    return get_model, load_model, build_dataset
+
+
+MODEL_BUILDERS = _model_builders()
+
+
+def test_models_go_from_stage_to_stage_in_memory(demo):
+    """Each model is built once: the fold check and the analyses take the models the runs trained in this process;
+    nothing is rebuilt from the run directories (they once were, 11 times for this profile)."""
+    res, _, _ = demo
+    runs = 1 + TEST_PROFILE.seeds * 3  # the baseline, then refconv / continue / finetune per seed
+    assert res.calls["load_model"] == 0
+    assert res.calls["get_model"] == runs + 1  # one per run, one to check the model name before any work
+    # each run reads its train and test split; the demo its test split twice: the input check, the stages' loader
+    assert res.calls["build_dataset"] == 2 * runs + 2
 
 
 def test_report_has_every_section(demo):
@@ -106,7 +131,12 @@ def test_rerun_uses_cache_and_resumes_interrupted_runs(demo):
     cell = out / "runs" / "timm-mobilenetv3_small_050" / "finetune" / "seed1"
     os.remove(cell / "done.json")
     logs = []
-    again = run_demo(TEST_PROFILE, out, data_dir=str(data), log=logs.append)
+    with count_calls(*MODEL_BUILDERS) as calls:
+        again = run_demo(TEST_PROFILE, out, data_dir=str(data), log=logs.append)
+    # runs read back from disk are loaded once each, in the form a stage needs: per seed the RefConv run trained
+    # (checkpoint) and deployed (folded file) and the continue run deployed, minus the resumed run (in memory:
+    # finetune is no stage's), and the baseline trained here once
+    assert calls["load_model"] == TEST_PROFILE.seeds * 3 + 1
     assert base_ckpt.stat().st_mtime == mtime  # the baseline was not retrained
     m = next(iter(again.results["models"].values()))
     assert m["start"]["cached"]
@@ -130,7 +160,7 @@ def test_bad_input(tmp_path):
     bad = dataclasses.replace(TEST_PROFILE, models=("timm/mobilenetv3_smal_100",))
     with pytest.raises(ModelError, match="mobilenetv3_small_100"):
         run_demo(bad, tmp_path / "o", data_dir=str(data), log=lambda s: None)
-    with pytest.raises(ConfigError, match="unknown demo profile"):
+    with pytest.raises(ConfigError, match="neither a file nor a packaged demo profile"):
         profile("huge")
     with pytest.raises(ConfigError, match="--seeds"):
         profile("quick", seeds=0)

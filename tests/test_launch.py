@@ -259,14 +259,10 @@ def test_the_demo_and_the_downstream_study_give_their_runs_to_the_launcher(tmp_p
     its weights come from, configured exactly as their stages run them."""
     from refconv.downstream.study import _launch_cells as downstream_cells
     from refconv.downstream.study import load_study_config
-    from refconv.protocol.demo import _launch_cells as demo_cells
-    from refconv.protocol.demo import profile
+    from refconv.protocol.demo import _base_config, plan_cells, profile
 
     p = profile("tiny")
-    from refconv.protocol.cells import Arm
-
-    arms = [Arm(m, m, p.arm_epochs, {"warmup_epochs": p.arm_warmup_epochs}) for m in ("refconv", "continue", "finetune")]
-    cells = demo_cells(p, tmp_path, arms, [0, 1], None, 0, "none", False)
+    cells = plan_cells(p, tmp_path, {m: _base_config(p, m, None, 0, "none") for m in p.models})
     deps = infer_dependencies(cells)
     assert len(cells) == 7 and cells[0].key == "timm-mobilenetv3_small_050/baseline"
     assert all(deps[c.key] == ("timm-mobilenetv3_small_050/baseline",) for c in cells[1:])

@@ -16,10 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "into --out. Every stage is cached: a rerun skips finished runs and resumes interrupted ones."
         ),
     )
-    p.add_argument("--profile", choices=("quick", "full", "quick-scratch", "full-scratch", "tiny"), default="quick",
-                   help="quick: from the shipped converged model, <=10 min on a 2-core CPU (subsampled); full: both "
-                        "shipped models, all data, 3 seeds (hours on a CPU); quick-scratch / full-scratch: a baseline "
-                        "trained here from scratch instead; tiny: a smoke test")
+    p.add_argument("--profile", default="quick", metavar="NAME|YAML",
+                   help="a packaged profile (src/refconv/configs/demo) or a YAML file of one's own: quick: from the "
+                        "shipped converged model, <=10 min on a 2-core CPU (subsampled); full: both shipped models, all "
+                        "data, 3 seeds (hours on a CPU); quick-scratch / full-scratch: a baseline trained here from "
+                        "scratch instead; tiny: a smoke test")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds per arm (default: the profile's)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="models to run, e.g. timm/mobilenetv3_small_100 tv/shufflenet_v2_x1_0 (a pretrained profile "

@@ -3,15 +3,38 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .task_registry import task_class
 
-__all__ = ["RunResult", "RunInterrupted", "summary_rows"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["RunResult", "RunInterrupted", "TrainedModels", "summary_rows"]
+
+
+@dataclass
+class TrainedModels:
+    """The models a run ended with, on the CPU in eval mode, for whoever reads the run in the same process.
+
+    A study's later stages (fold check, analyses) take them from here instead of rebuilding them from the run
+    directory; a run read back from disk (cached, or trained in another process) has none, and the reader loads
+    them once (:func:`refconv.protocol.cells.trained_models`).
+
+    Attributes:
+        trained: the model as trained (RefConv layers unfolded for an explicit RefConv run; the EMA model with
+            ``ema``): what ``checkpoints/last.pt`` holds.
+        deployed: the plain model whose weights are the run's deployable file (folded for RefConv; the same
+            object as ``trained`` for a plain model).
+    """
+
+    trained: nn.Module
+    deployed: nn.Module
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -50,16 +73,20 @@ class RunResult:
     cached: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    # In memory only (never in done.json): set by a run trained in this process; None when read back from disk.
+    models: TrainedModels | None = field(default=None, repr=False, compare=False, metadata={"transient": True})
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The ``done.json`` form: every field but the in-memory models, paths as strings."""
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+             if not f.metadata.get("transient")}
         for key in ("run_dir", "weights_path", "folded_path"):
             d[key] = None if d[key] is None else str(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, cached: bool = False) -> RunResult:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("transient")}
         d = {k: v for k, v in d.items() if k in known}
         for key in ("run_dir", "weights_path", "folded_path"):
             if d.get(key) is not None:

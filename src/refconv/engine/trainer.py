@@ -43,7 +43,7 @@ from .modeling import count_params
 from .optim import build_optimizer, build_scheduler
 from .progress import Reporter
 from .refocusing import setup_refocusing
-from .result import RunInterrupted, RunResult, summary_rows
+from .result import RunInterrupted, RunResult, TrainedModels, summary_rows
 from .sampling import ResumableSampler, ShardSampler
 from .state import TrainState
 from .stopping import DEFAULT_STOP_SIGNALS, StopFlag
@@ -415,7 +415,7 @@ class Trainer:
         if not self.final_eval:  # resumed a run whose last epoch had finished (or trained none): evaluate once more
             self.final_eval = self.evaluate(deploy_model)
         final = {"epoch": cfg.epochs, **task.final_metrics(self.final_eval)}
-        outputs = self._deploy(deploy_model)
+        outputs, plain = self._deploy(deploy_model)
         result = RunResult(
             run_dir=self.run_dir, method=cfg.method, model=cfg.model, data=task.data_name(), config=cfg.to_dict(),
             config_hash=self.config_hash, final=final, best=st.best, history=st.history, **outputs,
@@ -424,6 +424,7 @@ class Trainer:
             extra={"world_size": info.world_size, "device": str(self.device), "steps_per_epoch": self.steps_per_epoch,
                    "input_pipeline": self.pipeline, "start_weights": task.start_weights, **task.run_facts()},
             task=task.name,
+            models=TrainedModels(trained=deploy_model.cpu().eval(), deployed=plain.cpu().eval()),
         )
         if info.is_main:
             atomic_write_bytes(self.run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
@@ -431,8 +432,9 @@ class Trainer:
         dist_utils.barrier()
         return result
 
-    def _deploy(self, deploy_model: nn.Module) -> dict[str, Any]:
-        """The deployable weights (folded for RefConv models, with the fold check) and ONNX: RunResult fields."""
+    def _deploy(self, deploy_model: nn.Module) -> tuple[dict[str, Any], nn.Module]:
+        """The deployable weights (folded for RefConv models, with the fold check) and ONNX: RunResult fields, and
+        the deployable model."""
         task, reporter = self.task, self.reporter
         sample = task.sample(self.device)
         folded_metrics = fold_report = fold_err = onnx_info = None
@@ -452,8 +454,9 @@ class Trainer:
             if self.cfg.export_onnx:
                 onnx_info = task.export_onnx(plain, self.run_dir / "model.onnx", sample)
                 reporter.log(f"ONNX -> {onnx_info['path']} (onnxruntime max abs err {onnx_info['max_abs_err']:.3g})")
-        return {"weights_path": weights_path, "folded_path": weights_path if fold_report is not None else None,
-                "folded_metrics": folded_metrics, "fold_max_abs_err": fold_err, "fold": fold_report, "onnx": onnx_info}
+        return ({"weights_path": weights_path, "folded_path": weights_path if fold_report is not None else None,
+                 "folded_metrics": folded_metrics, "fold_max_abs_err": fold_err, "fold": fold_report, "onnx": onnx_info},
+                plain)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -7,48 +7,49 @@ interval), so no analysis claim rests on one seed. Plots are drawn for seed 0 on
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine import RunResult
-from ..engine.artifacts import load_model
+from torch import nn
+from torch.utils.data import DataLoader
+
 from ..stats import paired_difference, summarize
-from .evaldata import test_loader
 
-__all__ = ["run_analyses", "analysis_scalars", "summarize_analyses"]
+__all__ = ["run_analyses", "compared_sides", "analysis_scalars", "summarize_analyses"]
 
 
-def run_analyses(control_run: RunResult, refconv_run: RunResult, start: str | os.PathLike, out_dir: Path,
-                 profile: Any, data_dir: str | None, *, plot: bool = True,
-                 with_start_redundancy: bool = True) -> dict[str, Any]:
+def run_analyses(control: nn.Module, refconv_model: nn.Module, start: nn.Module | None, loader: DataLoader,
+                 out_dir: Path, profile: Any, *, compared: Mapping[str, str], plot: bool = True) -> dict[str, Any]:
     """Analyse one seed's RefConv model against the same seed's same-budget ``continue`` control.
 
     The control, not the starting model, is the comparison side: both saw the same extra epochs, so a
-    difference is RefConv's, not more training's. ``start`` (a registry name or run directory: what the arms
-    started from) adds its channel redundancy as a reference point. Returns the ``analysis.json`` data.
+    difference is RefConv's, not more training's. ``refconv_model`` is the training-time form (the cost analysis
+    sees both forms); ``start`` (what the arms started from; None to skip) adds its channel redundancy as a
+    reference point. ``loader`` is the test split (its ``info`` gives the normalisation); ``compared`` names the
+    two sides in the output. Returns the ``analysis.json`` data.
     """
     from ..analysis import AnalysisConfig, analyze, redundancy_report
 
-    control = load_model(control_run.run_dir).model.eval()
-    refc = load_model(refconv_run.run_dir, which="last").model.eval()  # training-time form: cost sees both
     cfg = AnalysisConfig.from_dict(dict(profile.analysis))
-    loader = test_loader(refconv_run.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
-    info = loader.info
+    info = loader.info  # type: ignore[attr-defined]
     batches = [b for _, b in zip(range(max(cfg.num_batches, cfg.attack_batches or 1)), loader)]
-    result = analyze(control, refc, out_dir, held_out=batches[: cfg.num_batches],
+    result = analyze(control.eval(), refconv_model.eval(), out_dir, held_out=batches[: cfg.num_batches],
                      test=batches[: cfg.attack_batches or len(batches)], example_input=batches[0][0][:32],
                      mean=info.mean, std=info.std, config=cfg, plot=plot)
-    if with_start_redundancy:
-        start_model = load_model(start).model.eval()
-        result["baseline_redundancy"] = redundancy_report(start_model, mode=cfg.redundancy_mode,
+    if start is not None:
+        result["baseline_redundancy"] = redundancy_report(start.eval(), mode=cfg.redundancy_mode,
                                                           min_kernel_size=cfg.min_kernel_size,
                                                           max_pairs=cfg.max_pairs, seed=cfg.seed)
     result["out_dir"] = str(out_dir)
-    result["compared"] = {"baseline_side": f"continue (seed {control_run.config.get('seed')}, {control_run.run_dir})",
-                          "refconv_side": f"refconv (seed {refconv_run.config.get('seed')}, {refconv_run.run_dir})"}
+    result["compared"] = dict(compared)
     return result
+
+
+def compared_sides(control_run: Any, refconv_run: Any) -> dict[str, str]:
+    """How :func:`run_analyses` names its two sides: the arm, the seed and the run directory of each."""
+    return {"baseline_side": f"continue (seed {control_run.config.get('seed')}, {control_run.run_dir})",
+            "refconv_side": f"refconv (seed {refconv_run.config.get('seed')}, {refconv_run.run_dir})"}
 
 
 def analysis_scalars(a: Mapping[str, Any]) -> dict[str, dict[str, float]]:

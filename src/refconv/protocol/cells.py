@@ -33,9 +33,24 @@ class Arm:
 
 @dataclass(frozen=True)
 class Cell:
+    """One engine run of a study: its arm and seed (the tables' row and column), its config (whose ``out`` is its
+    run directory) and its ``key``, unique in the study (``e3/zero-init/seed0``, ``detection/refconv/seed1``): the
+    name the log, ``results.json`` and a launcher's job use. ``after``: keys of cells that must finish first, beside
+    those inferred from the starting weights (:func:`refconv.protocol.launch.infer_dependencies`)."""
+
     arm: Arm
     seed: int
     config: RunConfig
+    key: str = ""
+    after: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", f"{self.arm.name}/seed{self.seed}")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir()
 
 
 @contextmanager
@@ -103,14 +118,15 @@ def run_cells(
     overwrite: bool = False,
     on_done: Callable[[Cell, RunResult, int, int], None] | None = None,
     reporter=None,
-) -> dict[tuple[str, int], RunResult]:
-    """Run every cell (cached cells return at once); ``parallel > 1`` runs cells in separate processes.
+) -> dict[str, RunResult]:
+    """Run every cell (cached cells return at once); ``parallel > 1`` runs cells in separate processes. Returns
+    ``{cell.key: result}``; a study runs its cells through :func:`refconv.protocol.runner.execute`, which calls this.
 
     ``on_done(cell, result, done_count, total)`` is called as each cell finishes (progress/ETA).
     """
-    results: dict[tuple[str, int], RunResult] = {}
+    results: dict[str, RunResult] = {}
     for i, (cell, res) in enumerate(_finished(cells, parallel, overwrite, reporter), 1):
-        results[(cell.arm.name, cell.seed)] = res
+        results[cell.key] = res
         if on_done:
             on_done(cell, res, i, len(cells))
     return results

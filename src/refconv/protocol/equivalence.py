@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..engine import RunResult
-from ..engine.artifacts import load_model
-from .evaldata import test_loader
+from ..engine.result import TrainedModels
+from ..models import read_state_dict
 
 __all__ = ["check_folding"]
 
 
 @torch.no_grad()
-def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, data_dir: str | None) -> dict[str, Any]:
+def check_folding(refconv_run: RunResult, models: TrainedModels, baseline: nn.Module, loader: Iterable[Any], *,
+                  latency_repeats: int) -> dict[str, Any]:
     """Compare the unfolded RefConv model, its folded weights (as shipped) and the start on the test set.
 
-    ``start`` is what the arms started from (a registry name or the baseline's run directory): the folded model
-    must cost exactly what it costs.
+    ``models`` are the run's (:class:`~refconv.protocol.runner.StudyModels`: from memory when trained in this
+    process); the shipped file is checked to hold exactly the folded model's tensors, so what is compared is what
+    ships. ``baseline`` is what the arms started from: the folded model must cost exactly what it costs.
 
     Returns max |logit difference| (absolute and relative to the logit scale), how many predictions are
     identical, both accuracies, parameters and FLOPs of folded vs baseline, and their latency measured side
@@ -27,15 +30,12 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
     """
     from ..analysis.cost import count_flops, count_parameters, measure_latency
 
-    unfolded = load_model(refconv_run.run_dir, which="last").model.eval()
     # Implicit refocusing trains the stock model itself: its deployable weights are the model, nothing is folded.
     deployed = refconv_run.folded_path or refconv_run.weights_path
     if deployed is None:
         raise RuntimeError(f"{refconv_run.run_dir}: the RefConv run wrote no deployable weights.")
-    folded = load_model(deployed).model.eval()
-    baseline = load_model(start).model.eval()
-    loader = test_loader(refconv_run.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
-
+    unfolded, folded = models.trained.eval(), models.deployed.eval()
+    shipped_identical = _same_tensors(read_state_dict(deployed), folded.state_dict())
     max_abs = 0.0
     scale = 0.0
     same = n = correct_u = correct_f = 0
@@ -58,8 +58,7 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
     # Forward + backward of one training batch: RefConv's kernel transform is paid once per step, not per image.
     tsf_u = count_flops(unfolded, example, regime="train_step")
     tsf_b = count_flops(baseline, example, regime="train_step")
-    lat = measure_latency({"baseline": baseline, "folded": folded}, example, warmup=2,
-                          repeats=profile.latency_repeats)
+    lat = measure_latency({"baseline": baseline, "folded": folded}, example, warmup=2, repeats=latency_repeats)
     return {
         "run_dir": str(refconv_run.run_dir),
         "seed": refconv_run.config.get("seed"),
@@ -74,5 +73,11 @@ def check_folding(refconv_run: RunResult, start: str | os.PathLike, profile, dat
         "flops_per_image": {"baseline": f_b, "folded": f_f},
         "train_step_flops": {"batch": int(example.shape[0]), "baseline": tsf_b, "refconv": tsf_u},
         "cost_equal": p_b["total"] == p_f["total"] and f_b == f_f,
+        "shipped_weights_identical": shipped_identical,
         "latency_ms": {"batch": int(example.shape[0]), **lat},
     }
+
+
+def _same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Same keys, and every tensor equal bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)

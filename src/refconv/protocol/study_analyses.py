@@ -106,7 +106,9 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
     Returns the ``analyses.json`` data, also written to ``<sweep_dir>/analyses/``.
     """
     from ..engine.checkpoint import atomic_write_bytes
-    from .analyses import run_analyses, summarize_analyses
+    from .analyses import compared_sides, run_analyses, summarize_analyses
+    from .evaldata import test_loader
+    from .runner import StudyModels
 
     t0 = time.perf_counter()
     sweep_dir = Path(sweep_dir)
@@ -132,6 +134,7 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         "sweep": results["spec"].get("name"), "budget": budget, "control": control, "start": start,
         "analysis": json.loads(json.dumps(profile.analysis)), "settings": {},
     }
+    models, loader = StudyModels(), None
     for i, setting in enumerate(settings):
         ref_cells = _cells_by_seed(results, rows[setting])
         seeds = sorted(set(ref_cells) & set(ctrl_cells))
@@ -139,8 +142,10 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         for s in seeds:
             ctrl = _run_result(sweep_dir, results, ctrl_cells[s], need_checkpoint=False)
             ref = _run_result(sweep_dir, results, ref_cells[s], need_checkpoint=True)
-            per_seed.append(run_analyses(ctrl, ref, start, out / setting / f"seed{s}", profile, data_dir,
-                                         plot=s == seeds[0], with_start_redundancy=i == 0 and s == seeds[0]))
+            loader = loader or test_loader(ref.config, data_dir=data_dir, batch_size=profile.analysis_batch_size)
+            per_seed.append(run_analyses(
+                models.deployed(ctrl), models.trained(ref), models.start(start) if i == 0 and s == seeds[0] else None,
+                loader, out / setting / f"seed{s}", profile, plot=s == seeds[0], compared=compared_sides(ctrl, ref)))
         data["settings"][setting] = {
             "seeds": seeds,
             "cells": {"refconv": [ref_cells[s] for s in seeds], control: [ctrl_cells[s] for s in seeds]},
