@@ -257,7 +257,7 @@ def test_preempted_too_often_fails_then_resubmitted_resumes_exactly(reference, j
 def test_the_demo_and_the_downstream_study_give_their_runs_to_the_launcher(tmp_path):
     """One launcher serves every study: the demo's and the downstream study's runs, each arm after the baseline
     its weights come from, configured exactly as their stages run them."""
-    from refconv.downstream.study import _launch_cells as downstream_cells
+    from refconv.downstream.study import plan_cells as downstream_cells
     from refconv.downstream.study import load_study_config
     from refconv.protocol.demo import _base_config, plan_cells, profile
 
@@ -337,13 +337,13 @@ def test_a_cell_killed_mid_run_resumes_exactly_when_resubmitted(reference, job_p
 
 def test_the_local_launcher_runs_prerequisites_first(reference):
     from refconv.protocol.launch import LocalLauncher
-    from refconv.protocol.sweep import _launch_cells
+    from refconv.protocol.sweep import sweep_runs
     from refconv.protocol.sweep_plan import plan_sweep
 
     spec = parse_sweep(launch_sweep())
     out = reference["root"] / "local-launcher"
     base = spec.base_config(data_dir=reference["data"], progress="none")
-    cells = _launch_cells(plan_sweep(spec, out, base, overwrite=False))
+    cells = sweep_runs(spec, plan_sweep(spec, out, base, overwrite=False))
     assert [c.key for c in cells] == ["baseline", "e2/authors/seed0", "e2/continue/seed0"]
     assert LocalLauncher().launch(cells, out, print) == {k: "done" for k in ("baseline", "e2/authors/seed0",
                                                                             "e2/continue/seed0")}

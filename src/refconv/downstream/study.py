@@ -34,6 +34,7 @@ from typing import Any
 from ..engine.config import RunConfig
 from ..engine.runner import RunResult
 from ..errors import ConfigError
+from ..protocol.cells import Arm, Cell
 from ..runlayout import checkpoint_path
 from ..stats import paired_difference, summarize
 from .run import LineReporter, downstream_config
@@ -155,15 +156,22 @@ def load_study_config(name_or_path: str | Path, **overrides: Any) -> StudyConfig
 
 
 # ------------------------------------------------------------------------------------------------ running
-def _run_or_reuse(cfg: RunConfig, say: Callable[[str], None], overwrite: bool) -> RunResult:
-    """A finished run with this config is read back, an interrupted one resumed, a new one started; a directory
-    holding another config is refused unless ``overwrite`` (which recomputes)."""
-    from ..protocol.cells import run_cell
-
-    res = run_cell(cfg, overwrite=overwrite, reporter=LineReporter(lambda s: say("  " + s)))
-    if res.cached:
-        say(f"  reusing {res.run_dir} (finished, same config)")
-    return res
+def plan_cells(cfg: StudyConfig) -> list[Cell]:
+    """Every run of the study, once, for the study runner or a launcher: per task its baseline
+    (``<task>/baseline``), then each arm and seed (``<task>/<arm>/seed<s>``) from the baseline's last checkpoint."""
+    work = Path(cfg.work_dir)
+    cells = []
+    for plan in cfg.tasks:
+        base_dir = work / plan.task / "baseline"
+        cells.append(Cell(Arm("baseline", "baseline", plan.baseline_epochs), cfg.seeds[0],
+                          plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir, backbone=cfg.backbone),
+                          key=f"{plan.task}/baseline"))
+        start = str(checkpoint_path(base_dir))
+        cells += [Cell(Arm(arm, arm, plan.budget_epochs), seed,
+                       plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}", weights=start),
+                       key=f"{plan.task}/{arm}/seed{seed}")
+                  for seed in cfg.seeds for arm in cfg.arms]
+    return cells
 
 
 def _metrics(done: RunResult, keys: tuple[str, ...]) -> dict[str, float]:
@@ -222,69 +230,31 @@ def run_study(config: StudyConfig, *, log: Callable[[str], None] | None = None,
         torch.set_num_threads(threads)
 
 
-def _launch_cells(cfg: StudyConfig) -> list[Any]:
-    """Every run of the study as a launcher takes it (the arms start from their task's baseline checkpoint)."""
-    from ..protocol.launch import LaunchCell
-
-    work = Path(cfg.work_dir)
-    cells = []
-    for plan in cfg.tasks:
-        base_dir = work / plan.task / "baseline"
-        cells.append(LaunchCell(f"{plan.task}/baseline", plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir,
-                                                                     backbone=cfg.backbone)))
-        start = str(checkpoint_path(base_dir))
-        cells += [LaunchCell(f"{plan.task}/{arm}/seed{seed}",
-                             plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}", weights=start))
-                  for seed in cfg.seeds for arm in cfg.arms]
-    return cells
-
-
 def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None,
                overwrite: bool, launcher: Any = None) -> dict[str, Any]:
     import torch
 
-    from .study_report import write_report
-
     from ..models import resolve_weights_path
+    from ..protocol.runner import execute
+    from .study_report import write_report
 
     resolve_weights_path(cfg.backbone)  # an unknown name or a missing / corrupt file fails now, not after a task
     t0 = time.perf_counter()
-    work = Path(cfg.work_dir)
-    if launcher is not None:
-        from ..protocol.launch import run_with_launcher
+    cells = plan_cells(cfg)
+    say(f"{len(cells)} runs: per task a baseline from {cfg.backbone}, then {', '.join(cfg.arms)} x seeds "
+        f"{cfg.seeds} from it")
 
-        if not run_with_launcher(launcher, _launch_cells(cfg), work, say, resubmit=command or "refconv downstream-study"):
-            return {"study": cfg.to_dict(), "command": command, "submitted": True}
-    results: dict[str, Any] = {"study": cfg.to_dict(), "command": command, "tasks": {}}
-    for plan in cfg.tasks:
-        keys = METRICS[plan.task]
-        base_dir = work / plan.task / "baseline"
-        say(f"[{plan.task}] baseline: {plan.arch} from {cfg.backbone}, {plan.baseline_epochs} epochs")
-        t_task = time.perf_counter()
-        base = _run_or_reuse(plan.config(method="baseline", seed=cfg.seeds[0], out=base_dir, backbone=cfg.backbone),
-                             say, overwrite)
-        start = str(checkpoint_path(base_dir))
-        runs: dict[str, list[dict[str, float]]] = {a: [] for a in cfg.arms}
-        details: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.arms}
-        for seed in cfg.seeds:
-            for arm in cfg.arms:
-                say(f"[{plan.task}] {arm} seed {seed}: {plan.budget_epochs} epochs from the baseline")
-                done = _run_or_reuse(plan.config(method=arm, seed=seed, out=work / plan.task / f"{arm}-s{seed}",
-                                                 weights=start), say, overwrite)
-                runs[arm].append(_metrics(done, keys))
-                details[arm].append({"seed": seed, "metrics": _metrics(done, keys), "fold": _fold_summary(done, keys),
-                                     "history": done.history, "wall_time_s": done.wall_time_s,
-                                     "trainable_params": done.trainable_params,
-                                     "deploy_params": done.deploy_params})
-        baseline = _metrics(base, keys)
-        results["tasks"][plan.task] = {
-            "arch": plan.arch, "data": plan.data, "backbone": base.extra.get("backbone"),
-            "baseline": {"metrics": baseline, "history": base.history, "epochs": plan.baseline_epochs,
-                         "wall_time_s": base.wall_time_s, "deploy_params": base.deploy_params},
-            "budget_epochs": plan.budget_epochs, "runs": details,
-            "tables": _task_tables(plan, cfg.arms, cfg.seeds, runs, baseline),
-            "wall_time_s": time.perf_counter() - t_task,
-        }
+    def on_done(cell: Cell, res: RunResult, i: int, n: int) -> None:
+        state = f"reusing {res.run_dir} (finished, same config)" if res.cached else f"{res.wall_time_s:.0f} s"
+        say(f"[{i}/{n}] {cell.key}: {cell.arm.epochs} epochs, {state}")
+
+    runs = execute(cells, Path(cfg.work_dir), launcher=launcher, overwrite=overwrite, on_done=on_done, log=say,
+                   resubmit=command or "refconv downstream-study",
+                   reporter=LineReporter(lambda line: say("  " + line)))
+    if runs is None:  # submitted to a cluster without waiting
+        return {"study": cfg.to_dict(), "command": command, "submitted": True}
+    results: dict[str, Any] = {"study": cfg.to_dict(), "command": command,
+                               "tasks": {plan.task: _task_results(cfg, plan, runs) for plan in cfg.tasks}}
     results["wall_time_s"] = time.perf_counter() - t0
     results["machine"] = {"platform": platform.platform(), "cpus": _cpus(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}
@@ -292,6 +262,27 @@ def _run_study(cfg: StudyConfig, say: Callable[[str], None], command: str | None
     write_report(results, out)
     say(f"wrote {out / 'report.md'} and {out / 'results.json'} ({results['wall_time_s'] / 60:.1f} min)")
     return results
+
+
+def _task_results(cfg: StudyConfig, plan: TaskPlan, runs: dict[str, RunResult]) -> dict[str, Any]:
+    """One task's part of ``results.json``: the baseline, every arm's runs and the tables over seeds."""
+    keys = METRICS[plan.task]
+    base = runs[f"{plan.task}/baseline"]
+    arm_runs = {a: [runs[f"{plan.task}/{a}/seed{seed}"] for seed in cfg.seeds] for a in cfg.arms}
+    details = {a: [{"seed": seed, "metrics": _metrics(done, keys), "fold": _fold_summary(done, keys),
+                    "history": done.history, "wall_time_s": done.wall_time_s,
+                    "trainable_params": done.trainable_params, "deploy_params": done.deploy_params}
+                   for seed, done in zip(cfg.seeds, arm_runs[a])] for a in cfg.arms}
+    baseline = _metrics(base, keys)
+    return {
+        "arch": plan.arch, "data": plan.data, "backbone": base.extra.get("backbone"),
+        "baseline": {"metrics": baseline, "history": base.history, "epochs": plan.baseline_epochs,
+                     "wall_time_s": base.wall_time_s, "deploy_params": base.deploy_params},
+        "budget_epochs": plan.budget_epochs, "runs": details,
+        "tables": _task_tables(plan, cfg.arms, cfg.seeds, {a: [d["metrics"] for d in details[a]] for a in cfg.arms},
+                               baseline),
+        "wall_time_s": sum(r.wall_time_s for r in [base, *(r for rs in arm_runs.values() for r in rs)]),
+    }
 
 
 def _cpus() -> int | None:

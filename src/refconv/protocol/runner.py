@@ -36,7 +36,7 @@ OnDone = Callable[[Cell, RunResult, int, int], None]
 def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
             launcher: LaunchOptions | Launcher | None = None, overwrite: bool = False, on_done: OnDone | None = None,
             log: Callable[[str], None] = print, resubmit: str = "", keep_models: bool = False,
-            ) -> dict[str, RunResult] | None:
+            reporter: Any = None) -> dict[str, RunResult] | None:
     """Run ``cells`` (see the module docstring) and return ``{cell.key: RunResult}``; None when a cluster launcher
     submitted them without waiting (the study stops there; rerunning its command reads them back).
 
@@ -47,6 +47,7 @@ def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
         resubmit: the command that resumes the study, for a launcher's messages.
         keep_models: keep each result's in-memory models (a study whose later stages read them); otherwise they
             are dropped as each cell finishes, so a long sweep does not hold every model it trained.
+        reporter: where the runs trained in this process write their progress (default: the engine's).
 
     Raises:
         LaunchError: cells failed as jobs (each named, with the command that resumes them).
@@ -67,8 +68,9 @@ def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
         # finished cells first, in this process (instant); then the work, in parallel processes when asked
         finished = [c for c in wave if is_finished(c.config.run_dir())]
         todo = [c for c in wave if c not in finished]
-        run_cells(finished, overwrite=overwrite, on_done=done)
-        run_cells(todo, parallel=min(parallel, max(len(todo), 1)), overwrite=overwrite, on_done=done)
+        run_cells(finished, overwrite=overwrite, on_done=done, reporter=reporter)
+        run_cells(todo, parallel=min(parallel, max(len(todo), 1)), overwrite=overwrite, on_done=done,
+                  reporter=reporter)
     return {c.key: results[c.key] for c in cells}
 
 

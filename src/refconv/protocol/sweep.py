@@ -32,12 +32,13 @@ from ..engine import RunInterrupted, RunResult
 from ..engine.rundir import clear as clear_dir
 from ..environment import environment
 from ..runlayout import is_finished
-from .cells import Arm, Cell, cell_record, run_cell, run_cells, study_dir
+from .cells import Arm, Cell, cell_record, study_dir
 from .evaldata import evaluate_start
+from .launch import LaunchOptions, Launcher, LocalLauncher
 from .progress import StudyProgress
+from .runner import execute
 from .sweep_estimate import SweepTooLarge, estimate_sweep, estimate_text
-from .launch import LaunchCell, LaunchOptions, Launcher, LocalLauncher, run_with_launcher
-from .sweep_plan import SWEEP_FILE, Plan, cell_key, identity, plan_sweep, resolve_parallel
+from .sweep_plan import SWEEP_FILE, Plan, identity, plan_sweep, resolve_parallel
 from .sweep_spec import (CONTROLS, REFCONV_KEYS, TOP_LEVEL_KEYS, Setting, SweepSpec, expand_grid, load_sweep,
                          packaged_sweeps, parse_sweep, resolve_sweep_path)
 from .tables import budget_rows, compare_arms
@@ -123,17 +124,14 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
         progress = "plain"  # per-run lines, not bars: a sweep's log is read afterwards
     base = spec.base_config(data_dir=data_dir, workers=workers, progress=progress)
     plan = plan_sweep(spec, out, base, overwrite)
-    todo = plan.todo
-    n_par = resolve_parallel(parallel if parallel is not None else spec.parallel, len(todo))
-    baseline_todo = plan.baseline_todo
-    est = estimate_sweep(spec, base, baseline_todo=baseline_todo, todo=todo, parallel=n_par,
+    n_par = resolve_parallel(parallel if parallel is not None else spec.parallel, len(plan.todo))
+    est = estimate_sweep(spec, base, baseline_todo=plan.baseline_todo, todo=plan.todo, parallel=n_par,
                          cells_total=len(plan.cells))
-    n_cached = len(plan.cells) - len(todo)
     for w in est["warnings"]:
         log(f"[sweep] warning: {w}")
     log(f"[sweep] {spec.name}: {len(spec.settings)} setting(s) + {len(spec.controls)} control(s) x "
-        f"{len(spec.budgets)} budget(s) x {len(spec.seeds)} seed(s) = {len(plan.cells)} cells ({n_cached} finished); "
-        f"estimate: {estimate_text(est)}.")
+        f"{len(spec.budgets)} budget(s) x {len(spec.seeds)} seed(s) = {len(plan.cells)} cells "
+        f"({len(plan.cells) - len(plan.todo)} finished); estimate: {estimate_text(est)}.")
     if estimate_only:
         return SweepResult(out_dir=out, spec=spec, estimate=est)
     remote = launcher is not None and not isinstance(launcher, LocalLauncher) and getattr(
@@ -143,81 +141,12 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
             f"this sweep would take {estimate_text(est)}, over its time_budget_minutes="
             f"{spec.time_budget_minutes:g}. Pass --yes (yes=True) to run it anyway, raise time_budget_minutes, "
             "or shrink it (fewer seeds, budgets or settings, subset_train, parallel processes).", est)
-
-    # ---- from here on the output directory is written
-    if plan.clear_all and out.exists():
-        log(f"[sweep] --overwrite: {out} held another recipe or baseline; removing it.")
-        clear_dir(out)  # keeps the lock this sweep holds
-    for key in plan.mismatch:
-        cell = next(c for c in plan.cells if cell_key(c) == key)
-        log(f"[sweep] --overwrite: recomputing {key} (its directory held another configuration).")
-        shutil.rmtree(cell.config.run_dir())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SWEEP_FILE).write_text(json.dumps({"identity": identity(spec, base), "spec": spec.to_dict()}, indent=2))
-
-    if remote:  # every unfinished cell as a job; below, the finished runs are read back from their directories
-        if not run_with_launcher(launcher, _launch_cells(plan), out, log, resubmit=command or _command(spec, out)):
-            return SweepResult(out_dir=out, spec=spec, estimate=est)
-        n_par = 1
-    if plan.baseline_cfgs:
-        n_base = len(plan.baseline_cfgs)
-        log(f"[sweep] baseline: {spec.baseline['epochs']} epoch(s) of {base.model}"
-            + (f", one per seed ({n_base})" if spec.per_seed_baselines else "")
-            + (" (cached)" if not baseline_todo else ""))
-        baseline_cells = [Cell(Arm("baseline", "baseline", int(spec.baseline["epochs"])), s, cfg)
-                          for s, cfg in plan.baseline_cfgs.items()]
-        baseline_runs = run_cells(baseline_cells, parallel=min(n_par, n_base))
-        records = {s: cell_record(baseline_runs[("baseline", s)], out) for s in plan.baseline_cfgs}
-        baseline = {"trained": True, **records[min(records)]}
-        if spec.per_seed_baselines:
-            tops = [float(r["final"]["top1"]) for r in records.values()]
-            baseline = {"trained": True, "per_seed": {f"seed{s}": r for s, r in records.items()},
-                        "final": {"top1": sum(tops) / len(tops)}, "epochs": spec.baseline["epochs"],
-                        "seed": None, "history": []}
-    else:
-        rec = evaluate_start(spec.baseline_weights, base, out / BASELINE_EVAL_FILE)
-        baseline = {"trained": False, "weights": spec.baseline_weights, "final": rec["final"], "history": [],
-                    "epochs": None, "seed": None}
-        log(f"[sweep] baseline: given weights {spec.baseline_weights} (top-1 {rec['final']['top1']:.2f})")
-
-    log(f"[sweep] training {len(todo)} cell(s) ({n_cached} finished already), {n_par} process(es)")
-    prog = StudyProgress("sweep", len(plan.cells), log, parallel=n_par)
-    done_before = {k for k, v in plan.status.items() if v == "done"}
-
-    def on_done(cell: Cell, res: RunResult, i: int, n: int) -> None:
-        prog.cell(f"{cell.arm.name} seed {cell.seed}", res, cell_key(cell) in done_before)
-        if on_cell_done is not None:
-            on_cell_done(cell, res)
-
-    # Finished cells first, in this process (instant); then the work, in parallel processes when asked.
-    try:
-        cell_results = run_cells([c for c in plan.cells if cell_key(c) in done_before], on_done=on_done)
-        cell_results.update(run_cells(todo, parallel=n_par, on_done=on_done))
-    except KeyboardInterrupt as exc:
-        finished = sum(1 for c in plan.cells if is_finished(c.config.run_dir()))
-        msg = (f"sweep interrupted ({finished}/{len(plan.cells)} cells finished, kept; an interrupted cell resumes from "
-               f"its checkpoint). Rerun the same command to continue: {command or _command(spec, out)}")
-        raise RunInterrupted(msg, getattr(exc, "checkpoint", None)) from None
-
-    cells = {cell_key(c): cell_record(cell_results[(c.arm.name, c.seed)], out) for c in plan.cells}
-    baseline_top1 = float(baseline["final"]["top1"])
-    tables = [budget_rows(spec, e, cells, baseline_top1) for e in spec.budgets]
-    results: dict[str, Any] = {
-        "spec": spec.to_dict(),
-        "command": command or _command(spec, out),
-        "environment": environment(),
-        "recipe": {"lr": base.recipe_lr(), "finetune_lr": base.replace(method="finetune", pretrained=True).recipe_lr(),
-                   "batch_size": base.batch_size, "opt": base.opt, "sched": base.sched,
-                   "warmup_epochs": base.warmup_epochs, "weight_decay": base.weight_decay},
-        "baseline": baseline,
-        "cells": cells,
-        "cells_trained_now": len(todo),
-        "budgets": tables,
-        "estimate": est,
-        "parallel": n_par,
-        "warnings": list(spec.warnings) + list(est["warnings"]),
-        "wall_time_s": time.perf_counter() - t0,
-    }
+    _prepare_dir(spec, plan, out, base, log)  # from here on the output directory is written
+    command = command or _command(spec, out)
+    runs = _train(spec, plan, out, base, log, n_par, launcher, on_cell_done, command)
+    if runs is None:  # submitted to a cluster without waiting
+        return SweepResult(out_dir=out, spec=spec, estimate=est)
+    results = _results(spec, plan, out, base, runs, est, command, 1 if remote else n_par, t0)
     from .sweep_report import write_sweep_report
 
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
@@ -226,11 +155,99 @@ def _run_sweep(spec: SweepSpec, out: Path, log: Callable[[str], None], t0: float
     return SweepResult(out_dir=out, spec=spec, estimate=est, results=results, report_md=md, report_html=html)
 
 
-def _launch_cells(plan: Plan) -> list[LaunchCell]:
-    """The plan's runs as a launcher takes them (each arm waits for the baseline its weights come from)."""
+def _prepare_dir(spec: SweepSpec, plan: Plan, out: Path, base: Any, log: Callable[[str], None]) -> None:
+    """Clear what ``--overwrite`` recomputes and record what the directory holds (``sweep.json``)."""
+    if plan.clear_all and out.exists():
+        log(f"[sweep] --overwrite: {out} held another recipe or baseline; removing it.")
+        clear_dir(out)  # keeps the lock this sweep holds
+    for key in plan.mismatch:
+        cell = next(c for c in plan.cells if c.key == key)
+        log(f"[sweep] --overwrite: recomputing {key} (its directory held another configuration).")
+        shutil.rmtree(cell.config.run_dir())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SWEEP_FILE).write_text(json.dumps({"identity": identity(spec, base), "spec": spec.to_dict()}, indent=2))
+
+
+def baseline_cells(spec: SweepSpec, plan: Plan) -> list[Cell]:
+    """The baseline runs trained here (none when the sweep starts from given weights): ``baseline``, or
+    ``baseline/seed<s>`` with per-seed baselines."""
     per_seed = len(plan.baseline_cfgs) > 1
-    runs = [LaunchCell(f"baseline/seed{s}" if per_seed else "baseline", cfg) for s, cfg in plan.baseline_cfgs.items()]
-    return runs + [LaunchCell(cell_key(c), c.config) for c in plan.cells]
+    return [Cell(Arm("baseline", "baseline", int(spec.baseline["epochs"])), s, cfg,
+                 key=f"baseline/seed{s}" if per_seed else "baseline") for s, cfg in plan.baseline_cfgs.items()]
+
+
+def sweep_runs(spec: SweepSpec, plan: Plan) -> list[Cell]:
+    """Every run of the sweep, as the study runner and a launcher take them: the baselines, then the cells (each
+    waits for the baseline its weights come from)."""
+    return baseline_cells(spec, plan) + plan.cells
+
+
+def _train(spec: SweepSpec, plan: Plan, out: Path, base: Any, log: Callable[[str], None], n_par: int,
+           launcher: LaunchOptions | Launcher | None, on_cell_done: Callable[[Cell, RunResult], None] | None,
+           command: str) -> dict[str, RunResult] | None:
+    """Every run of the sweep (its baselines, then its cells) through the study runner; None when submitted."""
+    if plan.baseline_cfgs:
+        log(f"[sweep] baseline: {spec.baseline['epochs']} epoch(s) of {base.model}"
+            + (f", one per seed ({len(plan.baseline_cfgs)})" if spec.per_seed_baselines else "")
+            + (" (cached)" if not plan.baseline_todo else ""))
+    log(f"[sweep] training {len(plan.todo)} cell(s) ({len(plan.cells) - len(plan.todo)} finished already), "
+        f"{n_par} process(es)")
+    prog = StudyProgress("sweep", len(plan.cells), log, parallel=n_par)
+    done_before = {k for k, v in plan.status.items() if v == "done"}
+
+    def on_done(cell: Cell, res: RunResult, i: int, n: int) -> None:
+        if cell.arm.method == "baseline" and cell.arm.name == "baseline":
+            return  # the sweep's progress counts its cells; the baseline has its own line
+        prog.cell(f"{cell.arm.name} seed {cell.seed}", res, cell.key in done_before)
+        if on_cell_done is not None:
+            on_cell_done(cell, res)
+
+    try:
+        return execute(sweep_runs(spec, plan), out, parallel=n_par, launcher=launcher,
+                       on_done=on_done, log=log, resubmit=command)
+    except KeyboardInterrupt as exc:
+        finished = sum(1 for c in plan.cells if is_finished(c.config.run_dir()))
+        msg = (f"sweep interrupted ({finished}/{len(plan.cells)} cells finished, kept; an interrupted cell resumes from "
+               f"its checkpoint). Rerun the same command to continue: {command}")
+        raise RunInterrupted(msg, getattr(exc, "checkpoint", None)) from None
+
+
+def _baseline_record(spec: SweepSpec, plan: Plan, out: Path, base: Any,
+                     runs: dict[str, RunResult]) -> dict[str, Any]:
+    """The baseline as ``results.json`` holds it: the run(s) trained here, or the given weights evaluated."""
+    if not plan.baseline_cfgs:
+        rec = evaluate_start(spec.baseline_weights, base, out / BASELINE_EVAL_FILE)
+        return {"trained": False, "weights": spec.baseline_weights, "final": rec["final"], "history": [],
+                "epochs": None, "seed": None}
+    records = {c.seed: cell_record(runs[c.key], out) for c in baseline_cells(spec, plan)}
+    if not spec.per_seed_baselines:
+        return {"trained": True, **records[min(records)]}
+    tops = [float(r["final"]["top1"]) for r in records.values()]
+    return {"trained": True, "per_seed": {f"seed{s}": r for s, r in records.items()},
+            "final": {"top1": sum(tops) / len(tops)}, "epochs": spec.baseline["epochs"], "seed": None, "history": []}
+
+
+def _results(spec: SweepSpec, plan: Plan, out: Path, base: Any, runs: dict[str, RunResult], est: dict[str, Any],
+             command: str, n_par: int, t0: float) -> dict[str, Any]:
+    """``results.json``: every number the report prints, read from the runs."""
+    baseline = _baseline_record(spec, plan, out, base, runs)
+    cells = {c.key: cell_record(runs[c.key], out) for c in plan.cells}
+    return {
+        "spec": spec.to_dict(),
+        "command": command,
+        "environment": environment(),
+        "recipe": {"lr": base.recipe_lr(), "finetune_lr": base.replace(method="finetune", pretrained=True).recipe_lr(),
+                   "batch_size": base.batch_size, "opt": base.opt, "sched": base.sched,
+                   "warmup_epochs": base.warmup_epochs, "weight_decay": base.weight_decay},
+        "baseline": baseline,
+        "cells": cells,
+        "cells_trained_now": len(plan.todo),
+        "budgets": [budget_rows(spec, e, cells, float(baseline["final"]["top1"])) for e in spec.budgets],
+        "estimate": est,
+        "parallel": n_par,
+        "warnings": list(spec.warnings) + list(est["warnings"]),
+        "wall_time_s": time.perf_counter() - t0,
+    }
 
 
 def _command(spec: SweepSpec, out: Path) -> str:

@@ -57,8 +57,8 @@ class Plan:
 
 
 def cell_key(cell: Cell) -> str:
-    """``e3/zero-init/seed0``: a cell's name in the plan, the log and ``results.json``."""
-    return f"{cell.arm.name}/seed{cell.seed}"
+    """``e3/zero-init/seed0``: a cell's name in the plan, the log and ``results.json`` (its ``key``)."""
+    return cell.key
 
 
 def _run_status(cfg: RunConfig) -> tuple[str, str]:

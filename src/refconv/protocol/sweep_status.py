@@ -40,12 +40,12 @@ def recorded_spec(out: str | os.PathLike) -> SweepSpec:
 
 def sweep_cells(out: str | os.PathLike, spec: SweepSpec | None = None) -> list[LaunchCell]:
     """The sweep's runs (baseline first) with the configs their directories must hold."""
-    from .sweep import _launch_cells
+    from .sweep import sweep_runs
     from .sweep_plan import plan_sweep
 
     spec = spec or recorded_spec(out)
     plan = plan_sweep(spec, Path(out), spec.base_config(), overwrite=True)  # classify only: nothing is written
-    return _launch_cells(plan)
+    return sweep_runs(spec, plan)
 
 
 def _resubmit(out: Path, spec: SweepSpec) -> str:
