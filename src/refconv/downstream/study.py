@@ -35,6 +35,7 @@ from ..engine.config import RunConfig
 from ..engine.runner import RunResult
 from ..errors import ConfigError
 from ..protocol.cells import Arm, Cell
+from ..protocol.spec import known_keys, packaged_specs, read_spec
 from ..runlayout import checkpoint_path
 from ..stats import paired_difference, summarize
 from .run import LineReporter, downstream_config
@@ -115,42 +116,20 @@ class StudyConfig:
     def from_dict(cls, data: dict[str, Any]) -> StudyConfig:
         """Build and validate, refusing unknown keys at either level (a typo must not be ignored)."""
         try:
-            tasks = [TaskPlan(**_known_keys(TaskPlan, t, "task")) for t in (data.get("tasks") or [])]
-            return cls(**{**_known_keys(cls, data, "study"), "tasks": tasks}).validate()
+            tasks = [TaskPlan(**known_keys(TaskPlan, t, "task")) for t in (data.get("tasks") or [])]
+            return cls(**{**known_keys(cls, data, "study"), "tasks": tasks}).validate()
         except TypeError as exc:  # a required key left out
             raise ConfigError(f"study config: {exc}.") from None
 
 
-def _known_keys(cls: type, data: Any, what: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"a {what} is a mapping of keys to values, got {data!r}.")
-    names = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown {what} keys {unknown}; valid keys: {names}.")
-    return data
-
-
 def packaged_studies() -> dict[str, Path]:
     """The study configs shipped in ``refconv/configs/downstream`` by name."""
-    from ..engine.config import packaged_yaml
-
-    return packaged_yaml("downstream")
+    return packaged_specs("downstream")
 
 
 def load_study_config(name_or_path: str | Path, **overrides: Any) -> StudyConfig:
     """Read a study YAML (a path or a packaged name, e.g. ``transfer``); ``overrides`` replace top-level keys."""
-    import yaml
-
-    from ..engine.config import resolve_packaged
-
-    path = resolve_packaged(name_or_path, packaged_studies(), "study", "downstream study")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a study config is a mapping of keys to values.")
+    data, _, _ = read_spec(name_or_path, "downstream")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return StudyConfig.from_dict(data)
 
