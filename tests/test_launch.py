@@ -19,7 +19,7 @@ from refconv.engine import make_config
 from refconv.errors import ConfigError
 from refconv.protocol import launch
 from refconv.protocol.launch import (LaunchCell, LaunchError, LaunchOptions, SubmititLauncher, infer_dependencies,
-                                     launch_options, parse_launcher_block)
+                                     launch_options, parse_launcher_block, submitit_launcher)
 from refconv.protocol.sweep import parse_sweep, run_sweep
 from refconv.protocol.sweep_status import sweep_report, sweep_status
 
@@ -168,8 +168,8 @@ def test_resources_slurm_refuses_are_one_line(monkeypatch, tmp_path):
 
 
 def test_node_local_output_is_warned_about():
-    assert "usually local to each node" in launch._shared_storage_warning(Path("/tmp/sweeps/x"))
-    assert launch._shared_storage_warning(Path("/home/me/sweeps/x")) is None
+    assert "usually local to each node" in submitit_launcher._shared_storage_warning(Path("/tmp/sweeps/x"))
+    assert submitit_launcher._shared_storage_warning(Path("/home/me/sweeps/x")) is None
 
 
 def test_a_second_live_submission_is_refused(tmp_path):
@@ -180,10 +180,10 @@ def test_a_second_live_submission_is_refused(tmp_path):
     rec.write_text(json.dumps({"launcher": "submitit-local", "host": socket.gethostname(), "pid": os.getppid(),
                                "jobs": {}}))
     with pytest.raises(LaunchError, match=rf"another submission of this study \(PID {os.getppid()}\) is still running"):
-        launch._refuse_live_submission(tmp_path)
+        submitit_launcher._refuse_live_submission(tmp_path)
     rec.write_text(json.dumps({"launcher": "submitit-local", "host": socket.gethostname(), "pid": 2**22 + 7,
                                "jobs": {}}))
-    launch._refuse_live_submission(tmp_path)  # its process is gone: a new submission may go ahead
+    submitit_launcher._refuse_live_submission(tmp_path)  # its process is gone: a new submission may go ahead
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
