@@ -305,6 +305,27 @@ def test_status_rows_name_the_job_the_reason_and_the_last_log_line(tmp_path):
     assert text.splitlines()[-1].endswith("refconv sweep s.yaml --launcher slurm")
 
 
+
+def test_any_cell_with_a_key_and_a_config_will_do(tmp_path):
+    """A study may hand the launcher its own cell objects: only ``key`` and ``config`` are read (the run directory
+    is ``config.run_dir()``)."""
+
+    class Bare:
+        __slots__ = ("key", "config")
+
+        def __init__(self, key, config):
+            self.key, self.config = key, config
+
+    base = make_config({"model": "timm/mobilenetv3_small_050", "data": "fashion-mnist", "epochs": 2})
+    b = Bare("baseline", base.replace(method="baseline", out=str(tmp_path / "b")))
+    a = Bare("e2/continue", base.replace(method="continue", weights=str(tmp_path / "b"), out=str(tmp_path / "a")))
+    assert infer_dependencies([b, a]) == {"baseline": (), "e2/continue": ("baseline",)}
+    rows = launch.cell_states([b, a], tmp_path)
+    assert [(r["cell"], r["status"], r["run_dir"]) for r in rows] == [
+        ("baseline", "not submitted", str(b.config.run_dir())), ("e2/continue", "not submitted", str(a.config.run_dir()))]
+    assert launch.status_text(rows, "again").splitlines()[-2] == "2 not submitted"
+
+
 @pytest.mark.slow  # ~2 min on 2 cores: three 2-process gloo runs
 def test_a_cell_with_several_processes_runs_under_ddp(reference, job_pythonpath):
     """A cell given two processes (one per GPU on a cluster; gloo on CPU here) runs the engine's DDP path with the
