@@ -67,8 +67,8 @@ class CellJob:
 
     It runs the cell as :func:`refconv.protocol.cells.run_cell` does (the finished run is returned, an interrupted
     one resumed, a new one started), reports to its state file, and turns Slurm's warning signal into a
-    checkpoint and a requeue (see the module docstring). ``hooks`` are engine step callbacks installed for the run
-    (fault injection in tests, a user's watchdog); they must pickle.
+    checkpoint and a requeue (see :mod:`refconv.protocol.launch`, "Preemption and time limits"). ``hooks`` are
+    engine step callbacks installed for the run (fault injection in tests, a user's watchdog); they must pickle.
     """
 
     def __init__(self, key: str, config: Mapping[str, Any], state_file: str, max_requeues: int = 3,
