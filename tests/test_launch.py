@@ -19,7 +19,7 @@ from refconv.engine import make_config
 from refconv.errors import ConfigError
 from refconv.protocol import launch
 from refconv.protocol.launch import (LaunchCell, LaunchError, LaunchOptions, SubmititLauncher, infer_dependencies,
-                                     launch_options, parse_launcher_block)
+                                     launch_options, parse_launcher_block, submitit_launcher)
 from refconv.protocol.sweep import parse_sweep, run_sweep
 from refconv.protocol.sweep_status import sweep_report, sweep_status
 
@@ -168,8 +168,8 @@ def test_resources_slurm_refuses_are_one_line(monkeypatch, tmp_path):
 
 
 def test_node_local_output_is_warned_about():
-    assert "usually local to each node" in launch._shared_storage_warning(Path("/tmp/sweeps/x"))
-    assert launch._shared_storage_warning(Path("/home/me/sweeps/x")) is None
+    assert "usually local to each node" in submitit_launcher._shared_storage_warning(Path("/tmp/sweeps/x"))
+    assert submitit_launcher._shared_storage_warning(Path("/home/me/sweeps/x")) is None
 
 
 def test_a_second_live_submission_is_refused(tmp_path):
@@ -180,10 +180,10 @@ def test_a_second_live_submission_is_refused(tmp_path):
     rec.write_text(json.dumps({"launcher": "submitit-local", "host": socket.gethostname(), "pid": os.getppid(),
                                "jobs": {}}))
     with pytest.raises(LaunchError, match=rf"another submission of this study \(PID {os.getppid()}\) is still running"):
-        launch._refuse_live_submission(tmp_path)
+        submitit_launcher._refuse_live_submission(tmp_path)
     rec.write_text(json.dumps({"launcher": "submitit-local", "host": socket.gethostname(), "pid": 2**22 + 7,
                                "jobs": {}}))
-    launch._refuse_live_submission(tmp_path)  # its process is gone: a new submission may go ahead
+    submitit_launcher._refuse_live_submission(tmp_path)  # its process is gone: a new submission may go ahead
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -299,6 +299,27 @@ def test_status_rows_name_the_job_the_reason_and_the_last_log_line(tmp_path):
     assert "job 8 on n2, epoch 1/2" in text and "[requeued 2x]" in text
     assert text.splitlines()[-2] == "1 failed, 1 running, 1 interrupted, 1 not submitted"
     assert text.splitlines()[-1].endswith("refconv sweep s.yaml --launcher slurm")
+
+
+
+def test_any_cell_with_a_key_and_a_config_will_do(tmp_path):
+    """A study may hand the launcher its own cell objects: only ``key`` and ``config`` are read (the run directory
+    is ``config.run_dir()``)."""
+
+    class Bare:
+        __slots__ = ("key", "config")
+
+        def __init__(self, key, config):
+            self.key, self.config = key, config
+
+    base = make_config({"model": "timm/mobilenetv3_small_050", "data": "fashion-mnist", "epochs": 2})
+    b = Bare("baseline", base.replace(method="baseline", out=str(tmp_path / "b")))
+    a = Bare("e2/continue", base.replace(method="continue", weights=str(tmp_path / "b"), out=str(tmp_path / "a")))
+    assert infer_dependencies([b, a]) == {"baseline": (), "e2/continue": ("baseline",)}
+    rows = launch.cell_states([b, a], tmp_path)
+    assert [(r["cell"], r["status"], r["run_dir"]) for r in rows] == [
+        ("baseline", "not submitted", str(b.config.run_dir())), ("e2/continue", "not submitted", str(a.config.run_dir()))]
+    assert launch.status_text(rows, "again").splitlines()[-2] == "2 not submitted"
 
 
 @pytest.mark.slow  # ~2 min on 2 cores: three 2-process gloo runs

@@ -13,6 +13,7 @@ Pretrained models made by this project (Fashion-MNIST, converged): ``refconv.pre
 
 from typing import TYPE_CHECKING
 
+from . import errors
 from ._lazy import lazy_exports
 from .errors import (
     AlreadyConvertedError,
@@ -57,32 +58,6 @@ lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "RefConv",
-    "convert",
-    "reparameterize",
-    "plan_conversion",
-    "LayerPlan",
-    "refconv_layers",
-    "conversion_config",
-    "state_dict_format",
-    "load_state_dict",
-    "capped_groups",
-    "default_groups",
-    "refocus",
-    "RefConvWarning",
-    "RefConvError",
-    "ConversionError",
-    "AlreadyConvertedError",
-    "NoEligibleConvError",
-    "StateDictFormatError",
-    "DataError",
-    "ModelError",
-    "CheckpointError",
-    "ConfigError",
-    "PretrainedError",
-    "UnknownPretrainedError",
-    "PretrainedNotShippedError",
-    "pretrained",
-    "__version__",
-]
+# The public names: the lazy ones above, the errors imported above (in refconv.errors' order) and the version; each
+# list is written once, where its names come from.
+__all__ = [*_EXPORTS, *(name for name in errors.__all__ if name in globals()), "__version__"]

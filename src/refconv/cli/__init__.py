@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import RefConvError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES", "add_command"]
 
 # Every command: the module under refconv.cli that registers it (``register(subparsers)``) and its one-line help,
 # in help order. The table lets ``refconv --help`` / ``--version`` / a bad command answer without importing any
@@ -66,6 +66,11 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=summary, add_help=False)
     return parser
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of command ``name``, its one-line help taken from :data:`COMMANDS` (written once, there)."""
+    return sub.add_parser(name, help=COMMANDS[name][1], description=description)
 
 
 def add_model_data_options(p: argparse.ArgumentParser, *, model_help: str, data_help: str) -> None:

@@ -1,21 +1,20 @@
-"""``refconv demo``: the paper's protocol on the embedded default data, with a report."""
+"""``refconv demo``: the paper's protocol on the embedded default data, with a report.
+
+From the shipped converged Fashion-MNIST model (or, with a *-scratch profile, a baseline trained here), train
+RefConv and its fair controls (continue, finetune) with the same budget over several seeds; fold and check
+equivalence; run the analyses for every seed; write report.md, report.html and results.json into --out. Every stage
+is cached: a rerun skips finished runs and resumes interrupted ones.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from . import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the paper's protocol (baseline, refconv vs continue/finetune, fold, analyses) and write a report",
-        description=(
-            "From the shipped converged Fashion-MNIST model (or, with a *-scratch profile, a baseline trained here), "
-            "train RefConv and its fair controls (continue, finetune) with the same budget over several seeds; fold "
-            "and check equivalence; run the analyses for every seed; write report.md, report.html and results.json "
-            "into --out. Every stage is cached: a rerun skips finished runs and resumes interrupted ones."
-        ),
-    )
+    p = add_command(sub, "demo", __doc__)
     p.add_argument("--profile", default="quick", metavar="NAME|YAML",
                    help="a packaged profile (src/refconv/configs/demo) or a YAML file of one's own: quick: from the "
                         "shipped converged model, <=10 min on a 2-core CPU (subsampled); full: both shipped models, all "

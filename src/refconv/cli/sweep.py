@@ -1,10 +1,20 @@
-"""``refconv sweep CONFIG``: RefConv settings against fair controls over budgets and seeds, with a report."""
+"""``refconv sweep CONFIG``: RefConv settings against fair controls over budgets and seeds, with a report.
+
+Read a sweep YAML (a path, or a packaged sweep: fashion-mnist-small, ablations), train its baseline once, then every
+RefConv setting and the controls (continue, finetune) from that checkpoint for each budget E and seed. Every cell is
+an ordinary run directory: a rerun skips finished cells and resumes interrupted ones; adding seeds, budgets or
+settings trains only what is new. Writes results.json, report.md, report.html and PNG plots into --out. See
+docs/sweep.md for the config schema. On a cluster: --launcher slurm, then `refconv sweep status OUT` and
+`refconv sweep report OUT` (docs/cluster.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from . import add_command
 
 
 def _parallel(value: str) -> int | str:
@@ -20,18 +30,7 @@ def _parallel(value: str) -> int | str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "sweep",
-        help="run RefConv settings and the controls over budgets and seeds from one baseline; report when RefConv pays",
-        description=(
-            "Read a sweep YAML (a path, or a packaged sweep: fashion-mnist-small, ablations), train its baseline once, "
-            "then every RefConv setting and the controls (continue, finetune) from that checkpoint for each budget E "
-            "and seed. Every cell is an ordinary run directory: a rerun skips finished cells and resumes interrupted "
-            "ones; adding seeds, budgets or settings trains only what is new. Writes results.json, report.md, "
-            "report.html and PNG plots into --out. See docs/sweep.md for the config schema. On a cluster: "
-            "--launcher slurm, then `refconv sweep status OUT` and `refconv sweep report OUT` (docs/cluster.md)."
-        ),
-    )
+    p = add_command(sub, "sweep", __doc__)
     p.add_argument("config", metavar="CONFIG",
                    help="sweep YAML file or packaged sweep name; or `status OUT` (each cell: done / running / queued / "
                         "failed) or `report OUT` (results.json and the report from the finished cells)")
@@ -41,13 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=_parallel, default=None, metavar="N|auto",
                    help="cells run in N processes (default: the config's 'parallel', else 1)")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes per run")
-    p.add_argument("--yes", action="store_true",
-                   help="run even when the time estimate exceeds the config's time_budget_minutes")
-    p.add_argument("--estimate", action="store_true",
-                   help="validate the config, print the plan and the time estimate (JSON on stdout), and exit")
-    p.add_argument("--overwrite", action="store_true",
-                   help="recompute runs that cannot be reused (another recipe or baseline in --out, or changed "
-                        "settings); finished matching cells are always kept")
+    for switch, text in (
+            ("--yes", "run even when the time estimate exceeds the config's time_budget_minutes"),
+            ("--estimate", "validate the config, print the plan and the time estimate (JSON on stdout), and exit"),
+            ("--overwrite", "recompute runs that cannot be reused (another recipe or baseline in --out, or changed "
+                            "settings); finished matching cells are always kept")):
+        p.add_argument(switch, action="store_true", help=text)
     p.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default=None,
                    help="per-run progress output (default: the config's, else plain lines)")
     from .launch_options import add_launcher_options

@@ -13,8 +13,9 @@ from typing import Any
 
 from ..engine import RunConfig, RunResult, rundir, run
 from ..errors import CheckpointError
+from ..runlayout import is_finished
 
-__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "cell_record", "study_dir"]
+__all__ = ["Arm", "Cell", "cell_config", "run_cell", "run_cells", "run_waves", "cell_record", "study_dir"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,30 @@ def run_cells(
         results[cell.key] = res
         if on_done:
             on_done(cell, res, i, len(cells))
+    return results
+
+
+def run_waves(waves: Sequence[Sequence[Cell]], *, parallel: int = 1, overwrite: bool = False,
+              on_done: Callable[[Cell, RunResult, int, int], None] | None = None,
+              reporter: Any = None) -> dict[str, RunResult]:
+    """Run the cells wave after wave (each wave's prerequisites lie in earlier ones:
+    :func:`refconv.protocol.launch.in_waves`): in a wave, the finished cells first, in this process (instant), then
+    the work, in ``parallel`` processes when asked. Returns ``{cell.key: result}``; ``on_done`` as
+    :func:`run_cells`' (its count runs over all waves)."""
+    results: dict[str, RunResult] = {}
+    total = sum(len(w) for w in waves)
+
+    def done(cell: Cell, res: RunResult, _i: int, _n: int) -> None:
+        results[cell.key] = res
+        if on_done is not None:
+            on_done(cell, res, len(results), total)
+
+    for wave in waves:
+        finished = [c for c in wave if is_finished(c.config.run_dir())]
+        todo = [c for c in wave if c not in finished]
+        run_cells(finished, overwrite=overwrite, on_done=done, reporter=reporter)
+        run_cells(todo, parallel=min(parallel, max(len(todo), 1)), overwrite=overwrite, on_done=done,
+                  reporter=reporter)
     return results
 
 

@@ -23,10 +23,8 @@ from torch import nn
 
 from ..engine import RunResult
 from ..engine.result import TrainedModels
-from ..runlayout import is_finished
-from .cells import Cell, run_cells
-from .launch import LaunchOptions, Launcher, infer_dependencies, run_with_launcher
-from .launch import _topological as waves
+from .cells import Cell, run_waves
+from .launch import LaunchOptions, Launcher, in_waves, infer_dependencies, run_with_launcher
 
 __all__ = ["execute", "StudyModels"]
 
@@ -54,23 +52,15 @@ def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
     """
     if not run_with_launcher(launcher, cells, study_out, log, resubmit=resubmit):
         return None
-    results: dict[str, RunResult] = {}
-    total = len(cells)
 
-    def done(cell: Cell, res: RunResult, _i: int, _n: int) -> None:
+    def done(cell: Cell, res: RunResult, i: int, n: int) -> None:
         if not keep_models:
             res.models = None
-        results[cell.key] = res
         if on_done is not None:
-            on_done(cell, res, len(results), total)
+            on_done(cell, res, i, n)
 
-    for wave in waves(cells, infer_dependencies(cells)):
-        # finished cells first, in this process (instant); then the work, in parallel processes when asked
-        finished = [c for c in wave if is_finished(c.config.run_dir())]
-        todo = [c for c in wave if c not in finished]
-        run_cells(finished, overwrite=overwrite, on_done=done, reporter=reporter)
-        run_cells(todo, parallel=min(parallel, max(len(todo), 1)), overwrite=overwrite, on_done=done,
-                  reporter=reporter)
+    results = run_waves(in_waves(cells, infer_dependencies(cells)), parallel=parallel, overwrite=overwrite,
+                        on_done=done, reporter=reporter)
     return {c.key: results[c.key] for c in cells}
 
 

@@ -30,12 +30,10 @@ shares the recipe and the starting weights, so the sweep owns exactly the keys t
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import itertools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,8 @@ from ..engine import RunConfig
 from ..engine.config import NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, read_yaml, resolve_packaged
 from ..errors import ConfigError
 from .cells import Arm
+from .sweep_checks import (as_mapping, auto_name, check_run_keys, expand_grid, int_list, unknown_keys_error,
+                           validated)
 
 __all__ = ["SweepSpec", "Setting", "TOP_LEVEL_KEYS", "REFCONV_KEYS", "CONTROLS", "DEFAULT_TIME_BUDGET_MIN",
            "load_sweep", "parse_sweep", "packaged_sweeps", "resolve_sweep_path", "expand_grid"]
@@ -73,7 +73,6 @@ _SHARED_REASONS = {k: "the data and model are shared by every run: set it in 'ba
 _RESERVED_NAMES = ("baseline",) + CONTROL_METHODS
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,-]*$")
 _LR_KEYS = ("lr", "base_lr", "lr_base_size", "finetune_lr_mult")
-_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 DEFAULT_TIME_BUDGET_MIN = 60.0
 
 
@@ -184,7 +183,6 @@ class SweepSpec:
         return None
 
 
-
 # ---------------------------------------------------------------------------------------------- loading
 def packaged_sweeps() -> dict[str, Path]:
     """The sweeps shipped in ``refconv/configs/sweeps`` by name (file stem)."""
@@ -204,97 +202,6 @@ def load_sweep(name_or_path: str | os.PathLike) -> SweepSpec:
     return parse_sweep(read_yaml(path, "sweep config"), source=packaged or str(path), default_name=path.stem)
 
 
-def _unknown_keys_error(keys: Sequence[str], where: str, allowed: Sequence[str], extra: str = "") -> ConfigError:
-    hints = []
-    for k in keys:
-        close = difflib.get_close_matches(str(k), list(allowed), n=1)
-        if close:
-            hints.append(f"{close[0]!r} for {k!r}")
-    hint = f" Did you mean {' and '.join(hints)}?" if hints else ""
-    return ConfigError(
-        f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(repr(k) for k in keys)} in {where}.{hint} "
-        f"Allowed: {', '.join(allowed)}.{extra}"
-    )
-
-
-def _check_run_keys(data: Mapping[str, Any], where: str, forbidden: Mapping[str, str]) -> None:
-    """Unknown RunConfig keys (all named at once), then keys this section may not set (with the reason)."""
-    unknown = [k for k in data if k not in _RUN_KEYS]
-    if unknown:
-        allowed = [k for k in _RUN_KEYS if k not in forbidden]
-        raise _unknown_keys_error(unknown, where, allowed, " (RunConfig keys: see docs/engine.md.)")
-    bad = [k for k in data if k in forbidden]
-    if bad:
-        raise ConfigError("; ".join(f"{where} may not set {k!r}: {forbidden[k]}" for k in bad) + ".")
-
-
-def _validated(where: str, *layers: Mapping[str, Any]) -> RunConfig:
-    try:
-        return make_config(*layers, source=where)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(value).__name__}.")
-    return dict(value)
-
-
-def _int_list(value: Any, where: str, *, minimum: int) -> list[int]:
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConfigError(f"{where} must hold integers >= {minimum}, got {v!r}.")
-        out.append(int(v))
-    if not out:
-        raise ConfigError(f"{where} is empty.")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{where} repeats a value: {out}.")
-    return out
-
-
-def _value_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "|".join(_value_name(x) for x in v) or "none"
-    return str(v)
-
-
-def _auto_name(overrides: Mapping[str, Any]) -> str:
-    """``k=v+k=v`` (characters a directory name should not hold become ``-``); ``refconv`` for no changes."""
-    if not overrides:
-        return "refconv"
-    raw = "+".join(f"{k}={_value_name(v)}" for k, v in overrides.items())
-    return re.sub(r"[^A-Za-z0-9._=+,-]", "-", raw)
-
-
-def expand_grid(grid: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Cartesian product of ``{key: [values]}`` in key order, as ``(auto name, overrides)`` pairs.
-
-    A scalar counts as a one-value list, so ``{init: zeros, map_k: [1, 3]}`` gives two settings.
-    """
-    keys = list(grid)
-    values = []
-    for k in keys:
-        v = grid[k]
-        v = list(v) if isinstance(v, (list, tuple)) else [v]
-        if not v:
-            raise ConfigError(f"grid.{k} is an empty list: give at least one value.")
-        values.append(v)
-    out = []
-    for combo in itertools.product(*values):
-        overrides = dict(zip(keys, combo))
-        out.append((_auto_name(overrides), overrides))
-    return out
-
-
 def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str = "sweep") -> SweepSpec:
     """Validate a sweep mapping (as read from YAML) into a :class:`SweepSpec`.
 
@@ -310,21 +217,21 @@ def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str 
                           f"{type(data).__name__}.")
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     if unknown:
-        raise _unknown_keys_error(unknown, where, TOP_LEVEL_KEYS)
+        raise unknown_keys_error(unknown, where, TOP_LEVEL_KEYS)
     warnings: list[str] = []
-    base = _mapping(data.get("base"), "base")
-    _check_run_keys(base, "base", {**_SWEEP_OWNED, "pretrained": "hub weights start the baseline: put "
+    base = as_mapping(data.get("base"), "base")
+    check_run_keys(base, "base", {**_SWEEP_OWNED, "pretrained": "hub weights start the baseline: put "
                                                                  "'pretrained: true' under 'baseline'"})
-    base_cfg = _validated("base", base)
+    base_cfg = validated("base", base)
     base = {k: getattr(base_cfg, k) for k in base}  # values as coerced by the engine
-    baseline = _parse_baseline(_mapping(data.get("baseline"), "baseline"), base, base_cfg)
+    baseline = _parse_baseline(as_mapping(data.get("baseline"), "baseline"), base, base_cfg)
     seeds = _parse_seeds(data)
     if len(seeds) < 2:
         warnings.append(f"only {len(seeds)} seed: results are reported without confidence intervals, and no setting "
                         "can be said to beat a control. Use seeds: 2 or more for a statistical claim.")
     if "budgets" not in data:
         raise ConfigError("the sweep needs 'budgets': a list of epoch budgets E, e.g. [1, 3].")
-    budgets = sorted(_int_list(data["budgets"], "budgets", minimum=1))
+    budgets = sorted(int_list(data["budgets"], "budgets", minimum=1))
     controls, control_specs = _parse_controls(data.get("controls", list(CONTROLS)), base, baseline)
     settings = _parse_settings(data, base, warnings)
     parallel, tb, ci, conf = _parse_options(data)
@@ -390,12 +297,12 @@ def _parse_baseline(baseline: dict[str, Any], base: dict[str, Any], base_cfg: Ru
         parsed = _parse_baseline(baseline, base, base_cfg)
         return {**parsed, "per_seed": True} if per_seed else parsed
     if "weights" not in baseline:
-        _check_run_keys(baseline, "baseline", {
+        check_run_keys(baseline, "baseline", {
             **{k: v for k, v in _SWEEP_OWNED.items() if k not in ("epochs", "seed", "weights")}, **_SHARED_REASONS})
         if "epochs" not in baseline:
             raise ConfigError("baseline needs 'epochs' (how long to train the baseline here), or 'weights: PATH' to "
                               "start every arm from an existing checkpoint.")
-        cfg = _validated("baseline", base, baseline, {"method": "baseline"})
+        cfg = validated("baseline", base, baseline, {"method": "baseline"})
         return {k: getattr(cfg, k) for k in baseline}
     others = [k for k in baseline if k != "weights"]
     if others:
@@ -429,7 +336,7 @@ def _parse_seeds(data: Mapping[str, Any]) -> list[int]:
         if seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {seeds}.")
         return list(range(seeds))
-    return _int_list(seeds, "seeds", minimum=0)
+    return int_list(seeds, "seeds", minimum=0)
 
 
 def _parse_controls(value: Any, base: dict[str, Any], baseline: Mapping[str, Any]
@@ -449,8 +356,8 @@ def _parse_controls(value: Any, base: dict[str, Any], baseline: Mapping[str, Any
                                   f"{', '.join(_RESERVED_NAMES)}), got {name!r}.")
             if method not in CONTROLS:
                 raise ConfigError(f"controls[{i}] ({name}): 'method' must be one of {', '.join(CONTROLS)}, got {method!r}.")
-            _check_run_keys(entry, f"controls[{i}] ({name})", {**_SWEEP_OWNED, **_SHARED_REASONS})
-            cfg = _validated(f"controls[{i}] ({name})", base, entry, {"method": method, "pretrained": True})
+            check_run_keys(entry, f"controls[{i}] ({name})", {**_SWEEP_OWNED, **_SHARED_REASONS})
+            cfg = validated(f"controls[{i}] ({name})", base, entry, {"method": method, "pretrained": True})
             specs[name] = {"method": method, "overrides": {k: getattr(cfg, k) for k in entry}}
             controls.append(name)
         elif entry in CONTROL_METHODS:
@@ -479,10 +386,10 @@ def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: lis
         raise ConfigError(f"settings must be a list of mappings (e.g. - {{name: zero-init, init: zeros}}), got "
                           f"{type(settings_v).__name__}.")
     for i, entry in enumerate(settings_v):
-        entry = _mapping({"name": entry} if isinstance(entry, str) else entry, f"settings[{i}]")
+        entry = as_mapping({"name": entry} if isinstance(entry, str) else entry, f"settings[{i}]")
         name = entry.pop("name", None)
         raw.append((None if name is None else str(name), entry, f"settings[{i}]"))
-    grid = _mapping(data.get("grid"), "grid")
+    grid = as_mapping(data.get("grid"), "grid")
     raw += [(name, overrides, "grid") for name, overrides in (expand_grid(grid) if grid else [])]
     if not raw:
         raise ConfigError("the sweep has no RefConv setting: add 'settings' (e.g. - {name: authors}) or a 'grid'.")
@@ -491,10 +398,10 @@ def _parse_settings(data: Mapping[str, Any], base: dict[str, Any], warnings: lis
     seen_cfg: dict[str, str] = {}
     for name, overrides, where_s in raw:
         label = f"{where_s} ({name})" if name else where_s
-        _check_run_keys(overrides, label, forbidden)
-        cfg = _validated(label, base, overrides, {"method": "refconv", "weights": "baseline"})
+        check_run_keys(overrides, label, forbidden)
+        cfg = validated(label, base, overrides, {"method": "refconv", "weights": "baseline"})
         overrides = {k: getattr(cfg, k) for k in overrides}
-        name = name or _auto_name(overrides)
+        name = name or auto_name(overrides)
         if not _NAME_RE.match(name):
             raise ConfigError(f"{label}: setting name {name!r} must start with a letter or digit and hold only letters, "
                               "digits and . _ = + , - (it names a directory).")
