@@ -5,35 +5,33 @@ from __future__ import annotations
 
 import argparse
 
-SUMMARY_HELP = "the pretrained study's one-page summary (docs/pretrained-study.md) from its recorded sweeps"
-ANALYSES_HELP = "the paper's analyses over a finished sweep's seeds: each RefConv cell vs the same seed's control"
+DESCRIPTIONS = {
+    "study-summary": (
+        "Read one recorded sweep per start (its results.json, and its analyses/ when recorded) and write the study's "
+        "summary page and <page>-delta.png beside it: per setting and budget, RefConv minus the best equal-budget "
+        "control from each start. The page's hand-written reading, between its reading markers, is kept. See "
+        "docs/sweep.md."),
+    "study-analyses": (
+        "Analyse a finished sweep's cells at one budget, for every seed: channel redundancy, kernel skeleton, loss "
+        "landscape, attacks and cost of each chosen RefConv setting against the same seed's control. Reads the cells' "
+        "run directories (run it before deleting the sweep's runs/); writes analyses/analyses.json, analyses.md and "
+        "seed 0's plots into the sweep's directory, which `refconv study-summary` adds to the page. See "
+        "docs/sweep.md."),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "study-summary", help=SUMMARY_HELP,
-        description=(
-            "Read one recorded sweep per start (its results.json, and its analyses/ when recorded) and write the "
-            "study's summary page and <page>-delta.png beside it: per setting and budget, RefConv minus the best "
-            "equal-budget control from each start. The page's hand-written reading, between its reading markers, "
-            "is kept. See docs/sweep.md."
-        ),
-    )
+    from . import COMMANDS
+
+    parsers = {name: sub.add_parser(name, help=COMMANDS[name][1], description=text)
+               for name, text in DESCRIPTIONS.items()}
+    p = parsers["study-summary"]
     p.add_argument("sweeps", nargs="+", metavar="LABEL=DIR", help="a recorded sweep per start, e.g. converged=DIR")
     p.add_argument("--out", required=True, help="the Markdown page to write")
     p.set_defaults(func=_summary)
-
-    p = sub.add_parser(
-        "study-analyses", help=ANALYSES_HELP,
-        description=(
-            "Analyse a finished sweep's cells at one budget, for every seed: channel redundancy, kernel skeleton, "
-            "loss landscape, attacks and cost of each chosen RefConv setting against the same seed's control. Reads "
-            "the cells' run directories (run it before deleting the sweep's runs/); writes analyses/analyses.json, "
-            "analyses.md and seed 0's plots into the sweep's directory, which `refconv study-summary` adds to the "
-            "page. See docs/sweep.md."
-        ),
-    )
-    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished sweep's --out directory (its runs/ still present)")
+    p = parsers["study-analyses"]
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR",
+                   help="a finished sweep's --out directory (its runs/ still present)")
     p.add_argument("--budget", type=int, default=None, help="budget to analyse (default: the largest)")
     p.add_argument("--settings", default=None,
                    help="comma-separated RefConv settings (default: authors and the one closest to the best control)")

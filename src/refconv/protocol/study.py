@@ -111,8 +111,8 @@ def _intro(study: dict[str, dict[str, Any]]) -> list[Text | Table]:
              "on the same test images; Δ is the paired per-seed difference to the **best control at that budget**, "
              "with its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval "
              "is above zero."),
-        Text(f"Scale: `{base['model']}` at " + (f"{base['image_size']} px" if base.get("image_size") else "its native size")
-             + "; an epoch is "
+        Text(f"Scale: `{base['model']}` at "
+             + (f"{base['image_size']} px" if base.get("image_size") else "its native size") + "; an epoch is "
              + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
                 if base.get("subset_train") else "the whole 60,000-image training set")
              + f", batch {base['batch_size']}, scored on "
@@ -132,8 +132,8 @@ def _answer_section(study: dict[str, dict[str, Any]]) -> Section:
         items.append("**No RefConv setting beats the best equal-budget control at any budget, from either start.**")
     for label, res in study.items():
         r = max((r for r in _rows(res) if r["kind"] == "setting"), key=lambda r: r["vs_best"]["mean"])
-        items.append(f"Closest from the {label} start: **{r['arm']}** at {r['budget']} epoch(s), Δ {_ci(r['vs_best'])} "
-                     f"pt vs {r['best_control']} ({_ms(r['summary'])} % top-1).")
+        items.append(f"Closest from the {label} start: **{r['arm']}** at {r['budget']} epoch(s), "
+                     f"Δ {_ci(r['vs_best'])} pt vs {r['best_control']} ({_ms(r['summary'])} % top-1).")
     return Section("The answer").add(Bullets(items))
 
 
