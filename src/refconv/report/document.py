@@ -165,7 +165,8 @@ def _md_block(b: Block, base_dir) -> list[str]:
         return [f"![{alt}]({_rel(b.path, base_dir)})"] + ([f"*{b.caption}*"] if b.caption else [])
     if isinstance(b, Table):
         align = b.align or "l" * len(b.headers)
-        lines = ["| " + " | ".join(b.headers) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+        rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+        lines = ["| " + " | ".join(b.headers) + " |", rule]
         lines += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in row) + " |" for row in b.rows]
         return lines + ([f"*{b.caption}*"] if b.caption else [])
     raise TypeError(f"unknown block {type(b).__name__}")
@@ -198,7 +199,8 @@ def _html_block(b: Block, base_dir) -> str:
     if isinstance(b, Markdown):
         return _markdown_html(b.text)
     if isinstance(b, Code):
-        return f"<pre><code>{html.escape(b.text)}</code></pre>"
+        # one line (a newline is &#10;): a listing repeated across reports is one line, not a run of alike lines
+        return f"<pre><code>{html.escape(b.text).replace(chr(10), '&#10;')}</code></pre>"
     if isinstance(b, Image):
         path = Path(b.path) if base_dir is None or os.path.isabs(b.path) else Path(base_dir) / b.path
         alt = b.caption if b.alt is None else b.alt
