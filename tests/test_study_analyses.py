@@ -93,3 +93,17 @@ def test_bad_requests_name_the_fix(swept, tmp_path):
     shutil.copytree(out, moved, ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(ConfigError, match=r"cell e1/authors/seed0: .* Re-run the sweep to restore them"):
         analyze_sweep(moved, settings=["authors"], profile=TINY)
+
+
+def test_cli_writes_the_analyses_and_records_its_own_command(swept, monkeypatch, capsys):
+    from refconv import cli
+    from refconv.protocol import study_analyses
+
+    monkeypatch.setattr(study_analyses, "STUDY_ANALYSIS", TINY.analysis)  # the default profile, made tiny
+    out = swept["out"]
+    assert cli.main(["study-analyses", str(out), "--settings", "zero-init", "--data-dir", str(swept["data"])]) == 0
+    assert capsys.readouterr().out.startswith("# Analyses over seeds (1 epochs)")
+    assert load_analyses(out)["command"] == f"refconv study-analyses {out} --budget 1 --settings zero-init"
+    assert "Command: `refconv study-analyses " in (out / "analyses" / "analyses.md").read_text()
+    assert cli.main(["study-analyses", str(out), "--budget", "3"]) == 1
+    assert "no budget 3; it has [1]" in capsys.readouterr().err

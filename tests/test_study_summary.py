@@ -6,7 +6,8 @@ import copy
 import json
 from pathlib import Path
 
-from refconv.protocol.study import load_study, main, write_study_summary
+from refconv import cli
+from refconv.protocol.study import READING_END, READING_START, load_study, write_study_summary
 
 RECORDED = Path(__file__).resolve().parents[1] / "docs" / "results" / "fashion-mnist-small"
 
@@ -27,5 +28,21 @@ def test_summary_prints_every_row_and_the_verdict(tmp_path):
     assert "beats the best control from the undertrained start at 3 epoch(s): Δ +0.80 [+0.30, +1.30]" in md
     assert "No RefConv setting beats" not in md
     assert (tmp_path / "study-delta.png").is_file()
-    assert main(["converged=" + str(tmp_path / "a"), "--out", str(tmp_path / "one.md")]) == 0
+    assert cli.main(["study-summary", "converged=" + str(tmp_path / "a"), "--out", str(tmp_path / "one.md")]) == 0
     assert "No RefConv setting beats the best equal-budget control" in (tmp_path / "one.md").read_text()
+
+
+def test_regenerating_the_page_keeps_its_hand_written_reading(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text((RECORDED / "results.json").read_text())
+    page = tmp_path / "study.md"
+    write_study_summary(load_study({"converged": tmp_path / "a"}), page, plot=False)
+    assert READING_START not in page.read_text()  # nothing written by hand yet: no reading section
+    reading = "- **By hand.** A [link](method.md), `code` and\n  a continued line."
+    page.write_text(page.read_text() + f"\n## What it means\n\n{READING_START}\n{reading}\n{READING_END}\n")
+    for _ in range(2):
+        assert cli.main(["study-summary", f"converged={tmp_path / 'a'}", "--out", str(page)]) == 0
+        text = page.read_text()
+        assert text.count(reading) == 1 and text.endswith(f"{READING_START}\n{reading}\n{READING_END}\n")
+    assert cli.main(["study-summary", "converged", "--out", str(page)]) == 1
+    assert "give LABEL=DIR" in capsys.readouterr().err

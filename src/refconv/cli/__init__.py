@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("downstream", "train / fold / export a segmenter (DeepLabV3, LR-ASPP, FCN) with a RefConv backbone"),
     "downstream-study": ("downstream_study", "detection / segmentation from a pretrained backbone: refconv vs "
                                             "continue / finetune over seeds, with a report"),
+    "study-summary": ("study", "write the pretrained study's summary page from its recorded sweeps"),
+    "study-analyses": ("study", "the paper's analyses over a finished sweep's seeds, RefConv vs control per seed"),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
 

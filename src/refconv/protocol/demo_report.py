@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..report import Document, Image, Table, Text
+from ..report import Code, Document, Image, Section, Table, Text
 from ..report.plots import plot_curves
 from ..stats import PairedDifference, verdict
 from .tables import mean_epoch_time
@@ -61,26 +61,38 @@ def fmt_params(n: int | None) -> str:
 
 
 def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    p = results["profile"]
+    """Write ``report.md``, ``report.html`` and the curves' PNGs into ``out``; returns the two report paths."""
     doc = Document("RefConv demo report")
-    seeds = results["seeds"]
+    doc.sections += [_what_was_run(results), _verdict_section(results), _results_section(results),
+                     _curves_section(results, out), _cost_section(results), _equivalence_section(results),
+                     _analyses_section(results, out), _reproduce_section(results)]
+    return doc.write(out)
 
-    s = doc.section("What was run")
+
+def _arms_text(p: dict[str, Any], seeds: list[int]) -> str:
+    """The arms every model trains, with the profile's budget, warm-up and BatchNorm recalibration."""
+    best = p.get("best_setting")
+    return (f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
+            f"({', '.join(str(x) for x in seeds)}): **refconv** (the authors' defaults: convert, frozen basis, "
+            "Refocusing Learning), "
+            + (f"**{best[0]}** (the best setting of the recorded studies: "
+               f"{', '.join(f'{k}={v}' for k, v in best[1].items())}), " if best else "")
+            + f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}). "
+            + (f"Every arm warms up for {p['arm_warmup_epochs']:g} epoch(s) (5 % of the budget, as the authors) "
+               if p.get("arm_warmup_epochs") else "")
+            + (f"and is scored after its BatchNorm statistics are recomputed on {p['bn_recalibrate_batches']} "
+               "training batches (the same for every arm)." if p.get("bn_recalibrate_batches") else ""))
+
+
+def _what_was_run(results: dict[str, Any]) -> Section:
+    p = results["profile"]
+    s = Section("What was run")
     subset = (
         f"a class-stratified subset of {fmt(p['subset_train'])} training and {fmt(p['subset_test'])} test images"
         if p.get("subset_train") or p.get("subset_test")
         else "the full training and test sets"
     )
-    arms_text = (f"with the same recipe and a budget of {p['arm_epochs']} epochs each, over {len(seeds)} seed(s) "
-                 f"({', '.join(str(x) for x in seeds)}): **refconv** (the authors' defaults: convert, frozen basis, "
-                 "Refocusing Learning), "
-                 + (f"**{p['best_setting'][0]}** (the best setting of the recorded studies: "
-                    f"{', '.join(f'{k}={v}' for k, v in p['best_setting'][1].items())}), " if p.get("best_setting") else "")
-                 + f"**continue** (plain training, same recipe) and **finetune** (plain, lr x{p['finetune_lr_mult']}). "
-                 + (f"Every arm warms up for {p['arm_warmup_epochs']:g} epoch(s) (5 % of the budget, as the authors) "
-                    if p.get("arm_warmup_epochs") else "")
-                 + (f"and is scored after its BatchNorm statistics are recomputed on {p['bn_recalibrate_batches']} "
-                    "training batches (the same for every arm)." if p.get("bn_recalibrate_batches") else ""))
+    arms_text = _arms_text(p, results["seeds"])
     s.add(Text(f"Profile **{p['name']}** on {p['data']} ({subset}, resized to {p['image_size']}x{p['image_size']})."))
     for model, m in results["models"].items():
         st = m["start"]
@@ -102,8 +114,11 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
             "outcome, not the paper's ImageNet-scale claims. The recorded study (docs/pretrained-study.md) and "
             "`refconv demo --profile full` measure more."
         ))
+    return s
 
-    s = doc.section("Verdict")
+
+def _verdict_section(results: dict[str, Any]) -> Section:
+    s = Section("Verdict")
     for model, m in results["models"].items():
         for ref in (r for r in m["table"] if r["method"] == "refconv"):
             name = "RefConv (authors' defaults)" if ref["arm"] == "refconv" else f"RefConv ({ref['arm']})"
@@ -111,20 +126,20 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                 d = ref["vs"][ctrl]
                 label = ctrl if ctrl != "baseline" else _start_label(m)
                 s.add(Text(f"**{model}**, {name} top-1 vs {label}: {verdict(_diff_obj(d), label)}"))
+    return s
 
-    s = doc.section("Results")
+
+def _results_section(results: dict[str, Any]) -> Section:
+    s = Section("Results")
+    seeds = results["seeds"]
     for model, m in results["models"].items():
         rows = [[_start_label(m), fmt(m["start"]["epochs"]), fmt(m["start"]["final"]["top1"]),
                  fmt(m["start"]["final"]["top5"]), "", "", ""]]
         top5 = {r["arm"]: r for r in m["table_top5"]}
         for r in m["table"]:
             vs = r["vs"]
-            rows.append([
-                r["arm"], fmt(r["epochs"]), fmt_summary(r["summary"]), fmt_summary(top5[r["arm"]]["summary"]),
-                fmt_diff(vs["continue"]) if "continue" in vs else "",
-                fmt_diff(vs["finetune"]) if "finetune" in vs else "",
-                fmt_diff(vs["baseline"]) if "baseline" in vs else "",
-            ])
+            rows.append([r["arm"], fmt(r["epochs"]), fmt_summary(r["summary"]), fmt_summary(top5[r["arm"]]["summary"]),
+                         *[fmt_diff(vs[c]) if c in vs else "" for c in ("continue", "finetune", "baseline")]])
         s.add(Table(
             ["method", "epochs", "top-1 %", "top-5 %", "Δ top-1 vs continue", "Δ vs finetune", "Δ vs start"],
             rows,
@@ -134,22 +149,29 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         per_seed = [[r["arm"]] + [fmt(m["cells"][f"{r['arm']}/seed{sd}"]["final"]["top1"]) for sd in seeds]
                     for r in m["table"]]
         s.add(Table(["method"] + [f"seed {sd}" for sd in seeds], per_seed, caption=f"{model}: top-1 per seed."))
+    return s
 
-    s = doc.section("Training curves")
+
+def _curves_section(results: dict[str, Any], out: Path) -> Section:
+    """Each model's per-epoch curves (a PNG per model in ``out``): the baseline's, then the arms' after it."""
+    s = Section("Training curves")
     for model, m in results["models"].items():
         trained_here = bool(m["start"]["history"])
         hist = {"baseline": [m["start"]["history"]]} if trained_here else {}
         offset = m["start"]["epochs"] if trained_here else 0
         for arm in (r["arm"] for r in m["table"]):
-            hist[arm] = [shift_epochs(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in seeds]
+            hist[arm] = [shift_epochs(m["cells"][f"{arm}/seed{sd}"]["history"], offset) for sd in results["seeds"]]
         png = out / f"curves-{m['slug']}.png"
         plot_curves(hist, png, keys=("train_loss", "test_loss", "test_top1"), title=model)
         where = ("the arms start from the baseline's last epoch" if trained_here else
                  f"epochs of the arms, from {m['start']['name']} (top-1 {fmt(m['start']['final']['top1'])} % on this "
                  "test split)")
         s.add(Image(str(png.relative_to(out)), caption=f"{model}: per-epoch curves; {where}."))
+    return s
 
-    s = doc.section("Cost: training time vs deployed")
+
+def _cost_section(results: dict[str, Any]) -> Section:
+    s = Section("Cost: training time vs deployed")
     for model, m in results["models"].items():
         eq = m["equivalence"][0]
         tt = m["cells"]["refconv/seed0"]
@@ -172,8 +194,11 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                     caption=f"{model}: folded params and FLOPs equal the start's: {fmt(eq['cost_equal'])}. "
                             "Latency: median of interleaved runs of the start and folded on the same input; "
                             "epoch time: mean training seconds per epoch of seed 0."))
+    return s
 
-    s = doc.section("Folding equivalence")
+
+def _equivalence_section(results: dict[str, Any]) -> Section:
+    s = Section("Folding equivalence")
     for model, m in results["models"].items():
         rows = [[fmt(e["seed"]), fmt(e["test_images"]), f"{e['max_abs_logit_err']:.3g}", f"{e['max_rel_logit_err']:.3g}",
                  f"{fmt(e['identical_predictions'])} / {fmt(e['test_images'])}", fmt(e["top1_unfolded"]),
@@ -182,8 +207,12 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
                      "top-1 folded", "params & FLOPs = start"], rows,
                     caption=f"{model}: the trained RefConv model (unfolded) vs its folded weights loaded with "
                             "strict=True into the stock model, on the whole test set."))
+    return s
 
-    s = doc.section("Analyses")
+
+def _analyses_section(results: dict[str, Any], out: Path) -> Section:
+    """Per model: the analyses' table over seeds (RefConv vs the same seed's continue) and seed 0's plots."""
+    s = Section("Analyses")
     for model, m in results["models"].items():
         a = m["analysis"]
         rows_in = a["over_seeds"]
@@ -207,18 +236,19 @@ def write_demo_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
         for f in seed0.get("files", []):
             if f.endswith(".png"):
                 s.add(Image(str((Path(seed0["out_dir"]) / f).relative_to(out)), caption=f"{model}, seed 0: {f[:-4]}"))
+    return s
 
-    s = doc.section("Reproduce")
+
+def _reproduce_section(results: dict[str, Any]) -> Section:
+    s = Section("Reproduce")
     s.add(Text("Command:"))
-    from ..report import Code
-
     s.add(Code("\n".join(results["commands"])))
     env = results["environment"]
     s.add(Table(["", ""], [[k, str(v)] for k, v in env.items()] +
                 [["wall time", f"{fmt(results['wall_time_s'] / 60, 1)} min"]]))
     s.add(Text("Every number in this report is read from results.json in the same directory, written by this run "
                "(cached stages reuse the runs in runs/)."))
-    return doc.write(out)
+    return s
 
 
 def _start_label(m: dict[str, Any]) -> str:

@@ -5,21 +5,30 @@ does a RefConv setting beat the best equal-budget control, and how does RefConv 
 under-trained to the converged start. Every number is read from the sweeps' ``results.json``; nothing is
 recomputed except the table layout::
 
-    python -m refconv.protocol.study converged=docs/results/pretrained-study/converged \\
-        undertrained=docs/results/pretrained-study/undertrained --out docs/pretrained-study.md
+    refconv study-summary converged=docs/results/pretrained-study/converged-fair \\
+        undertrained=docs/results/pretrained-study/undertrained-fair --out docs/pretrained-study.md
+
+The page's reading, written by hand from its tables, lies between :data:`READING_START` and :data:`READING_END`;
+regenerating the page keeps it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .study_analyses import analyses_markdown, load_analyses
+from ..errors import ConfigError
+from ..report import Bullets, Document, Image, Markdown, Section, Table, Text
+from .study_analyses import analyses_section, load_analyses
 
-__all__ = ["load_study", "write_study_summary"]
+__all__ = ["load_study", "write_study_summary", "read_reading", "READING_START", "READING_END"]
+
+# The page's reading is written by hand from its tables; regenerating the page keeps what lies between these markers.
+READING_TITLE = "What it means (written by hand from the tables above; regenerating the page keeps it)"
+READING_START = "<!-- reading: written by hand, kept when the page is regenerated -->"
+READING_END = "<!-- /reading -->"
 
 
 def load_study(dirs: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
@@ -29,7 +38,7 @@ def load_study(dirs: dict[str, str | os.PathLike]) -> dict[str, dict[str, Any]]:
     for label, d in dirs.items():
         path = Path(d) / "results.json"
         if not path.is_file():
-            raise SystemExit(f"study: {path} does not exist: run the sweep first (its command is in its YAML).")
+            raise ConfigError(f"{path} does not exist: run the sweep first (its command is in its YAML).")
         out[label] = json.loads(path.read_text())
         analyses = load_analyses(d)
         if analyses is not None:
@@ -55,80 +64,104 @@ def _rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_study_summary(study: dict[str, dict[str, Any]], out: str | os.PathLike, *,
                         plot: bool = True) -> Path:
-    """Write the summary page (and ``<stem>-delta.png`` beside it); returns the page's path."""
+    """Write the summary page (and ``<stem>-delta.png`` beside it); returns the page's path.
+
+    The hand-written reading of an existing page, between :data:`READING_START` and :data:`READING_END`, is kept.
+    """
     out = Path(out)
-    lines = ["# Does RefConv beat more training? The pretrained-model study", ""]
-    first = next(iter(study.values()))
-    base = first["spec"]["base"]
-    lines += [
-        "Every figure below is read from the two sweeps' `results.json` (linked per start); RefConv settings and the "
-        "two equal-budget controls (`continue`: plain training with the same recipe; `finetune`: the same at 0.1x "
-        "the learning rate) start from the same weights, train for the same number of epochs and are scored on "
-        "the same test images; Δ is the paired per-seed difference to the **best control at that budget**, with "
-        "its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval is "
-        "above zero.",
-        "",
-        f"Scale: `{base['model']}` at " + (f"{base['image_size']} px" if base.get("image_size") else "its native size")
-        + "; an epoch is "
-        + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
-           if base.get("subset_train") else "the whole 60,000-image training set")
-        + f", batch {base['batch_size']}, scored on "
-        + (f"a fixed {base['subset_test']:,}-image subset of the test set" if base.get("subset_test")
-           else "the full test set") + ".",
-        "",
-        "| start | start top-1 | seeds | budgets | sweep |",
-        "|---|---:|---:|---|---|",
+    reading = read_reading(out)
+    doc = Document("Does RefConv beat more training? The pretrained-model study")
+    doc.add(*_intro(study))
+    doc.sections += [_answer_section(study), _delta_section(study), _controls_section(study)]
+    doc.sections += [analyses_section(res["analyses"], label=label) for label, res in study.items()
+                     if res.get("analyses")]
+    png = out.with_name(out.stem + "-delta.png")
+    if plot and _plot(study, png):
+        doc.sections[-1].add(Image(png.name, alt="RefConv minus the best control, by budget"))
+    doc.sections.append(Section("Reproduce").add(Bullets([
+        f"{label}: `{res.get('command', '')}` ({res.get('wall_time_s', 0) / 60:.0f} min, "
+        f"{res.get('environment', {}).get('platform', '')})" for label, res in study.items()])))
+    if reading is not None:
+        doc.sections.append(Section(READING_TITLE).add(Markdown(f"{READING_START}\n{reading}\n{READING_END}")))
+    out.write_text(doc.to_markdown(out.parent))
+    return out
+
+
+def read_reading(page: str | os.PathLike) -> str | None:
+    """The hand-written text between the reading markers of an existing page (None: no page, or no markers)."""
+    page = Path(page)
+    if not page.is_file():
+        return None
+    text = page.read_text()
+    if READING_START not in text or READING_END not in text:
+        return None
+    return text.split(READING_START, 1)[1].split(READING_END, 1)[0].strip("\n")
+
+
+def _intro(study: dict[str, dict[str, Any]]) -> list[Text | Table]:
+    """How to read the page, the scale of the sweeps, and one row per start."""
+    base = next(iter(study.values()))["spec"]["base"]
+    rows = [[f"{label} (`{_weights_label(res['spec'])}`)", f"{res['baseline']['final']['top1']:.2f}",
+             len(res["spec"]["seeds"]), ", ".join(str(b) for b in res["spec"]["budgets"]),
+             f"`{res['spec'].get('name')}`: {res.get('command', '')}"] for label, res in study.items()]
+    return [
+        Text("Every figure below is read from the two sweeps' `results.json` (linked per start); RefConv settings and "
+             "the two equal-budget controls (`continue`: plain training with the same recipe; `finetune`: the same at "
+             "0.1x the learning rate) start from the same weights, train for the same number of epochs and are scored "
+             "on the same test images; Δ is the paired per-seed difference to the **best control at that budget**, "
+             "with its 95 % t interval over the seeds. A setting *beats* the best control only when the whole interval "
+             "is above zero."),
+        Text(f"Scale: `{base['model']}` at "
+             + (f"{base['image_size']} px" if base.get("image_size") else "its native size") + "; an epoch is "
+             + (f"a fixed class-stratified {base['subset_train']:,}-image subset of the training set"
+                if base.get("subset_train") else "the whole 60,000-image training set")
+             + f", batch {base['batch_size']}, scored on "
+             + (f"a fixed {base['subset_test']:,}-image subset of the test set" if base.get("subset_test")
+                else "the full test set") + "."),
+        Table(["start", "start top-1", "seeds", "budgets", "sweep"], rows, align="lrrll"),
     ]
-    for label, res in study.items():
-        spec = res["spec"]
-        lines.append(f"| {label} (`{_weights_label(spec)}`) | {res['baseline']['final']['top1']:.2f} | "
-                     f"{len(spec['seeds'])} | {', '.join(str(b) for b in spec['budgets'])} | "
-                     f"`{spec.get('name')}`: {res.get('command', '')} |")
-    lines += ["", "## The answer", ""]
+
+
+def _answer_section(study: dict[str, dict[str, Any]]) -> Section:
     wins = [(label, r) for label, res in study.items() for r in _rows(res)
             if r["kind"] == "setting" and (r.get("vs_best") or {}).get("ci_low") is not None
             and r["vs_best"]["ci_low"] > 0]
-    if wins:
-        for label, r in wins:
-            lines.append(f"- **{r['arm']}** beats the best control from the {label} start at {r['budget']} epoch(s): "
-                         f"Δ {_ci(r['vs_best'])} pt.")
-    else:
-        lines.append("- **No RefConv setting beats the best equal-budget control at any budget, from either start.**")
-    best = {label: max((r for r in _rows(res) if r["kind"] == "setting"), key=lambda r: r["vs_best"]["mean"])
-            for label, res in study.items()}
-    for label, r in best.items():
-        lines.append(f"- Closest from the {label} start: **{r['arm']}** at {r['budget']} epoch(s), Δ {_ci(r['vs_best'])} "
-                     f"pt vs {r['best_control']} ({_ms(r['summary'])} % top-1).")
-    lines += ["", "## RefConv − best control, by start and budget", "",
-              "| setting | budget | " + " | ".join(f"{label}: top-1 %" for label in study) + " | "
-              + " | ".join(f"{label}: Δ vs best control [95 % CI]" for label in study) + " |",
-              "|---|---:|" + "---:|" * (2 * len(study))]
+    items = [f"**{r['arm']}** beats the best control from the {label} start at {r['budget']} epoch(s): "
+             f"Δ {_ci(r['vs_best'])} pt." for label, r in wins]
+    if not wins:
+        items.append("**No RefConv setting beats the best equal-budget control at any budget, from either start.**")
+    for label, res in study.items():
+        r = max((r for r in _rows(res) if r["kind"] == "setting"), key=lambda r: r["vs_best"]["mean"])
+        items.append(f"Closest from the {label} start: **{r['arm']}** at {r['budget']} epoch(s), "
+                     f"Δ {_ci(r['vs_best'])} pt vs {r['best_control']} ({_ms(r['summary'])} % top-1).")
+    return Section("The answer").add(Bullets(items))
+
+
+def _delta_section(study: dict[str, dict[str, Any]]) -> Section:
+    """Per setting and budget: each start's top-1 and its difference to that start's best control."""
     labels = list(study)
     keyed = {label: {(r["arm"], r["budget"]): r for r in _rows(res)} for label, res in study.items()}
     order = [(r["arm"], r["budget"]) for r in _rows(study[labels[0]]) if r["kind"] == "setting"]
     order.sort(key=lambda k: (k[0] != "authors", k[0], k[1]))
+    rows = []
     for key in order:
         cells = [keyed[lb].get(key) for lb in labels]
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_ms(c["summary"]) if c else "n/a" for c in cells)
-                     + " | " + " | ".join(_ci(c.get("vs_best")) if c else "n/a" for c in cells) + " |")
-    lines += ["", "## The controls", "", "| control | budget | " + " | ".join(f"{lb}: top-1 %" for lb in labels)
-              + " |", "|---|---:|" + "---:|" * len(labels)]
+        rows.append([key[0], key[1], *[_ms(c["summary"]) if c else "n/a" for c in cells],
+                     *[_ci(c.get("vs_best")) if c else "n/a" for c in cells]])
+    headers = (["setting", "budget"] + [f"{label}: top-1 %" for label in labels]
+               + [f"{label}: Δ vs best control [95 % CI]" for label in labels])
+    return Section("RefConv − best control, by start and budget").add(
+        Table(headers, rows, align="lr" + "r" * (2 * len(labels))))
+
+
+def _controls_section(study: dict[str, dict[str, Any]]) -> Section:
+    labels = list(study)
+    keyed = {label: {(r["arm"], r["budget"]): r for r in _rows(res)} for label, res in study.items()}
     ctrl = sorted({(r["arm"], r["budget"]) for r in _rows(study[labels[0]]) if r["kind"] != "setting"})
-    for key in ctrl:
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
-            _ms(keyed[lb][key]["summary"]) if key in keyed[lb] else "n/a" for lb in labels) + " |")
-    for label, res in study.items():
-        if res.get("analyses"):
-            lines += [""] + analyses_markdown(res["analyses"], label=label)
-    png = out.with_name(out.stem + "-delta.png")
-    if plot and _plot(study, png):
-        lines += ["", f"![RefConv minus the best control, by budget]({png.name})", ""]
-    lines += ["", "## Reproduce", ""]
-    for label, res in study.items():
-        lines.append(f"- {label}: `{res.get('command', '')}` ({res.get('wall_time_s', 0) / 60:.0f} min, "
-                     f"{res.get('environment', {}).get('platform', '')})")
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    rows = [[key[0], key[1], *[_ms(keyed[lb][key]["summary"]) if key in keyed[lb] else "n/a" for lb in labels]]
+            for key in ctrl]
+    return Section("The controls").add(Table(["control", "budget", *[f"{lb}: top-1 %" for lb in labels]], rows,
+                                             align="lr" + "r" * len(labels)))
 
 
 def _weights_label(spec: dict[str, Any]) -> str:
@@ -173,22 +206,3 @@ def _plot(study: dict[str, dict[str, Any]], path: Path) -> bool:
     axes[0][-1].legend(fontsize=7)
     save_figure(fig, path)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m refconv.protocol.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweeps", nargs="+", metavar="LABEL=DIR", help="a recorded sweep per start, e.g. converged=DIR")
-    p.add_argument("--out", required=True, help="the Markdown page to write")
-    args = p.parse_args(argv)
-    dirs = {}
-    for item in args.sweeps:
-        if "=" not in item:
-            p.error(f"{item!r}: give LABEL=DIR, e.g. converged=docs/results/pretrained-study/converged")
-        label, d = item.split("=", 1)
-        dirs[label] = d
-    print(write_study_summary(load_study(dirs), args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

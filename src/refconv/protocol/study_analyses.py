@@ -10,7 +10,7 @@ difference RefConv − control with its t interval.
 
 It reads the cells' run directories, so run it after the sweep and before deleting its ``runs/``::
 
-    python -m refconv.protocol.study_analyses docs/results/pretrained-study/converged --budget 10
+    refconv study-analyses docs/results/pretrained-study/converged --budget 10
 
 writes ``<sweep>/analyses/analyses.json`` (+ ``analyses.md`` and seed 0's plots per setting), which
 :mod:`refconv.protocol.study` adds to the study's summary page.
@@ -18,11 +18,9 @@ writes ``<sweep>/analyses/analyses.json`` (+ ``analyses.md`` and seed 0's plots 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..report import Section, Table, Text
 
-__all__ = ["STUDY_ANALYSIS", "AnalysisProfile", "analyze_sweep", "analyses_markdown", "load_analyses"]
+__all__ = ["STUDY_ANALYSIS", "AnalysisProfile", "analyze_sweep", "analyses_section", "analyses_markdown",
+           "load_analyses", "study_analyses_command"]
 
-_MODULE = "refconv.protocol.study_analyses"  # not __name__: that is "__main__" under `python -m`
 ANALYSES_DIR = "analyses"
 ANALYSES_FILE = "analyses.json"
 
@@ -101,7 +100,8 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         control: the control arm each seed is paired with.
         data_dir: Fashion-MNIST's location, if not in the usual places.
         profile: analysis settings (default: :data:`STUDY_ANALYSIS`).
-        command: the command line recorded in the output (default: this process's).
+        command: the command line recorded in the output (default: :func:`study_analyses_command` of these
+            arguments).
 
     Returns the ``analyses.json`` data, also written to ``<sweep_dir>/analyses/``.
     """
@@ -156,12 +156,19 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         }
         if i == 0 and per_seed and "baseline_redundancy" in per_seed[0]:
             data["start_redundancy"] = per_seed[0]["baseline_redundancy"].get("overall")
-    data["command"] = command or " ".join(shlex.quote(a) for a in ["python", "-m", _MODULE, *sys.argv[1:]])
+    data["command"] = command or study_analyses_command(sweep_dir, budget=budget, settings=settings, control=control)
     data["wall_time_s"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / ANALYSES_FILE, (json.dumps(data, indent=2) + "\n").encode())
     atomic_write_bytes(out / "analyses.md", ("\n".join(analyses_markdown(data, heading="#")) + "\n").encode())
     return data
+
+
+def study_analyses_command(sweep_dir: str | os.PathLike, *, budget: int, settings: Sequence[str],
+                           control: str = "continue") -> str:
+    """The ``refconv study-analyses`` command line that analyses these settings of ``sweep_dir`` again."""
+    argv = ["refconv", "study-analyses", str(sweep_dir), "--budget", str(budget), "--settings", ",".join(settings)]
+    return shlex.join(argv + (["--control", control] if control != "continue" else []))
 
 
 def load_analyses(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -180,49 +187,27 @@ def _ci(d: Mapping[str, Any]) -> str:
     return f"{d['mean']:+.4g} [{d['ci_low']:+.4g}, {d['ci_high']:+.4g}]"
 
 
-def analyses_markdown(data: Mapping[str, Any], *, heading: str = "##", label: str | None = None) -> list[str]:
-    """The analyses as Markdown lines: per setting, one row per metric, with the paired Δ and its interval."""
+def analyses_section(data: Mapping[str, Any], *, label: str | None = None) -> Section:
+    """The analyses as a report section: per setting, one row per metric, with the paired Δ and its interval."""
     control = data["control"]
-    title = f"{heading} Analyses over seeds" + (f": {label} start" if label else "") + f" ({data['budget']} epochs)"
-    lines = [title, "",
-             f"Each seed's RefConv cell against the same seed's `{control}` cell (same start, same budget), "
-             f"from `{data['start']}`; Δ = RefConv − {control}, paired by seed, 95 % t interval. "
-             f"Command: `{data.get('command', '')}`.", ""]
+    title = "Analyses over seeds" + (f": {label} start" if label else "") + f" ({data['budget']} epochs)"
+    s = Section(title).add(Text(
+        f"Each seed's RefConv cell against the same seed's `{control}` cell (same start, same budget), "
+        f"from `{data['start']}`; Δ = RefConv − {control}, paired by seed, 95 % t interval. "
+        f"Command: `{data.get('command', '')}`."))
     if data.get("start_redundancy") is not None:
-        lines += [f"Channel diversity of the start itself: {data['start_redundancy']:.4g}.", ""]
-    lines += [f"| setting | metric | {control} | RefConv | Δ [95 % CI] |", "|---|---|---:|---:|---:|"]
+        s.add(Text(f"Channel diversity of the start itself: {data['start_redundancy']:.4g}."))
+    rows: list[list[object]] = []
     for setting, block in data["settings"].items():
         top = block["top1"]
-        n = len(block["seeds"])
         mean = lambda v: sum(v) / len(v)  # noqa: E731
-        lines.append(f"| {setting} | test top-1 % ({n} seeds) | {mean(top[control]):.2f} | {mean(top['refconv']):.2f}"
-                     f" | {mean(top['refconv']) - mean(top[control]):+.2f} |")
-        for r in block["rows"]:
-            lines.append(f"| {setting} | {r['metric']} | {_ms(r['continue_summary'])} | {_ms(r['refconv_summary'])} "
-                         f"| {_ci(r['diff'])} |")
-    return lines + [""]
+        rows.append([setting, f"test top-1 % ({len(block['seeds'])} seeds)", f"{mean(top[control]):.2f}",
+                     f"{mean(top['refconv']):.2f}", f"{mean(top['refconv']) - mean(top[control]):+.2f}"])
+        rows += [[setting, r["metric"], _ms(r["continue_summary"]), _ms(r["refconv_summary"]), _ci(r["diff"])]
+                 for r in block["rows"]]
+    return s.add(Table(["setting", "metric", control, "RefConv", "Δ [95 % CI]"], rows, align="llrrr"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m refconv.protocol.study_analyses",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", help="a finished sweep's --out directory (its runs/ still present)")
-    p.add_argument("--budget", type=int, default=None, help="budget to analyse (default: the largest)")
-    p.add_argument("--settings", default=None,
-                   help="comma-separated RefConv settings (default: authors and the one closest to the best control)")
-    p.add_argument("--control", default="continue", help="the control each seed is paired with [continue]")
-    p.add_argument("--data-dir", default=None, help="where Fashion-MNIST is (default: the usual places)")
-    args = p.parse_args(argv)
-    try:
-        data = analyze_sweep(args.sweep_dir, budget=args.budget,
-                             settings=args.settings.split(",") if args.settings else None, control=args.control,
-                             data_dir=args.data_dir)
-    except ConfigError as exc:
-        print(f"study_analyses: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(analyses_markdown(data, heading="#")))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def analyses_markdown(data: Mapping[str, Any], *, heading: str = "##", label: str | None = None) -> list[str]:
+    """:func:`analyses_section` as Markdown lines, its heading at ``heading``'s level (``#``: a page of its own)."""
+    return analyses_section(data, label=label).markdown_lines(len(heading))

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..report import Code, Document, Image, Table, Text
+from ..report import Bullets, Code, Document, Image, Section, Table, Text
 from ..report.plots import colours, new_figure, plot_curves, save_figure
 from .demo_report import fmt, fmt_diff, fmt_params, fmt_summary, shift_epochs
 
@@ -115,20 +115,38 @@ def plot_differences(results: dict[str, Any], path: str | Path) -> str:
 def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` and the PNGs into ``out``; returns the two report paths."""
     out = Path(out)
-    spec = results["spec"]
-    base = spec["base"]
-    seeds = spec["seeds"]
-    settings = spec["settings"]
-    controls = spec["controls"]
-    budgets = results["budgets"]
-    bl = results["baseline"]
-    rec = results["recipe"]
-    conf_pct = f"{round(spec['confidence'] * 100)}%"
-    ci_name = "paired Student t" if spec["ci"] == "t" else "percentile bootstrap of the paired differences"
-    doc = Document(f"RefConv sweep: {spec['name']}")
+    doc = Document(f"RefConv sweep: {results['spec']['name']}")
+    doc.sections.append(_what_was_run(results))
+    if results.get("warnings"):
+        doc.sections.append(Section("Warnings").add(Bullets(list(results["warnings"]))))
+    doc.sections += [_verdict_section(results), _results_section(results), _budget_plots_section(results, out),
+                     _differences_section(results, out), _curves_section(results, out), _cost_section(results),
+                     _time_section(results), _reproduce_section(results)]
+    return doc.write(out)
 
-    # ------------------------------------------------------------------ what was run
-    s = doc.section("What was run")
+
+def _interval_name(spec: dict[str, Any]) -> str:
+    """``95% paired Student t``: the confidence and the kind of the sweep's intervals."""
+    kind = "paired Student t" if spec["ci"] == "t" else "percentile bootstrap of the paired differences"
+    return f"{round(spec['confidence'] * 100)}% {kind}"
+
+
+def _baseline_text(bl: dict[str, Any]) -> str:
+    """Where every arm starts: per-seed baselines, one baseline trained here, or given weights."""
+    if bl.get("per_seed"):
+        tops = ", ".join(f"{k} {fmt(v['final']['top1'])}" for k, v in bl["per_seed"].items())
+        return (f"its own seed's baseline, trained here for {fmt(bl['epochs'])} epoch(s) with that seed (test top-1 "
+                f"{tops} %; mean {fmt(bl['final']['top1'])} %)")
+    if bl["trained"]:
+        return (f"a baseline trained here for {fmt(bl['epochs'])} epoch(s) (seed {fmt(bl['seed'])}), test top-1 "
+                f"{fmt(bl['final']['top1'])} %")
+    return f"the given weights `{bl['weights']}` (test top-1 {fmt(bl['final']['top1'])} %)"
+
+
+def _what_was_run(results: dict[str, Any]) -> Section:
+    spec, rec = results["spec"], results["recipe"]
+    base, seeds, budgets = spec["base"], spec["seeds"], results["budgets"]
+    s = Section("What was run")
     if spec.get("description"):
         s.add(Text(spec["description"]))
     subset = []
@@ -136,68 +154,65 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         subset.append(f"{fmt(base['subset_train'])} training images")
     if base.get("subset_test"):
         subset.append(f"{fmt(base['subset_test'])} test images")
-    model = base.get("model", "(default model)")
-    data = base.get("data", "fashion-mnist")
     size = base.get("image_size")
-    if bl.get("per_seed"):
-        tops = ", ".join(f"{k} {fmt(v['final']['top1'])}" for k, v in bl["per_seed"].items())
-        base_txt = (f"its own seed's baseline, trained here for {fmt(bl['epochs'])} epoch(s) with that seed (test top-1 "
-                    f"{tops} %; mean {fmt(bl['final']['top1'])} %)")
-    elif bl["trained"]:
-        base_txt = (f"a baseline trained here for {fmt(bl['epochs'])} epoch(s) (seed {fmt(bl['seed'])}), test top-1 "
-                    f"{fmt(bl['final']['top1'])} %")
-    else:
-        base_txt = f"the given weights `{bl['weights']}` (test top-1 {fmt(bl['final']['top1'])} %)"
     s.add(Text(
-        f"**{model}** on **{data}**" + (f" at {size}x{size}" if size else "")
+        f"**{base.get('model', '(default model)')}** on **{base.get('data', 'fashion-mnist')}**"
+        + (f" at {size}x{size}" if size else "")
         + (f" ({', '.join(subset)}, class-stratified subsets)" if subset else "") + ". "
-        f"Every arm starts from {base_txt}, trains with the same recipe ({rec['opt']}, lr {fmt(rec['lr'], 4)} at batch "
-        f"{fmt(rec['batch_size'])}, {rec['sched']} schedule, {fmt(rec['warmup_epochs'], 1)} warm-up epochs, weight decay "
-        f"{rec['weight_decay']:g}) for a budget of E epochs "
+        f"Every arm starts from {_baseline_text(results['baseline'])}, trains with the same recipe ({rec['opt']}, lr "
+        f"{fmt(rec['lr'], 4)} at batch {fmt(rec['batch_size'])}, {rec['sched']} schedule, "
+        f"{fmt(rec['warmup_epochs'], 1)} warm-up epochs, weight decay {rec['weight_decay']:g}) for a budget of E "
+        "epochs "
         f"(E in {', '.join(str(b['budget']) for b in budgets)}), over {len(seeds)} seed(s) "
         f"({', '.join(str(x) for x in seeds)}); seed s of every arm shares data order and augmentation draws, so "
-        f"arms are compared per seed. Controls at every budget: {', '.join(f'**{c}**' for c in controls)} "
+        f"arms are compared per seed. Controls at every budget: {', '.join(f'**{c}**' for c in spec['controls'])} "
         "(continue: plain training with the same recipe; finetune: plain training at lr "
         f"{fmt(rec['finetune_lr'], 4)})."
     ))
-    rows = [[st["name"], fmt_changes(st["overrides"]), st["source"]] for st in settings]
+    rows = [[st["name"], fmt_changes(st["overrides"]), st["source"]] for st in spec["settings"]]
     s.add(Table(["setting", "changes to the shared recipe (method refconv)", "from"], rows,
                 caption="RefConv settings. The shared recipe (base) is listed under Reproduce."))
+    return s
 
-    if results.get("warnings"):
-        s = doc.section("Warnings")
-        for w in results["warnings"]:
-            s.add(Text(f"- {w}"))
 
-    # ------------------------------------------------------------------ verdict
-    s = doc.section("Verdict")
-    n = len(seeds)
+def _verdict_section(results: dict[str, Any]) -> Section:
+    """How settings are compared (the interval, its t multiplier), then per budget each setting's verdict."""
+    spec = results["spec"]
+    s = Section("Verdict")
+    n = len(spec["seeds"])
     tm = t_multiplier(n, spec["confidence"])
     if n < 2:
         s.add(Text("One seed: the differences below have no confidence interval, and no claim is made either way."))
     else:
         s.add(Text(
             f"Each setting is compared with the **best control** at the same budget (the control with the higher mean "
-            f"top-1), by the per-seed difference of test top-1 (percentage points) and its {conf_pct} {ci_name} "
+            f"top-1), by the per-seed difference of test top-1 (percentage points) and its {_interval_name(spec)} "
             f"interval over {n} seeds"
             + (f" (t multiplier {fmt(tm, 2)} with {n - 1} degree(s) of freedom: few seeds give wide intervals, so only "
                "large, consistent gains are called gains)" if spec["ci"] == "t" and tm is not None else "")
-            + f". \"X ± Y\" is the mean ± sample std of the per-seed differences. {len(settings)} setting(s) are tested "
-              "at each budget without correction for multiple comparisons: read a single marginal \"beats\" among "
-              "many settings with care."
+            + f". \"X ± Y\" is the mean ± sample std of the per-seed differences. {len(spec['settings'])} setting(s) "
+              "are tested at each budget without correction for multiple comparisons: read a single marginal "
+              "\"beats\" among many settings with care."
         ))
-    for b in budgets:
+    for b in results["budgets"]:
         best = next(r for r in b["rows"] if r["arm"] == b["best_control"])
         s.add(Text(f"**E = {b['budget']}** (best control: {b['best_control']}, top-1 {fmt_summary(best['summary'])} %):"))
-        for r in b["rows"]:
-            if r["kind"] == "setting":
-                matched = (f"; against its lr-matched control ({r['lr_matched_control']}): "
-                           f"{fmt_diff(r['vs_lr_matched'])} pt" if r.get("vs_lr_matched") else "")
-                s.add(Text(f"- **{r['arm']}** {r['verdict'].rstrip('.')}{matched}."))
+        items = []
+        for r in (r for r in b["rows"] if r["kind"] == "setting"):
+            matched = (f"; against its lr-matched control ({r['lr_matched_control']}): "
+                       f"{fmt_diff(r['vs_lr_matched'])} pt" if r.get("vs_lr_matched") else "")
+            items.append(f"**{r['arm']}** {r['verdict'].rstrip('.')}{matched}.")
+        if items:
+            s.add(Bullets(items))
+    return s
 
-    # ------------------------------------------------------------------ results
-    s = doc.section("Results")
-    for b in budgets:
+
+def _results_section(results: dict[str, Any]) -> Section:
+    """Per budget: every arm's accuracy and its differences to the controls, then top-1 per seed."""
+    spec = results["spec"]
+    controls, seeds = spec["controls"], spec["seeds"]
+    s = Section("Results")
+    for b in results["budgets"]:
         rows = []
         for r in b["rows"]:
             vs = r["vs"]
@@ -212,36 +227,47 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
             ["arm", "kind", "top-1 %", "top-5 %", f"Δ top-1 vs best control ({b['best_control']})",
              "Δ vs lr-matched control", *[f"Δ vs {c}" for c in controls], "Δ vs baseline"],
             rows,
-            caption=f"E = {b['budget']} epochs: test accuracy after the last epoch, mean ± sample std over {n} seed(s). "
-                    f"Δ: mean paired per-seed difference (pt) [{conf_pct} {ci_name} interval]; Δ vs baseline: "
-                    "difference of the mean to the baseline (the mean of the per-seed baselines when each seed trains its own; no "
-                    "interval). The lr-matched control trains at the setting's own recipe lr.",
+            caption=f"E = {b['budget']} epochs: test accuracy after the last epoch, mean ± sample std over "
+                    f"{len(seeds)} seed(s). Δ: mean paired per-seed difference (pt) [{_interval_name(spec)} "
+                    "interval]; Δ vs baseline: difference of the mean to the baseline (the mean of the per-seed "
+                    "baselines when each seed trains its own; no interval). The lr-matched control trains at the "
+                    "setting's own recipe lr.",
         ))
         per_seed = [[r["arm"]] + [fmt(v) for v in r["values"]] for r in b["rows"]]
         s.add(Table(["arm"] + [f"seed {x}" for x in seeds], per_seed,
                     caption=f"E = {b['budget']}: top-1 % per seed (each the final epoch of one run in runs/)."))
+    return s
 
-    # ------------------------------------------------------------------ plots
-    s = doc.section("Accuracy vs budget")
-    all_arms = [st["name"] for st in settings] + list(controls)
+
+def _budget_plots_section(results: dict[str, Any], out: Path) -> Section:
+    spec = results["spec"]
+    settings, controls = spec["settings"], list(spec["controls"])
+    s = Section("Accuracy vs budget")
     png = out / "accuracy-vs-budget.png"
-    plot_accuracy_vs_budget(results, png, all_arms, title=f"{spec['name']}: all arms")
+    plot_accuracy_vs_budget(results, png, [st["name"] for st in settings] + controls, title=f"{spec['name']}: all arms")
     s.add(Image(png.name, caption="All arms: mean test top-1 against the budget (error bars: std over seeds); "
                                   "E = 0 is the baseline."))
     for i, st in enumerate(settings):
         png = out / f"budget-{i:02d}-{_slug(st['name'])}.png"
         plot_accuracy_vs_budget(results, png, [st["name"], *controls], title=f"{st['name']} vs the controls")
         s.add(Image(png.name, caption=f"{st['name']} ({fmt_changes(st['overrides'])}) against the controls."))
+    return s
 
-    s = doc.section("Difference to the best control")
+
+def _differences_section(results: dict[str, Any], out: Path) -> Section:
     png = out / "differences.png"
     plot_differences(results, png)
-    s.add(Image(png.name, caption=f"Per budget: each setting's mean paired difference to the best control with its "
-                                  f"{conf_pct} interval (green: wholly above zero; red: wholly below)."))
+    conf_pct = f"{round(results['spec']['confidence'] * 100)}%"
+    return Section("Difference to the best control").add(Image(
+        png.name, caption=f"Per budget: each setting's mean paired difference to the best control with its "
+                          f"{conf_pct} interval (green: wholly above zero; red: wholly below)."))
 
-    s = doc.section("Training curves")
+
+def _curves_section(results: dict[str, Any], out: Path) -> Section:
+    bl = results["baseline"]
+    s = Section("Training curves")
     offset = int(bl["epochs"] or 0) if bl["trained"] else 0
-    for b in budgets:
+    for b in results["budgets"]:
         hist: dict[str, list] = {}
         if bl["trained"] and bl.get("history"):
             hist["baseline"] = [bl["history"]]
@@ -251,10 +277,12 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         plot_curves(hist, png, keys=("train_loss", "test_top1"), title=f"E = {b['budget']}")
         s.add(Image(png.name, caption=f"E = {b['budget']}: per-epoch training loss and test top-1 of every run"
                                       + ("; the arms start where the baseline ended." if offset else ".")))
+    return s
 
-    # ------------------------------------------------------------------ cost
-    s = doc.section("Cost")
-    for b in budgets:
+
+def _cost_section(results: dict[str, Any]) -> Section:
+    s = Section("Cost")
+    for b in results["budgets"]:
         rows = []
         for r in b["rows"]:
             c = r["cost"]
@@ -271,12 +299,14 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
                        else "")
                     + ". Deployed params: after folding, RefConv costs what the baseline costs.",
         ))
+    return s
 
-    s = doc.section("Time: estimate vs actual")
-    est = results["estimate"]
+
+def _time_section(results: dict[str, Any]) -> Section:
+    est, bl = results["estimate"], results["baseline"]
     trained = results["cells_trained_now"] + (1 if est["baseline_todo"] else 0)
     total_s = sum(c["wall_time_s"] for c in results["cells"].values()) + (bl.get("wall_time_s") or 0.0)
-    s.add(Table(["", ""], [
+    return Section("Time: estimate vs actual").add(Table(["", ""], [
         ["training time of every run, summed (min)", fmt(total_s / 60, 1)],
         ["runs trained by this call", fmt(trained)],
         ["estimated before starting (min)", fmt(est["wall_s"] / 60, 1)],
@@ -286,17 +316,19 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
         ["estimate: steps per epoch × batch", f"{fmt(est['steps_per_epoch'])} × {fmt(est['batch_size'])}"],
         ["estimate: one training step, plain (ms)", fmt(est["step_s"]["plain"] * 1000, 1)],
         *[[f"estimate: one training step, {st['name']} (ms)", fmt(est["step_s"][st["name"]] * 1000, 1)]
-          for st in settings],
+          for st in results["spec"]["settings"]],
     ], caption="The estimate times one batch per distinct model before anything trains (see docs/sweep.md) and "
                "covers what this call had to train; cached cells cost nothing. The summed training time counts every run "
                "of the sweep, whenever it was trained (a resumed run counts its last part only)."))
 
-    # ------------------------------------------------------------------ reproduce
-    s = doc.section("Reproduce")
+
+def _reproduce_section(results: dict[str, Any]) -> Section:
+    spec = results["spec"]
+    s = Section("Reproduce")
     s.add(Text("Command (rerunning it reuses every finished run and resumes interrupted ones):"))
     s.add(Code(results["command"]))
     sweep_yaml = {k: spec[k] for k in ("name", "base", "baseline", "seeds", "budgets", "controls", "ci", "confidence")}
-    sweep_yaml["settings"] = [{"name": st["name"], **st["overrides"]} for st in settings]
+    sweep_yaml["settings"] = [{"name": st["name"], **st["overrides"]} for st in spec["settings"]]
     s.add(Text("The sweep as resolved (settings from a grid are listed one by one):"))
     s.add(Code(yaml.safe_dump(sweep_yaml, sort_keys=False)))
     env = results["environment"]
@@ -304,4 +336,4 @@ def write_sweep_report(results: dict[str, Any], out: str | Path) -> tuple[Path, 
                 + [["wall time", f"{fmt(results['wall_time_s'] / 60, 1)} min"]]))
     s.add(Text("Every number in this report is read from results.json in the same directory; every cell's numbers "
                "come from its own run directory under runs/ (done.json, metrics.jsonl)."))
-    return doc.write(out)
+    return s
