@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import RunConfig
-from ..engine.config import NON_RECIPE_KEYS, config_hash, make_config, packaged_yaml, read_yaml, resolve_packaged
+from ..engine.config import NON_RECIPE_KEYS, config_hash, make_config
 from ..errors import ConfigError
 from .cells import Arm
+from .spec import packaged_specs, read_spec, resolve_spec
 from .sweep_checks import (as_mapping, auto_name, check_run_keys, expand_grid, int_list, unknown_keys_error,
                            validated)
 
@@ -186,20 +187,20 @@ class SweepSpec:
 # ---------------------------------------------------------------------------------------------- loading
 def packaged_sweeps() -> dict[str, Path]:
     """The sweeps shipped in ``refconv/configs/sweeps`` by name (file stem)."""
-    return packaged_yaml("sweeps")
+    return packaged_specs("sweep")
 
 
 def resolve_sweep_path(name_or_path: str | os.PathLike) -> Path:
     """A sweep YAML path, or the name of a packaged sweep (``fashion-mnist-small``, ``ablations``)."""
-    return resolve_packaged(name_or_path, packaged_sweeps(), "sweep config", "sweep")
+    return resolve_spec(name_or_path, "sweep")
 
 
 def load_sweep(name_or_path: str | os.PathLike) -> SweepSpec:
-    """Read and validate a sweep YAML (a path or a packaged sweep name). A packaged sweep is recorded by its name,
-    not by where this machine installed it, so a recorded study's command reruns it anywhere."""
-    path = resolve_sweep_path(name_or_path)
-    packaged = next((name for name, p in packaged_sweeps().items() if p.resolve() == path.resolve()), None)
-    return parse_sweep(read_yaml(path, "sweep config"), source=packaged or str(path), default_name=path.stem)
+    """Read and validate a sweep YAML (a path or a packaged sweep name, :mod:`refconv.protocol.spec`). A packaged
+    sweep is recorded by its name, not by where this machine installed it, so a recorded study's command reruns it
+    anywhere."""
+    data, path, packaged = read_spec(name_or_path, "sweep")
+    return parse_sweep(data, source=packaged or str(path), default_name=path.stem)
 
 
 def parse_sweep(data: Mapping[str, Any], *, source: str = "", default_name: str = "sweep") -> SweepSpec:
