@@ -9,7 +9,8 @@ are recognised by :func:`refconv.refconv_layers` (the core's own definition, not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -19,7 +20,9 @@ from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 from refconv.layers import RefConv
 
 __all__ = ["has_refconv_layers", "fold_for_analysis", "eligible_convs", "require_convs", "check_same_architecture",
-           "device_of", "check_int", "check_float"]
+           "device_of", "check_int", "check_float", "first_batches"]
+
+T = TypeVar("T")
 
 
 def has_refconv_layers(model: nn.Module) -> bool:
@@ -46,6 +49,14 @@ def device_of(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def first_batches(batches: Iterable[T], max_batches: int | None) -> Iterator[T]:
+    """The batches of ``batches`` before index ``max_batches`` (all of them for ``None``)."""
+    for b, batch in enumerate(batches):
+        if max_batches is not None and b >= max_batches:
+            break
+        yield batch
 
 
 def _is_plain_conv(module: nn.Module) -> bool:
