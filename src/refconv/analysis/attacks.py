@@ -25,7 +25,6 @@ them):
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from refconv.analysis._common import (check_float, check_int, check_same_architecture, device_of, first_batches,
-                                      fold_for_analysis)
+                                      fold_for_analysis, takes_options_of)
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -341,10 +340,7 @@ def robust_accuracy(
     return result
 
 
-#: The keyword options :func:`compare_robustness` shares with :func:`robust_accuracy` (all of them).
-_SHARED_OPTIONS = [p for p in inspect.signature(robust_accuracy).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-
+@takes_options_of(robust_accuracy)
 def compare_robustness(
     baseline: nn.Module,
     refconv_model: nn.Module,
@@ -369,10 +365,6 @@ def compare_robustness(
     Raises:
         CheckpointError: The folded models differ in architecture.
     """
-    known = {p.name for p in _SHARED_OPTIONS}
-    for name in options:
-        if name not in known:
-            raise TypeError(f"compare_robustness() got an unexpected keyword argument {name!r}")
     if max_batches is not None:
         check_int("max_batches", max_batches, 1, 1_000_000)
     base, _ = fold_for_analysis(baseline)
@@ -385,7 +377,3 @@ def compare_robustness(
     out["baseline"]["settings"]["max_batches"] = out["refconv"]["settings"]["max_batches"] = max_batches
     return out
 
-
-compare_robustness.__signature__ = inspect.signature(compare_robustness).replace(  # type: ignore[attr-defined]
-    parameters=[*list(inspect.signature(compare_robustness).parameters.values())[:3], *_SHARED_OPTIONS]
-)
