@@ -211,8 +211,6 @@ class _Pair:
 
 
 def _cost_section(p: _Pair) -> dict:
-    if p.example_input is None:
-        return {"skipped": "no example_input, held_out or test batches to measure with"}
     c = p.config
     cost = compare_cost(p.base, p.refconv_model, p.example_input, regimes=c.cost_regimes,
                         warmup=c.latency_warmup, repeats=c.latency_repeats)
@@ -246,8 +244,6 @@ def _spectrum_png_section(p: _Pair) -> dict:
 
 
 def _landscape_section(p: _Pair) -> dict:
-    if p.held_out is None:
-        return {"skipped": "no held_out batches given"}
     c = p.config
     landscape = compare_landscape(
         p.base, p.ref, p.held_out, num_batches=c.num_batches,
@@ -262,15 +258,11 @@ def _landscape_section(p: _Pair) -> dict:
 
 
 def _attacks_section(p: _Pair) -> dict:
-    if p.test is None:
-        return {"skipped": "no test batches given"}
     c = p.config
-    attacks = compare_robustness(
-        p.base, p.ref, p.test, eps=c.eps, steps=c.pgd_steps,
-        step_size=c.pgd_step_size, random_start=c.random_start, restarts=c.pgd_restarts,
-        include_fgsm=c.pgd_include_fgsm, seed=c.seed,
-        max_batches=c.attack_batches, mean=p.mean, std=p.std,
-    )
+    attacks = compare_robustness(p.base, p.ref, p.test, eps=c.eps, steps=c.pgd_steps, step_size=c.pgd_step_size,
+                                 random_start=c.random_start, restarts=c.pgd_restarts,
+                                 include_fgsm=c.pgd_include_fgsm, seed=c.seed, max_batches=c.attack_batches,
+                                 mean=p.mean, std=p.std)
     p.png("robustness.png", plots.plot_robustness, attacks)
     return attacks
 
@@ -284,6 +276,22 @@ _SECTION_RUNNERS = {
     "landscape": _landscape_section,
     "attacks": _attacks_section,
 }
+
+
+#: The input a section cannot run without (a :class:`_Pair` field), and the reason it is skipped without it.
+_SECTION_NEEDS = {
+    "cost": ("example_input", "no example_input, held_out or test batches to measure with"),
+    "landscape": ("held_out", "no held_out batches given"),
+    "attacks": ("test", "no test batches given"),
+}
+
+
+def _run_section(section: str, p: _Pair) -> dict:
+    """One section's result, or why it was skipped."""
+    need, reason = _SECTION_NEEDS.get(section, (None, ""))
+    if need is not None and getattr(p, need) is None:
+        return {"skipped": reason}
+    return _SECTION_RUNNERS[section](p)
 
 
 def _models_record(base_was_refconv: bool, ref_was_refconv: bool) -> dict:
@@ -386,7 +394,7 @@ def analyze(
                  example_input, mean, std, loss_fn)
     for section in SECTIONS:
         if section in config.sections:
-            result[section] = _SECTION_RUNNERS[section](pair)
+            result[section] = _run_section(section, pair)
     _mark_folded(result, base_was_refconv, ref_was_refconv)
     result["files"] = [*pair.files, "analysis.json"]
     data = to_jsonable(result)
