@@ -46,6 +46,8 @@ from refconv.engine.export import save_weights
 from refconv.engine.optim import build_optimizer
 from refconv.engine.refocusing import setup_refocusing
 
+from _common import markdown_table  # benchmarks/ (the script's directory)
+
 START = "fmnist/mobilenetv3_small_100"
 VARIANTS = ("plain", "implicit", "explicit")
 
@@ -213,19 +215,8 @@ def bench_transform(args: argparse.Namespace, size: int, rounds: int = 5, calls:
             "layers factored (g P^T) P": sum(layer.precond.matrices is None for layer in imp.layers)}
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, tuple):
-        return f"{v[0]:.2f}-{v[1]:.2f}"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
-    return str(v)
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = [c for c in rows[0] if c != "raw"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(rows, big=100, digits=3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,8 @@ from refconv.engine.export import save_weights
 from refconv.engine.modeling import create_stock_model
 from refconv.engine.optim import build_optimizer
 
+from _common import markdown_table  # benchmarks/ (the script's directory)
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,21 +200,8 @@ def bench_engine(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- output
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, tuple):
-        return f"{v[0]:.2f}-{v[1]:.2f}"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if v >= 10 else f"{v:.2f}"
-    return str(v)
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = [c for c in rows[0] if c != "raw"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(rows, big=10, digits=2)
 
 
 def main(argv: list[str] | None = None) -> int:
