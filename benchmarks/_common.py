@@ -1,8 +1,21 @@
-"""What the benchmark scripts share: their Markdown result tables."""
+"""What the benchmark scripts share: interleaved timing rounds and the Markdown result tables."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class _Timed(Protocol):
+    def round(self, steps: int) -> None: ...
+
+
+def interleaved_rounds(variants: Sequence[_Timed], *, repeats: int, steps: int) -> None:
+    """``repeats`` rounds of ``steps`` steps of every variant, one variant after the other within a round, so
+    drift (clock, thermal, other load) hits all variants alike and per-round ratios can be paired."""
+    for _ in range(repeats):
+        for v in variants:
+            v.round(steps)
 
 
 def cell(v: Any, *, big: float, digits: int) -> str:
