@@ -26,6 +26,7 @@ Prints Markdown for benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -45,6 +46,10 @@ from refconv.engine import RunConfig, run
 from refconv.engine.export import save_weights
 from refconv.engine.optim import build_optimizer
 from refconv.engine.refocusing import setup_refocusing
+
+from _common import interleaved_rounds, markdown_table  # benchmarks/ (the script's directory)
+
+_table = functools.partial(markdown_table, big=100, digits=3)
 
 START = "fmnist/mobilenetv3_small_100"
 VARIANTS = ("plain", "implicit", "explicit")
@@ -124,9 +129,7 @@ class _Step:
 def bench_step(args: argparse.Namespace, size: int) -> list[dict[str, Any]]:
     variants = [_Step("plain (control)", "plain", size, args.batch_size)]
     variants += [_Step(v, v, size, args.batch_size) for v in VARIANTS]
-    for _ in range(args.repeats):
-        for v in variants:
-            v.round(args.steps)
+    interleaved_rounds(variants, repeats=args.repeats, steps=args.steps)
     plain = next(v for v in variants if v.name == "plain")
     rows = []
     for v in variants:
@@ -211,21 +214,6 @@ def bench_transform(args: argparse.Namespace, size: int, rounds: int = 5, calls:
     return {"size": size, "transform ms": t_ms, "plain step ms": s_ms, "share of a plain step": t_ms / s_ms,
             "layers with M stored": sum(layer.precond.matrices is not None for layer in imp.layers),
             "layers factored (g P^T) P": sum(layer.precond.matrices is None for layer in imp.layers)}
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, tuple):
-        return f"{v[0]:.2f}-{v[1]:.2f}"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
-    return str(v)
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    cols = [c for c in rows[0] if c != "raw"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

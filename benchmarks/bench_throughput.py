@@ -25,6 +25,7 @@ Prints Markdown (for benchmarks/RESULTS.md) and, with ``--json``, writes every r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -43,6 +44,10 @@ from refconv.engine import RunConfig, run
 from refconv.engine.export import save_weights
 from refconv.engine.modeling import create_stock_model
 from refconv.engine.optim import build_optimizer
+
+from _common import interleaved_rounds, markdown_table  # benchmarks/ (the script's directory)
+
+_table = functools.partial(markdown_table, big=10, digits=2)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -132,9 +137,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     for method in ("plain", "refconv"):
         for opt in options:
             variants.append(_StepVariant(f"{method} {opt}", method, set(opt.split("+")), args, device, start))
-    for _ in range(args.repeats):
-        for v in variants:
-            v.round(args.steps)
+    interleaved_rounds(variants, repeats=args.repeats, steps=args.steps)
     base = next(v for v in variants if v.name == "plain nchw")
     rows = []
     for v in variants:
@@ -198,23 +201,6 @@ def bench_engine(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- output
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, tuple):
-        return f"{v[0]:.2f}-{v[1]:.2f}"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if v >= 10 else f"{v:.2f}"
-    return str(v)
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    cols = [c for c in rows[0] if c != "raw"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.threads:

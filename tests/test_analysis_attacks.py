@@ -16,13 +16,7 @@ from refconv.errors import CheckpointError, ConfigError
 
 MEAN, STD = [0.5, 0.4], [0.25, 0.2]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _normalise(pixels: torch.Tensor) -> torch.Tensor:

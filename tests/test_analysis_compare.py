@@ -24,38 +24,21 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
+from _analysis_fixtures import random_batches, small_convnet
+
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = dict(
     num_batches=2, resolution_1d=3, resolution_2d=2, latency_warmup=0, latency_repeats=2, pgd_steps=2,
     eps=(2 / 255, 8 / 255),
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(width: int = 4, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(width, 3),
+    return small_convnet(
+        width, lambda w: [nn.Conv2d(w, w, 3, stride=2, padding=1, groups=w), nn.ReLU()], seed=seed
     )
-
-
-def _batches(n: int = 2):
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)]
 
 
 def _assert_png(path):
@@ -65,7 +48,7 @@ def _assert_png(path):
 
 def test_analyze_writes_json_and_every_png(tmp_path):
     result = analyze(
-        _net(seed=0), _net(seed=1), tmp_path, held_out=_batches(), test=_batches(),
+        _net(seed=0), _net(seed=1), tmp_path, held_out=random_batches(), test=random_batches(),
         mean=[0.5] * 3, std=[0.25] * 3, config=AnalysisConfig(**TINY),
     )
     for section in SECTIONS:
@@ -103,7 +86,7 @@ def test_sections_without_data_are_skipped_with_a_reason(tmp_path):
 
 def test_different_architectures_fail_before_any_work(tmp_path):
     with pytest.raises(CheckpointError, match=r"0\.weight: \(4, 3, 3, 3\) vs \(6, 3, 3, 3\)"):
-        analyze(_net(4), _net(6), tmp_path / "out", held_out=_batches())
+        analyze(_net(4), _net(6), tmp_path / "out", held_out=random_batches())
     assert not (tmp_path / "out").exists()
 
 
@@ -142,7 +125,7 @@ def test_config_from_dict_rejects_unknown_keys_and_converts_lists():
 
 def test_more_batches_requested_than_available(tmp_path):
     with pytest.raises(ConfigError, match=r"num_batches=5 is out of range: only 2 batch"):
-        analyze(_net(), _net(seed=1), tmp_path, held_out=_batches(2), config=AnalysisConfig(num_batches=5))
+        analyze(_net(), _net(seed=1), tmp_path, held_out=random_batches(2), config=AnalysisConfig(num_batches=5))
 
 
 def test_to_jsonable_is_strict_json():
@@ -180,7 +163,7 @@ def test_analyze_a_training_time_refconv_model(tmp_path):
     base = _net()
     ref = refconv.convert(copy.deepcopy(base))
     result = analyze(
-        base, ref, tmp_path, held_out=_batches(), test=_batches(), config=AnalysisConfig(**TINY), plot=False
+        base, ref, tmp_path, held_out=random_batches(), test=random_batches(), config=AnalysisConfig(**TINY), plot=False
     )
     assert result["models"]["refconv"]["folded_for_analysis"] is True
     assert result["redundancy"]["refconv"]["folded_from_refconv"] is True

@@ -12,13 +12,7 @@ import refconv
 from refconv.analysis import compare_cost, cost_report, count_flops, count_parameters, measure_latency, peak_memory
 from refconv.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net() -> nn.Module:

@@ -21,13 +21,9 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError
 
+from _analysis_fixtures import random_batches, small_convnet
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N = 5
@@ -43,21 +39,7 @@ def _quadratic_problem(seed: int = 0):
 
 
 def _net(width: int = 4) -> nn.Module:
-    torch.manual_seed(width)
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(width, 3),
-    )
-
-
-def _batches(n: int = 2):
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(n)]
+    return small_convnet(width, lambda w: [nn.Conv2d(w, w, 3, padding=1)], seed=width)
 
 
 def test_direction_is_filter_normalised_and_ignores_bias_bn():
@@ -121,7 +103,7 @@ def test_interpolation_matches_the_quadratic_between_two_models():
 def test_weights_buffers_and_mode_are_restored_exactly():
     model = _net().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    batches = _batches()
+    batches = random_batches()
     d = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
     loss_along_direction(model, batches, d, resolution=3)
     loss_surface_2d(model, batches, resolution=2)
@@ -133,7 +115,7 @@ def test_weights_buffers_and_mode_are_restored_exactly():
 
 def test_bn_is_evaluated_in_eval_mode():
     model = _net().train()
-    batches = _batches()
+    batches = random_batches()
     d = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
     curve = loss_along_direction(model, batches, d, resolution=3)
     model.eval()
@@ -157,7 +139,7 @@ def test_bn_is_evaluated_in_eval_mode():
     ],
 )
 def test_out_of_range_options_raise(call, match):
-    model, batches = _net(), _batches()
+    model, batches = _net(), random_batches()
     d = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match=match):
         call(model, batches, d)
@@ -165,11 +147,11 @@ def test_out_of_range_options_raise(call, match):
 
 def test_interpolation_between_different_architectures_names_the_layers():
     with pytest.raises(CheckpointError, match=r"0\.weight: \(4, 3, 3, 3\) vs \(6, 3, 3, 3\)"):
-        interpolation_curve(_net(4), _net(6), _batches())
+        interpolation_curve(_net(4), _net(6), random_batches())
 
 
 def test_compare_landscape_structure():
-    out = compare_landscape(_net(), _net(), iter(_batches(3)), num_batches=2, resolution_1d=3, resolution_2d=2)
+    out = compare_landscape(_net(), _net(), iter(random_batches(3)), num_batches=2, resolution_1d=3, resolution_2d=2)
     assert out["settings"]["samples"] == 8
     assert len(out["interpolation"]["loss"]) == 3
     assert set(out["random_1d"]) == set(out["surface_2d"]) == {"baseline", "refconv"}
@@ -180,7 +162,7 @@ def test_compare_landscape_structure():
 def test_interpolation_from_baseline_to_zero_init_refconv_is_flat():
     base = _net()
     ref = refconv.convert(copy.deepcopy(base), init="zeros")  # folds to exactly the baseline
-    curve = interpolation_curve(base, ref, _batches(), resolution=3)
+    curve = interpolation_curve(base, ref, random_batches(), resolution=3)
     assert max(curve["loss"]) == pytest.approx(min(curve["loss"]), rel=1e-6)
 
 
@@ -207,7 +189,7 @@ def test_sharpness_uses_the_same_directions_for_both_models():
     it matches the rise read off loss_along_direction at +-r for one direction."""
     from refconv.analysis import sharpness
 
-    net, batches = _net(), _batches()
+    net, batches = _net(), random_batches()
     out = compare_landscape(net, copy.deepcopy(net), batches, num_batches=2, resolution_1d=3, surfaces=False)
     assert out["summary"]["baseline"]["sharpness"] == out["summary"]["refconv"]["sharpness"]
     one = sharpness(net.eval(), batches, radii=(0.05,), directions=1, seed=3)

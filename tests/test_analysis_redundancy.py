@@ -22,13 +22,9 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
+from _analysis_fixtures import small_convnet
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sym_kl(p: list[float], q: list[float]) -> float:
@@ -36,16 +32,7 @@ def _sym_kl(p: list[float], q: list[float]) -> float:
 
 
 def _net(width: int = 6) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, groups=width),
-        nn.Conv2d(width, width, 1),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(width, 3),
-    )
+    return small_convnet(width, lambda w: [nn.Conv2d(w, w, 3, padding=1, groups=w), nn.Conv2d(w, w, 1)])
 
 
 def test_identical_kernels_have_zero_diversity():

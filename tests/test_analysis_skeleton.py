@@ -20,13 +20,7 @@ from refconv.analysis import (
 )
 from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_hot_centre(cout: int, cin: int, k: int) -> torch.Tensor:

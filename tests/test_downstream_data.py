@@ -207,25 +207,31 @@ def test_missing_pieces(voc: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- bad masks
-def test_mask_size_differs_from_image(voc: Path) -> None:
-    mask = voc / "SegmentationClass" / "val_000000.png"
-    small = Image.open(mask).resize((40, 48), Image.NEAREST)
-    small.save(mask)
-    ds = VOCSegmentation(voc, "val")
-    with pytest.raises(DataError, match=r"mask is 40x48 but its image is 48x48"):
-        ds[0]
+def _shrink_mask(mask: Path) -> None:
+    Image.open(mask).resize((40, 48), Image.NEAREST).save(mask)
 
 
-def test_mask_with_unknown_class_index(voc: Path) -> None:
-    mask = voc / "SegmentationClass" / "val_000001.png"
+def _mask_with_class_42(mask: Path) -> None:
     arr = np.asarray(Image.open(mask)).copy()
     arr[0, 0] = 42
     im = Image.frombytes("P", (48, 48), arr.tobytes())
     im.putpalette(synthetic.voc_palette())
     im.save(mask)
+
+
+@pytest.mark.parametrize(
+    ("index", "spoil", "match"),
+    [
+        (0, _shrink_mask, r"mask is 40x48 but its image is 48x48"),
+        (1, _mask_with_class_42, r"mask values \[42\] are not classes"),
+    ],
+    ids=["mask_size_differs_from_image", "mask_with_unknown_class_index"],
+)
+def test_bad_mask_is_refused_on_load(voc: Path, index: int, spoil, match: str) -> None:
+    spoil(voc / "SegmentationClass" / f"val_{index:06d}.png")
     ds = VOCSegmentation(voc, "val")
-    with pytest.raises(DataError, match=r"mask values \[42\] are not classes"):
-        ds[1]
+    with pytest.raises(DataError, match=match):
+        ds[index]
 
 
 def test_rgb_mask_and_missing_mask(voc: Path) -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from _artifacts import reevaluate
 from _datagen import write_fashion_mnist
+from _engine_runs import torchrun, train_flags
 from safetensors.torch import load_file
 
 from refconv.engine import RunConfig, run
@@ -29,14 +28,7 @@ def test_two_gloo_processes_agree_with_one(tmp_path):
                  progress="plain", log_every_steps=3)
     single = run(RunConfig(out=str(tmp_path / "single"), **flags))
 
-    argv = []
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "refconv.cli", "train", *argv, "--out", str(tmp_path / "ddp")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    proc = torchrun("-m", "refconv.cli", "train", *train_flags(flags), "--out", str(tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     done = json.loads((tmp_path / "ddp" / "done.json").read_text())
@@ -74,25 +66,18 @@ def test_ddp_mid_epoch_resume_keeps_every_ranks_share_of_the_epoch(tmp_path):
                  epochs=2, augment=False, progress="plain", log_every_steps=3)
     single = run(RunConfig(out=str(tmp_path / "single"), **flags))
 
-    argv = []
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    argv = train_flags(flags)
     out = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    torchrun = [*launch, "-m", "refconv.cli", "train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # every rank installs the interrupt hook, then runs the CLI: what Ctrl-C does, after global step 8
     script = tmp_path / "train_interrupted.py"
     script.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nimport _faults\n"
                       "_faults.interrupt_after(8)\nfrom refconv.cli import main\nsys.exit(main())\n")
     # 6 steps per epoch: stop requested after global step 8 (epoch 2, step 2), taken at the next sync (step 3)
-    proc = subprocess.run([*launch, str(script), "train", *argv, "--out", str(out)], capture_output=True, text=True,
-                          timeout=240, env=env)
+    proc = torchrun(str(script), "train", *argv, "--out", str(out))
     assert "interrupted at epoch 2, step 3/6" in proc.stderr, proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["meters"]) == 2 and all(m["images"] == 24 for m in ckpt["meters"])  # 3 steps x 8 per rank
-    proc = subprocess.run([*torchrun, "--resume", str(out)], capture_output=True, text=True, timeout=240, env=env)
+    proc = torchrun("-m", "refconv.cli", "train", "--resume", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((out / "done.json").read_text())
     for a, b in zip(single.history, done["history"]):

@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _datagen import write_fashion_mnist
+from _engine_runs import assert_same_history, base_run
 from safetensors.torch import load_file
 
 from refconv.engine import RunConfig, RunInterrupted, run
 from refconv.engine.checkpoint import load_checkpoint
 
-TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    data_dir = write_fashion_mnist(root / "data", n_train=96, n_test=32)
-    common = dict(model="timm/test_efficientnet", data_dir=str(data_dir), batch_size=16, lr=0.05, warmup_epochs=0.5,
-                  progress="none")
-    base = run(RunConfig(epochs=1, out=str(root / "base"), **common))
+    common, base = base_run(root)
     return root, common, base
-
-
-def _same_history(a, b):
-    assert len(a) == len(b)
-    for ra, rb in zip(a, b):
-        assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
 
 
 @pytest.mark.parametrize("pipeline", ["resident", "loader"])
@@ -52,7 +41,7 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(setup, faults, pipel
     assert not (out / "done.json").exists()
 
     resumed = run(RunConfig(out=str(out), checkpoint_every_steps=4, **cfg), resume=True)
-    _same_history(ref.history, resumed.history)
+    assert_same_history(ref.history, resumed.history)
     assert resumed.final == ref.final and resumed.best == ref.best
     a, b = load_file(str(ref.folded_path)), load_file(str(resumed.folded_path))
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical deployable weights
@@ -74,7 +63,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_equals_uninterrupted(setup, fau
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 3)
 
     resumed = run(RunConfig(out=str(out), **cfg), resume=True)
-    _same_history(ref.history, resumed.history)
+    assert_same_history(ref.history, resumed.history)
     assert resumed.final == ref.final
 
 

@@ -211,21 +211,17 @@ def test_adam_is_refused_naming_the_supported_optimisers():
 
 # ---------------------------------------------------------------- engine
 from _datagen import write_fashion_mnist  # noqa: E402
+from _engine_runs import assert_same_history, base_run, torchrun, train_flags  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from refconv.engine import RunConfig, RunInterrupted, run  # noqa: E402
 from refconv.engine.checkpoint import load_checkpoint  # noqa: E402
 
-TIMING = {"images_per_s", "epoch_time_s", "eval_images_per_s"}
-
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("implicit")
-    data_dir = write_fashion_mnist(root / "data", n_train=96, n_test=32)
-    common = dict(model="timm/test_efficientnet", data_dir=str(data_dir), batch_size=16, lr=0.05, warmup_epochs=0.5,
-                  progress="none")
-    base = run(RunConfig(epochs=1, out=str(root / "base"), **common))
+    common, base = base_run(root)
     refconv_cfg = dict(method="refconv", weights=str(base.run_dir), init="zeros", epochs=1, **common)
     return root, common, base, refconv_cfg
 
@@ -285,9 +281,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(engine, faults, impl):
         run(RunConfig(out=str(out), **cfg))
     faults.clear()
     resumed = run(RunConfig(out=str(out), **cfg), resume=True)
-    assert len(ref.history) == len(resumed.history)
-    for ra, rb in zip(ref.history, resumed.history):
-        assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
+    assert_same_history(ref.history, resumed.history)
     a, b = load_file(str(ref.weights_path)), load_file(str(resumed.weights_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
@@ -330,10 +324,6 @@ def test_implicit_under_compile_and_contiguous_layout_matches_eager(engine):
 
 def test_implicit_under_two_gloo_processes_agrees_with_one(tmp_path):
     """DDP: the transform runs on the all-reduced gradient (a step-pre-hook), so 2 processes train what 1 does."""
-    import os
-    import subprocess
-    import sys
-
     data_dir = write_fashion_mnist(tmp_path / "data", n_train=64, n_test=32)
     base = run(RunConfig(model="timm/test_efficientnet_gn", data_dir=str(data_dir), batch_size=16, lr=0.05,
                          warmup_epochs=0, epochs=1, augment=False, progress="none", out=str(tmp_path / "base")))
@@ -341,13 +331,7 @@ def test_implicit_under_two_gloo_processes_agrees_with_one(tmp_path):
                  epochs=1, augment=False, method="refconv", weights=str(base.run_dir), refocus_impl="implicit",
                  progress="none")
     single = run(RunConfig(out=str(tmp_path / "single"), **flags))
-    argv = []
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        argv += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "refconv.cli", "train", *argv, "--out", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun("-m", "refconv.cli", "train", *train_flags(flags), "--out", str(tmp_path / "ddp"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(str(single.weights_path))
     b = load_file(str(tmp_path / "ddp" / "model.safetensors"))

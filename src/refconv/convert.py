@@ -95,6 +95,77 @@ def _inside_refconv(name: str, refconv_names: list[str]) -> bool:
     return any(name == r or name.startswith(r + ".") for r in refconv_names)
 
 
+def _check_patterns_match(model: nn.Module, modules: list[tuple[str, nn.Module]],
+                          convs: list[tuple[str, nn.Module]], inc: list[str], exc: list[str]) -> None:
+    """Refuse an include / exclude pattern that matches no module (naming a few convolutions as examples)."""
+    all_names = [n for n, _ in modules]
+    for arg, pats in (("include", inc), ("exclude", exc)):
+        for p in pats:
+            if not any(fnmatch.fnmatchcase(n, p) for n in all_names):
+                sample = ", ".join(repr(n) for n, _ in convs[:5]) or "(none)"
+                raise ConversionError(
+                    f"{arg} pattern {p!r} matches no module of this {type(model).__name__}. Patterns are globs "
+                    f"over qualified names as in named_modules(); convolutions here are named like {sample}."
+                )
+
+
+def _is_selected(name: str, conv: nn.Module, map_k: int, inc: list[str], exc: list[str]) -> bool:
+    """Whether the patterns and the kernel size select ``conv``; a conv named by ``include`` but smaller than
+    ``map_k`` is an error."""
+    if exc and _matches(name, exc):
+        return False
+    weight = getattr(conv, "weight", None)
+    spatial = tuple(weight.shape[2:]) if isinstance(weight, torch.Tensor) else ()
+    too_small = not spatial or any(k < map_k for k in spatial)
+    if not inc:
+        return not too_small
+    if not _matches(name, inc):
+        return False
+    # Named explicitly (not just through a container): a kernel too small for map_k is the user's
+    # error, not a silent skip.
+    if any(fnmatch.fnmatchcase(name, p) for p in inc):
+        if spatial and any(k < map_k for k in spatial):
+            raise ConversionError(
+                f"layer '{name}' was selected by include but its kernel {spatial} is smaller than "
+                f"map_k={map_k}. Use map_k <= {min(spatial)}, or exclude it."
+            )
+        return True
+    return not too_small
+
+
+def _refuse_empty_selection(model: nn.Module, convs: list[tuple[str, nn.Module]], refconv_names: list[str],
+                            map_k: int, inc: list[str], exc: list[str]) -> None:
+    """Raise the error that says why nothing was selected: already converted, or no eligible convolution."""
+    if refconv_names and not _convs_selectable(convs, map_k, exc):
+        raise AlreadyConvertedError(
+            f"the model is already converted ({len(refconv_names)} RefConv layers, e.g. '{refconv_names[0]}') "
+            "and has no other eligible convolution. Train it, or fold it with refconv.reparameterize() "
+            "before converting again."
+        )
+    kernels = sorted({tuple(m.weight.shape[2:]) for _, m in convs if hasattr(m, "weight")})
+    raise NoEligibleConvError(
+        f"no convolution of this {type(model).__name__} can be converted with map_k={map_k}"
+        + (f", include={inc}" if inc else "")
+        + (f", exclude={exc}" if exc else "")
+        + f". Found {len(convs)} unconverted nn.Conv1d/2d/3d"
+        + (f" with kernels {kernels}" if kernels else "")
+        + ". RefConv needs kernels at least map_k in every spatial dim; lower map_k (odd) or check the patterns."
+    )
+
+
+def _layer_plan(name: str, conv: nn.Module, groups: GroupsSpec, map_k: int) -> LayerPlan:
+    g = _resolve_groups(groups, name, conv)
+    return LayerPlan(
+        name=name,
+        module_class=type(conv).__name__,
+        weight_shape=tuple(conv.weight.shape),
+        conv_groups=conv.groups,
+        kernels=num_kernels(conv.weight.shape),
+        refocus_groups=g,
+        map_k=map_k,
+    )
+
+
 def plan_conversion(
     model: nn.Module,
     *,
@@ -115,74 +186,15 @@ def plan_conversion(
     convs = [
         (n, m) for n, m in modules if is_convertible_conv(m) and not _inside_refconv(n, refconv_names)
     ]
-
-    all_names = [n for n, _ in modules]
-    for arg, pats in (("include", inc), ("exclude", exc)):
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(n, p) for n in all_names):
-                sample = ", ".join(repr(n) for n, _ in convs[:5]) or "(none)"
-                raise ConversionError(
-                    f"{arg} pattern {p!r} matches no module of this {type(model).__name__}. Patterns are globs "
-                    f"over qualified names as in named_modules(); convolutions here are named like {sample}."
-                )
-
+    _check_patterns_match(model, modules, convs, inc, exc)
     selected: list[tuple[str, nn.Module]] = []
     for name, conv in convs:
-        if exc and _matches(name, exc):
-            continue
-        weight = getattr(conv, "weight", None)
-        spatial = tuple(weight.shape[2:]) if isinstance(weight, torch.Tensor) else ()
-        if inc:
-            if not _matches(name, inc):
-                continue
-            # Named explicitly (not just through a container): a kernel too small for map_k is the user's
-            # error, not a silent skip.
-            named = any(fnmatch.fnmatchcase(name, p) for p in inc)
-            if named and spatial and any(k < map_k for k in spatial):
-                raise ConversionError(
-                    f"layer '{name}' was selected by include but its kernel {spatial} is smaller than "
-                    f"map_k={map_k}. Use map_k <= {min(spatial)}, or exclude it."
-                )
-            if not named and (not spatial or any(k < map_k for k in spatial)):
-                continue
-        elif not spatial or any(k < map_k for k in spatial):
-            continue
-        _validate_conv(conv, f"'{name}'")
-        selected.append((name, conv))
-
+        if _is_selected(name, conv, map_k, inc, exc):
+            _validate_conv(conv, f"'{name}'")
+            selected.append((name, conv))
     if not selected:
-        if refconv_names and not _convs_selectable(convs, map_k, exc):
-            raise AlreadyConvertedError(
-                f"the model is already converted ({len(refconv_names)} RefConv layers, e.g. '{refconv_names[0]}') "
-                "and has no other eligible convolution. Train it, or fold it with refconv.reparameterize() "
-                "before converting again."
-            )
-        kernels = sorted({tuple(m.weight.shape[2:]) for _, m in convs if hasattr(m, "weight")})
-        raise NoEligibleConvError(
-            f"no convolution of this {type(model).__name__} can be converted with map_k={map_k}"
-            + (f", include={inc}" if inc else "")
-            + (f", exclude={exc}" if exc else "")
-            + f". Found {len(convs)} unconverted nn.Conv1d/2d/3d"
-            + (f" with kernels {kernels}" if kernels else "")
-            + ". RefConv needs kernels at least map_k in every spatial dim; lower map_k (odd) or check the patterns."
-        )
-
-    plans = []
-    for name, conv in selected:
-        g = _resolve_groups(groups, name, conv)
-        n = num_kernels(conv.weight.shape)
-        plans.append(
-            LayerPlan(
-                name=name,
-                module_class=type(conv).__name__,
-                weight_shape=tuple(conv.weight.shape),
-                conv_groups=conv.groups,
-                kernels=n,
-                refocus_groups=g,
-                map_k=map_k,
-            )
-        )
-    return plans
+        _refuse_empty_selection(model, convs, refconv_names, map_k, inc, exc)
+    return [_layer_plan(name, conv, groups, map_k) for name, conv in selected]
 
 
 def _convs_selectable(convs: list[tuple[str, nn.Module]], map_k: int, exc: list[str]) -> bool:

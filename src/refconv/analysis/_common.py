@@ -9,7 +9,10 @@ are recognised by :func:`refconv.refconv_layers` (the core's own definition, not
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -19,7 +22,10 @@ from refconv.errors import CheckpointError, ConfigError, NoEligibleConvError
 from refconv.layers import RefConv
 
 __all__ = ["has_refconv_layers", "fold_for_analysis", "eligible_convs", "require_convs", "check_same_architecture",
-           "device_of", "check_int", "check_float"]
+           "device_of", "check_int", "check_float", "first_batches", "takes_options_of"]
+
+T = TypeVar("T")
+Fn = TypeVar("Fn", bound=Callable)
 
 
 def has_refconv_layers(model: nn.Module) -> bool:
@@ -46,6 +52,46 @@ def device_of(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def first_batches(batches: Iterable[T], max_batches: int | None) -> Iterator[T]:
+    """The batches of ``batches`` before index ``max_batches`` (all of them for ``None``)."""
+    for b, batch in enumerate(batches):
+        if max_batches is not None and b >= max_batches:
+            break
+        yield batch
+
+
+def takes_options_of(source: Callable) -> Callable[[Fn], Fn]:
+    """Decorator: the function (``f(a, b, *, own=..., **options)``) takes exactly ``source``'s keyword-only options,
+    with the same names and defaults.
+
+    A side-by-side function (``compare_x``) that only forwards the options of the one-model function (``x``)
+    declares them once, there. The decorated function shows the combined signature (its positional
+    parameters, then ``source``'s options), refuses an unknown keyword with ``TypeError`` as any call does,
+    and receives every option with its default applied (its own keyword-only ones by name, the rest in
+    ``options``).
+    """
+    shared = [p for p in inspect.signature(source).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    def decorate(fn: Fn) -> Fn:
+        own = inspect.signature(fn)
+        positional = [p for p in own.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        sig = own.replace(parameters=[*positional, *shared])
+
+        @functools.wraps(fn)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as exc:  # as a plain call says it, naming the function
+                raise TypeError(f"{fn.__name__}() {exc}") from None
+            bound.apply_defaults()
+            return fn(*bound.args, **bound.kwargs)
+
+        wrapper.__signature__ = sig  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _is_plain_conv(module: nn.Module) -> bool:

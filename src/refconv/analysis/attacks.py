@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from refconv.analysis._common import check_float, check_int, check_same_architecture, device_of, fold_for_analysis
+from refconv.analysis._common import (check_float, check_int, check_same_architecture, device_of, first_batches,
+                                      fold_for_analysis, takes_options_of)
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -105,6 +106,12 @@ class _EvalMode:
         self.model.train(self.training)
 
 
+def _fgsm_point(model: nn.Module, norm: _Normaliser, clean: Tensor, y: Tensor, eps: float) -> Tensor:
+    """The FGSM step from the clean pixels, clamped to ``[0, 1]`` (pixels)."""
+    grad, _ = _input_grad(model, norm, clean, y)
+    return (clean + eps * grad.sign()).clamp(0.0, 1.0)
+
+
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, mean: Stats = None, std: Stats = None) -> Tensor:
     """Fast Gradient Sign Method, L-inf, in pixel space.
 
@@ -123,9 +130,49 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, mean: Stats = No
     norm = _Normaliser(x, mean, std)
     clean = norm.to_pixels(x.detach())
     with _EvalMode(model):
-        grad, _ = _input_grad(model, norm, clean, y)
-    adv = (clean + eps * grad.sign()).clamp(0.0, 1.0)
+        adv = _fgsm_point(model, norm, clean, y, eps)
     return norm.to_inputs(adv).detach()
+
+
+class _Strongest:
+    """Per sample, the strongest candidate offered so far: the first misclassified one, else the highest loss."""
+
+    def __init__(self, clean: Tensor, y: Tensor) -> None:
+        self.y = y
+        self.best = clean.clone()
+        self.wrong = torch.zeros(clean.shape[0], dtype=torch.bool, device=clean.device)
+        self.loss = torch.full((clean.shape[0],), -float("inf"), device=clean.device)
+        self.view = (-1,) + (1,) * (clean.dim() - 1)
+
+    def offer(self, candidate: Tensor, logits: Tensor) -> None:
+        wrong = logits.argmax(dim=1) != self.y
+        loss = F.cross_entropy(logits.float(), self.y, reduction="none")
+        better = (wrong & ~self.wrong) | ((wrong == self.wrong) & (loss > self.loss))
+        self.best = torch.where(better.view(self.view), candidate, self.best)
+        self.wrong = self.wrong | wrong
+        self.loss = torch.where(better, loss, self.loss)
+
+    def offer_final(self, model: nn.Module, norm: _Normaliser, candidate: Tensor) -> None:
+        """Offer a candidate whose logits are not known yet (one extra forward, no gradient)."""
+        with torch.no_grad():
+            self.offer(candidate, model(norm.to_inputs(candidate)))
+
+
+def _pgd_run(
+    model: nn.Module, norm: _Normaliser, clean: Tensor, y: Tensor, strongest: _Strongest, *, eps: float,
+    steps: int, step_size: float, random_start: bool, generator: torch.Generator | None,
+) -> None:
+    """One PGD restart, offering every iterate (and the last point) to ``strongest``."""
+    lo, hi = (clean - eps).clamp_min(0.0), (clean + eps).clamp_max(1.0)
+    adv = clean.clone()
+    if random_start and eps > 0:
+        noise = torch.rand(clean.shape, generator=generator, dtype=torch.float32).to(clean)
+        adv = torch.maximum(torch.minimum(clean + (2 * noise - 1) * eps, hi), lo)
+    for _ in range(steps):
+        grad, logits = _input_grad(model, norm, adv, y)
+        strongest.offer(adv, logits)
+        adv = torch.maximum(torch.minimum(adv + step_size * grad.sign(), hi), lo)
+    strongest.offer_final(model, norm, adv)
 
 
 def pgd(
@@ -176,39 +223,43 @@ def pgd(
         check_float("step_size", step_size, 0.0, 1.0, low_open=True)
     norm = _Normaliser(x, mean, std)
     clean = norm.to_pixels(x.detach())
-    lo, hi = (clean - eps).clamp_min(0.0), (clean + eps).clamp_max(1.0)
-    best = clean.clone()
-    best_wrong = torch.zeros(clean.shape[0], dtype=torch.bool, device=clean.device)
-    best_loss = torch.full((clean.shape[0],), -float("inf"), device=clean.device)
-    view = (-1,) + (1,) * (clean.dim() - 1)
-
-    def keep_best(candidate: Tensor, logits: Tensor) -> None:
-        nonlocal best, best_wrong, best_loss
-        wrong = logits.argmax(dim=1) != y
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-        best = torch.where(better.view(view), candidate, best)
-        best_wrong = best_wrong | wrong
-        best_loss = torch.where(better, loss, best_loss)
-
+    strongest = _Strongest(clean, y)
     with _EvalMode(model):
         if include_fgsm:
-            grad, _ = _input_grad(model, norm, clean, y)
-            point = (clean + eps * grad.sign()).clamp(0.0, 1.0)
-            with torch.no_grad():
-                keep_best(point, model(norm.to_inputs(point)))
+            strongest.offer_final(model, norm, _fgsm_point(model, norm, clean, y, eps))
         for _ in range(restarts):
-            adv = clean.clone()
-            if random_start and eps > 0:
-                noise = torch.rand(clean.shape, generator=generator, dtype=torch.float32).to(clean)
-                adv = torch.maximum(torch.minimum(clean + (2 * noise - 1) * eps, hi), lo)
-            for _ in range(steps):
-                grad, logits = _input_grad(model, norm, adv, y)
-                keep_best(adv, logits)
-                adv = torch.maximum(torch.minimum(adv + step_size * grad.sign(), hi), lo)
-            with torch.no_grad():
-                keep_best(adv, model(norm.to_inputs(adv)))
-    return norm.to_inputs(best).detach()
+            _pgd_run(model, norm, clean, y, strongest, eps=eps, steps=steps, step_size=step_size,
+                     random_start=random_start, generator=generator)
+    return norm.to_inputs(strongest.best).detach()
+
+
+def _check_attack_options(
+    eps: Sequence[float], attacks: Sequence[str], steps: int, restarts: int, seed: int,
+    step_size: float | None, max_batches: int | None,
+) -> list[float]:
+    """Refuse an option of :func:`robust_accuracy` out of its range; return the budgets as floats."""
+    eps = [float(e) for e in eps]
+    if not eps:
+        raise ConfigError("eps is empty: give at least one budget in [0, 1]")
+    for e in eps:
+        _check_eps(e)
+    bad = [a for a in attacks if a not in _ATTACKS]
+    if bad or not attacks:
+        raise ConfigError(f"attacks={list(attacks)!r} is invalid: expected a non-empty subset of {list(_ATTACKS)}")
+    check_int("steps", steps, 1, 1000)
+    check_int("restarts", restarts, 1, 100)
+    check_int("seed", seed, 0, 2**63 - 1)
+    if step_size is not None:
+        check_float("step_size", step_size, 0.0, 1.0, low_open=True)
+    if max_batches is not None:
+        check_int("max_batches", max_batches, 1, 1_000_000)
+    return eps
+
+
+def _num_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """How many of ``x`` the model classifies as ``y`` (eval mode, no gradient)."""
+    with _EvalMode(model), torch.no_grad():
+        return int((model(x).argmax(dim=1) == y).sum())
 
 
 def robust_accuracy(
@@ -251,44 +302,25 @@ def robust_accuracy(
     Raises:
         ConfigError: An option is out of range or there are no samples.
     """
-    eps = [float(e) for e in eps]
-    if not eps:
-        raise ConfigError("eps is empty: give at least one budget in [0, 1]")
-    for e in eps:
-        _check_eps(e)
-    bad = [a for a in attacks if a not in _ATTACKS]
-    if bad or not attacks:
-        raise ConfigError(f"attacks={list(attacks)!r} is invalid: expected a non-empty subset of {list(_ATTACKS)}")
-    check_int("steps", steps, 1, 1000)
-    check_int("restarts", restarts, 1, 100)
-    check_int("seed", seed, 0, 2**63 - 1)
-    if step_size is not None:
-        check_float("step_size", step_size, 0.0, 1.0, low_open=True)
-    if max_batches is not None:
-        check_int("max_batches", max_batches, 1, 1_000_000)
+    eps = _check_attack_options(eps, attacks, steps, restarts, seed, step_size, max_batches)
     m, folded = fold_for_analysis(model)
     device = device_of(m)
     gen = torch.Generator().manual_seed(seed)
+    pgd_options = dict(steps=steps, step_size=step_size, random_start=random_start, restarts=restarts,
+                       include_fgsm=include_fgsm, generator=gen, mean=mean, std=std)
     correct = {a: [0] * len(eps) for a in attacks}
     clean_correct, n = 0, 0
-    for b, (x, y) in enumerate(batches):
-        if max_batches is not None and b >= max_batches:
-            break
+    for x, y in first_batches(batches, max_batches):
         x, y = x.to(device), y.to(device)
-        with _EvalMode(m), torch.no_grad():
-            clean_correct += int((m(x).argmax(dim=1) == y).sum())
+        clean_correct += _num_correct(m, x, y)
         n += int(y.shape[0])
         for k, e in enumerate(eps):
             for a in attacks:
                 if a == "fgsm":
                     adv = fgsm(m, x, y, eps=e, mean=mean, std=std)
                 else:
-                    adv = pgd(
-                        m, x, y, eps=e, steps=steps, step_size=step_size, random_start=random_start,
-                        restarts=restarts, include_fgsm=include_fgsm, generator=gen, mean=mean, std=std,
-                    )
-                with _EvalMode(m), torch.no_grad():
-                    correct[a][k] += int((m(adv).argmax(dim=1) == y).sum())
+                    adv = pgd(m, x, y, eps=e, **pgd_options)
+                correct[a][k] += _num_correct(m, adv, y)
     if n == 0:
         raise ConfigError("no samples to attack: the batch iterable is empty")
     result: dict = {"clean": clean_correct / n, "eps": eps, "samples": n, "folded_from_refconv": folded}
@@ -308,22 +340,14 @@ def robust_accuracy(
     return result
 
 
+@takes_options_of(robust_accuracy)
 def compare_robustness(
     baseline: nn.Module,
     refconv_model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     *,
-    eps: Sequence[float] = DEFAULT_EPS,
-    attacks: Sequence[str] = _ATTACKS,
-    steps: int = 10,
-    step_size: float | None = None,
-    random_start: bool = True,
-    restarts: int = 1,
-    include_fgsm: bool = True,
-    seed: int = 0,
     max_batches: int | None = None,
-    mean: Stats = None,
-    std: Stats = None,
+    **options: object,
 ) -> dict:
     """:func:`robust_accuracy` of both models on the same samples with the same settings and seed.
 
@@ -333,7 +357,7 @@ def compare_robustness(
     Args:
         baseline: The baseline model.
         refconv_model: The RefConv model (training-time or folded).
-        batches: See :func:`robust_accuracy`; the other arguments too.
+        batches: See :func:`robust_accuracy`; the other arguments too (the same names and defaults).
 
     Returns:
         ``{"baseline": result, "refconv": result}``.
@@ -346,17 +370,10 @@ def compare_robustness(
     base, _ = fold_for_analysis(baseline)
     ref, _ = fold_for_analysis(refconv_model)
     check_same_architecture(base, ref)
-    fixed = []
-    for b, batch in enumerate(batches):
-        if max_batches is not None and b >= max_batches:
-            break
-        fixed.append((batch[0], batch[1]))
-    kwargs = dict(
-        eps=eps, attacks=attacks, steps=steps, step_size=step_size, random_start=random_start,
-        restarts=restarts, include_fgsm=include_fgsm, seed=seed, mean=mean, std=std,
-    )
-    out = {"baseline": robust_accuracy(base, fixed, **kwargs), "refconv": robust_accuracy(ref, fixed, **kwargs)}
+    fixed = [(batch[0], batch[1]) for batch in first_batches(batches, max_batches)]
+    out = {"baseline": robust_accuracy(base, fixed, **options), "refconv": robust_accuracy(ref, fixed, **options)}
     out["baseline"]["folded_from_refconv"] = base is not baseline
     out["refconv"]["folded_from_refconv"] = ref is not refconv_model
     out["baseline"]["settings"]["max_batches"] = out["refconv"]["settings"]["max_batches"] = max_batches
     return out
+

@@ -31,6 +31,7 @@ from refconv.analysis._common import (
     check_int,
     check_same_architecture,
     device_of,
+    first_batches,
     fold_for_analysis,
     has_refconv_layers,
 )
@@ -184,6 +185,154 @@ def _spectrum_section(baseline: nn.Module, refconv_model: nn.Module) -> dict:
     return {"source": "baseline kernels, default conversion (map_k 3, authors' groups)", "layers": layers}
 
 
+@dataclass
+class _Pair:
+    """What the sections of one :func:`analyze` call read, and the PNG files they have written."""
+
+    baseline: nn.Module
+    refconv_model: nn.Module
+    base: nn.Module  # the baseline, folded for analysis
+    ref: nn.Module  # the RefConv model, folded for analysis
+    config: AnalysisConfig
+    out_dir: Path
+    plot: bool
+    held_out: list[Batch] | None
+    test: list[Batch] | None
+    example_input: Tensor | None
+    mean: Stats
+    std: Stats
+    loss_fn: LossFn | None
+    files: list[str] = field(default_factory=list)
+
+    def png(self, name: str, draw: object, data: dict, **kw: object) -> None:
+        if self.plot:
+            draw(data, self.out_dir / name, **kw)  # type: ignore[operator]
+            self.files.append(name)
+
+
+def _cost_section(p: _Pair) -> dict:
+    c = p.config
+    cost = compare_cost(p.base, p.refconv_model, p.example_input, regimes=c.cost_regimes,
+                        warmup=c.latency_warmup, repeats=c.latency_repeats)
+    p.png("cost.png", plots.plot_cost, cost)
+    return cost
+
+
+def _redundancy_section(p: _Pair) -> dict:
+    c = p.config
+    redundancy = compare_redundancy(
+        p.base, p.ref, mode=c.redundancy_mode,  # type: ignore[arg-type]
+        min_kernel_size=c.min_kernel_size, max_pairs=c.max_pairs, seed=c.seed,
+    )
+    p.png("redundancy.png", plots.plot_redundancy, redundancy)
+    return redundancy
+
+
+def _skeleton_section(p: _Pair) -> dict:
+    skeleton = compare_skeleton(p.base, p.ref, min_kernel_size=p.config.min_kernel_size,
+                                example_input=p.example_input)
+    p.png("skeleton_stages.png", plots.plot_skeleton, skeleton, level="stages")
+    p.png("skeleton_layers.png", plots.plot_skeleton, skeleton, level="layers")
+    return skeleton
+
+
+def _spectrum_png_section(p: _Pair) -> dict:
+    spectrum = _spectrum_section(p.baseline, p.refconv_model)
+    if "layers" in spectrum:
+        p.png("spectrum_diag.png", plots.plot_spectrum, spectrum["layers"])
+    return spectrum
+
+
+def _landscape_section(p: _Pair) -> dict:
+    c = p.config
+    landscape = compare_landscape(
+        p.base, p.ref, p.held_out, num_batches=c.num_batches,
+        resolution_1d=c.resolution_1d, resolution_2d=max(c.resolution_2d, 2),
+        span=c.span, interp_range=c.interp_range, seed=c.seed, loss_fn=p.loss_fn,
+        surfaces=c.resolution_2d != 0,
+    )
+    p.png("landscape_1d.png", plots.plot_landscape_1d, landscape)
+    if landscape["surface_2d"]:
+        p.png("landscape_2d.png", plots.plot_landscape_2d, landscape)
+    return landscape
+
+
+def _attacks_section(p: _Pair) -> dict:
+    c = p.config
+    attacks = compare_robustness(p.base, p.ref, p.test, eps=c.eps, steps=c.pgd_steps, step_size=c.pgd_step_size,
+                                 random_start=c.random_start, restarts=c.pgd_restarts,
+                                 include_fgsm=c.pgd_include_fgsm, seed=c.seed, max_batches=c.attack_batches,
+                                 mean=p.mean, std=p.std)
+    p.png("robustness.png", plots.plot_robustness, attacks)
+    return attacks
+
+
+#: How each of :data:`SECTIONS` is run.
+_SECTION_RUNNERS = {
+    "cost": _cost_section,
+    "redundancy": _redundancy_section,
+    "skeleton": _skeleton_section,
+    "spectrum": _spectrum_png_section,
+    "landscape": _landscape_section,
+    "attacks": _attacks_section,
+}
+
+
+#: The input a section cannot run without (a :class:`_Pair` field), and the reason it is skipped without it.
+_SECTION_NEEDS = {
+    "cost": ("example_input", "no example_input, held_out or test batches to measure with"),
+    "landscape": ("held_out", "no held_out batches given"),
+    "attacks": ("test", "no test batches given"),
+}
+
+
+def _run_section(section: str, p: _Pair) -> dict:
+    """One section's result, or why it was skipped."""
+    need, reason = _SECTION_NEEDS.get(section, (None, ""))
+    if need is not None and getattr(p, need) is None:
+        return {"skipped": reason}
+    return _SECTION_RUNNERS[section](p)
+
+
+def _models_record(base_was_refconv: bool, ref_was_refconv: bool) -> dict:
+    return {
+        "baseline": {"folded_for_analysis": base_was_refconv},
+        "refconv": {
+            "folded_for_analysis": ref_was_refconv,
+            "note": (
+                "training-time RefConv model: weight, landscape and attack analyses use its folded form"
+                if ref_was_refconv
+                else "already folded (plain convolutions): no training-time cost available"
+            ),
+        },
+    }
+
+
+def _mark_folded(result: dict, base_was_refconv: bool, ref_was_refconv: bool) -> None:
+    """Record in each per-model section whether that model was folded for it."""
+    for key, was in (("baseline", base_was_refconv), ("refconv", ref_was_refconv)):
+        for section in ("redundancy", "skeleton", "attacks"):
+            if section in result and key in result[section]:
+                result[section][key]["folded_from_refconv"] = was
+
+
+def _pair_inputs(
+    held_out: Iterable[Batch] | None, test: Iterable[Batch] | None, example_input: Tensor | None,
+    config: AnalysisConfig,
+) -> tuple[list[Batch] | None, list[Batch] | None, Tensor | None]:
+    """The fixed held-out batches, the test batches to attack and the example input of an :func:`analyze` call."""
+    # Only the landscape uses held-out batches: their count is checked only when it was asked for.
+    fixed = (take_batches(held_out, config.num_batches)
+             if held_out is not None and "landscape" in config.sections else None)
+    test_batches = None
+    if test is not None:
+        test_batches = [(batch[0], batch[1]) for batch in first_batches(test, config.attack_batches)]
+    if example_input is None:
+        source = fixed or test_batches
+        example_input = source[0][0] if source else None
+    return fixed, test_batches, example_input
+
+
 def analyze(
     baseline: nn.Module,
     refconv_model: nn.Module,
@@ -235,108 +384,19 @@ def analyze(
     check_same_architecture(base_folded, ref_folded)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    # Only the landscape uses held-out batches: their count is checked only when it was asked for.
-    fixed = (take_batches(held_out, config.num_batches)
-             if held_out is not None and "landscape" in config.sections else None)
-    test_batches = None
-    if test is not None:
-        test_batches = []
-        for b, batch in enumerate(test):
-            if config.attack_batches is not None and b >= config.attack_batches:
-                break
-            test_batches.append((batch[0], batch[1]))
-    if example_input is None:
-        source = fixed or test_batches
-        example_input = source[0][0] if source else None
-
+    fixed, test_batches, example_input = _pair_inputs(held_out, test, example_input, config)
     result: dict = {
-        "models": {
-            "baseline": {"folded_for_analysis": base_was_refconv},
-            "refconv": {
-                "folded_for_analysis": ref_was_refconv,
-                "note": (
-                    "training-time RefConv model: weight, landscape and attack analyses use its folded form"
-                    if ref_was_refconv
-                    else "already folded (plain convolutions): no training-time cost available"
-                ),
-            },
-        },
+        "models": _models_record(base_was_refconv, ref_was_refconv),
         "config": asdict(config),
         "environment": environment(device=str(device_of(base_folded))),
     }
-    files: list[str] = []
-
-    def png(name: str, draw: object, data: dict, **kw: object) -> None:
-        if plot:
-            draw(data, out_dir / name, **kw)  # type: ignore[operator]
-            files.append(name)
-
+    pair = _Pair(baseline, refconv_model, base_folded, ref_folded, config, out_dir, plot, fixed, test_batches,
+                 example_input, mean, std, loss_fn)
     for section in SECTIONS:
-        if section not in config.sections:
-            continue
-        if section == "cost":
-            if example_input is None:
-                result["cost"] = {"skipped": "no example_input, held_out or test batches to measure with"}
-                continue
-            result["cost"] = compare_cost(
-                base_folded,
-                refconv_model,
-                example_input,
-                regimes=config.cost_regimes,
-                warmup=config.latency_warmup,
-                repeats=config.latency_repeats,
-            )
-            png("cost.png", plots.plot_cost, result["cost"])
-        elif section == "redundancy":
-            result["redundancy"] = compare_redundancy(
-                base_folded, ref_folded, mode=config.redundancy_mode,  # type: ignore[arg-type]
-                min_kernel_size=config.min_kernel_size, max_pairs=config.max_pairs, seed=config.seed,
-            )
-            png("redundancy.png", plots.plot_redundancy, result["redundancy"])
-        elif section == "skeleton":
-            result["skeleton"] = compare_skeleton(
-                base_folded, ref_folded, min_kernel_size=config.min_kernel_size, example_input=example_input
-            )
-            png("skeleton_stages.png", plots.plot_skeleton, result["skeleton"], level="stages")
-            png("skeleton_layers.png", plots.plot_skeleton, result["skeleton"], level="layers")
-        elif section == "spectrum":
-            result["spectrum"] = _spectrum_section(baseline, refconv_model)
-            if "layers" in result["spectrum"]:
-                png("spectrum_diag.png", plots.plot_spectrum, result["spectrum"]["layers"])
-        elif section == "landscape":
-            if fixed is None:
-                result["landscape"] = {"skipped": "no held_out batches given"}
-                continue
-            result["landscape"] = compare_landscape(
-                base_folded, ref_folded, fixed, num_batches=config.num_batches,
-                resolution_1d=config.resolution_1d, resolution_2d=max(config.resolution_2d, 2),
-                span=config.span, interp_range=config.interp_range, seed=config.seed, loss_fn=loss_fn,
-                surfaces=config.resolution_2d != 0,
-            )
-            png("landscape_1d.png", plots.plot_landscape_1d, result["landscape"])
-            if result["landscape"]["surface_2d"]:
-                png("landscape_2d.png", plots.plot_landscape_2d, result["landscape"])
-        elif section == "attacks":
-            if test_batches is None:
-                result["attacks"] = {"skipped": "no test batches given"}
-                continue
-            result["attacks"] = compare_robustness(
-                base_folded, ref_folded, test_batches, eps=config.eps, steps=config.pgd_steps,
-                step_size=config.pgd_step_size, random_start=config.random_start, restarts=config.pgd_restarts,
-                include_fgsm=config.pgd_include_fgsm, seed=config.seed,
-                max_batches=config.attack_batches, mean=mean, std=std,
-            )
-            png("robustness.png", plots.plot_robustness, result["attacks"])
-
-    for key, was in (("baseline", base_was_refconv), ("refconv", ref_was_refconv)):
-        for section in ("redundancy", "skeleton"):
-            if section in result and key in result[section]:
-                result[section][key]["folded_from_refconv"] = was
-        if "attacks" in result and key in result["attacks"]:
-            result["attacks"][key]["folded_from_refconv"] = was
-    files.append("analysis.json")
-    result["files"] = files
+        if section in config.sections:
+            result[section] = _run_section(section, pair)
+    _mark_folded(result, base_was_refconv, ref_was_refconv)
+    result["files"] = [*pair.files, "analysis.json"]
     data = to_jsonable(result)
     with open(out_dir / "analysis.json", "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, allow_nan=False)

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from refconv.analysis._common import check_int, device_of, fold_for_analysis, has_refconv_layers
+from refconv.analysis._common import check_int, device_of, fold_for_analysis, has_refconv_layers, takes_options_of
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -327,21 +327,12 @@ def cost_report(
     return out
 
 
-def compare_cost(
-    baseline: nn.Module,
-    refconv_model: nn.Module,
-    example_input: Tensor,
-    *,
-    regimes: Sequence[str] = REGIMES,
-    latency: bool = True,
-    memory: bool = True,
-    warmup: int = 3,
-    repeats: int = 20,
-) -> dict:
+@takes_options_of(cost_report)
+def compare_cost(baseline: nn.Module, refconv_model: nn.Module, example_input: Tensor, **options: object) -> dict:
     """Cost of the baseline, the training-time RefConv model and its folded form, side by side.
 
     If ``refconv_model`` is already folded there is no training-time entry, and ``"training_time_model"``
-    says so. A baseline holding RefConv layers is folded first.
+    says so. A baseline holding RefConv layers is folded first. The options are those of :func:`cost_report`.
 
     Returns:
         :func:`cost_report` output with models ``"baseline"``, ``"refconv_train"`` (when available) and
@@ -352,12 +343,10 @@ def compare_cost(
     if has_refconv_layers(refconv_model):
         models["refconv_train"] = refconv_model
     models["refconv_folded"] = fold_for_analysis(refconv_model)[0]
-    report = cost_report(
-        models, example_input, regimes=regimes, latency=latency, memory=memory, warmup=warmup, repeats=repeats
-    )
+    report = cost_report(models, example_input, **options)
     b, f = report["models"]["baseline"], report["models"]["refconv_folded"]
     report["folded_equals_baseline"] = b["params"]["total"] == f["params"]["total"] and all(
-        b[r]["flops"] == f[r]["flops"] for r in regimes
+        b[r]["flops"] == f[r]["flops"] for r in options["regimes"]  # type: ignore[attr-defined]
     )
     report["training_time_model"] = "refconv_train" in models
     return report

@@ -41,7 +41,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from refconv.analysis._common import check_float, check_int, check_same_architecture, fold_for_analysis, require_convs
+from refconv.analysis._common import (check_float, check_int, check_same_architecture, fold_for_analysis, require_convs,
+                                      takes_options_of)
 from refconv.errors import ConfigError
 
 __all__ = [
@@ -171,37 +172,6 @@ def channel_diversity(
     return float(_diversity_details(weight, mode=mode, eps=eps, max_pairs=max_pairs, seed=seed)["diversity"])
 
 
-def layer_redundancy(
-    model: nn.Module,
-    *,
-    mode: RedundancyMode = "filter",
-    min_kernel_size: int = 3,
-    eps: float = 1e-8,
-    max_pairs: int = DEFAULT_MAX_PAIRS,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Channel diversity of every eligible convolution of ``model`` (folded first if it holds RefConv).
-
-    Args:
-        model: Any convolutional model.
-        mode: See :func:`kernel_distributions`.
-        min_kernel_size: See :func:`eligible_convs`.
-        eps: See :func:`channel_diversity`.
-        max_pairs: See :func:`channel_diversity`.
-        seed: See :func:`channel_diversity`.
-
-    Returns:
-        Layer name -> diversity (nats), in module order.
-
-    Raises:
-        NoEligibleConvError: No convolution qualifies.
-    """
-    report = redundancy_report(
-        model, mode=mode, min_kernel_size=min_kernel_size, eps=eps, max_pairs=max_pairs, seed=seed
-    )
-    return {name: layer["diversity"] for name, layer in report["layers"].items()}
-
-
 def redundancy_report(
     model: nn.Module,
     *,
@@ -212,6 +182,14 @@ def redundancy_report(
     seed: int = 0,
 ) -> dict:
     """Per-layer channel diversity with details, the overall mean, and how it was computed.
+
+    Args:
+        model: Any convolutional model (folded first if it holds RefConv layers).
+        mode: See :func:`kernel_distributions`.
+        min_kernel_size: See :func:`eligible_convs`.
+        eps: See :func:`channel_diversity`.
+        max_pairs: See :func:`channel_diversity`.
+        seed: See :func:`channel_diversity`.
 
     Returns:
         ``{"layers": {name: {"diversity", "std", "channels", "support", "pairs", "sampled"}}, "overall":
@@ -243,26 +221,32 @@ def redundancy_report(
     }
 
 
-def compare_redundancy(
-    baseline: nn.Module,
-    refconv_model: nn.Module,
-    *,
-    mode: RedundancyMode = "filter",
-    min_kernel_size: int = 3,
-    eps: float = 1e-8,
-    max_pairs: int = DEFAULT_MAX_PAIRS,
-    seed: int = 0,
-) -> dict:
+@takes_options_of(redundancy_report)
+def layer_redundancy(model: nn.Module, **options: object) -> dict[str, float]:
+    """Channel diversity of every eligible convolution of ``model`` (folded first if it holds RefConv).
+
+    Args:
+        model: Any convolutional model.
+        options: Those of :func:`redundancy_report` (``mode``, ``min_kernel_size``, ``eps``, ``max_pairs``, ``seed``).
+
+    Returns:
+        Layer name -> diversity (nats), in module order.
+
+    Raises:
+        NoEligibleConvError: No convolution qualifies.
+    """
+    report = redundancy_report(model, **options)
+    return {name: layer["diversity"] for name, layer in report["layers"].items()}
+
+
+@takes_options_of(redundancy_report)
+def compare_redundancy(baseline: nn.Module, refconv_model: nn.Module, **options: object) -> dict:
     """Redundancy of a baseline and a RefConv model side by side, with the same definition and seed.
 
     Args:
         baseline: The baseline model.
         refconv_model: The RefConv model (training-time or folded).
-        mode: See :func:`kernel_distributions`.
-        min_kernel_size: See :func:`eligible_convs`.
-        eps: See :func:`channel_diversity`.
-        max_pairs: See :func:`channel_diversity`.
-        seed: See :func:`channel_diversity`.
+        options: Those of :func:`redundancy_report`, the same for both models.
 
     Returns:
         ``{"layers": {name: {"baseline", "refconv", "delta"}}, "overall": {"baseline", "refconv", "delta"},
@@ -271,12 +255,11 @@ def compare_redundancy(
     Raises:
         CheckpointError: The folded models differ in architecture (the message lists the layers).
     """
-    kwargs = dict(mode=mode, min_kernel_size=min_kernel_size, eps=eps, max_pairs=max_pairs, seed=seed)
     base_folded, _ = fold_for_analysis(baseline)
     ref_folded, _ = fold_for_analysis(refconv_model)
     check_same_architecture(base_folded, ref_folded)
-    rb = redundancy_report(base_folded, **kwargs)
-    rr = redundancy_report(ref_folded, **kwargs)
+    rb = redundancy_report(base_folded, **options)
+    rr = redundancy_report(ref_folded, **options)
     rb["folded_from_refconv"] = base_folded is not baseline
     rr["folded_from_refconv"] = ref_folded is not refconv_model
     layers = {

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from refconv.convert import GroupsSpec, Patterns, plan_conversion, refconv_layers
+from refconv.analysis._common import takes_options_of
+from refconv.convert import plan_conversion, refconv_layers
 from refconv.precondition import group_spectrum
 
 __all__ = ["refocus_spectrum", "layer_spectrum"]
@@ -53,20 +54,15 @@ def layer_spectrum(basis: Tensor, map_k: int, groups: int, *, name: str = "") ->
 
 
 @torch.no_grad()
-def refocus_spectrum(
-    model: nn.Module,
-    *,
-    map_k: int = 3,
-    groups: GroupsSpec = None,
-    include: Patterns = None,
-    exclude: Patterns = None,
-) -> list[dict[str, Any]]:
+@takes_options_of(plan_conversion)
+def refocus_spectrum(model: nn.Module, **options: object) -> list[dict[str, Any]]:
     """Largest / smallest eigenvalue, trace and ``diag(M)`` of the refocusing preconditioner of every layer.
 
     Args:
         model: a converted model (its RefConv layers' bases, groups and ``map_k`` are used; the other
             arguments are ignored), or a stock model with its pretrained weights loaded (the layers
             :func:`refconv.convert` would convert with ``map_k`` / ``groups`` / ``include`` / ``exclude``).
+        options: Those of :func:`refconv.plan_conversion` (``map_k``, ``groups``, ``include``, ``exclude``).
 
     Returns:
         One record per layer: ``layer``, ``shape``, ``kernels`` (N), ``refocus_groups`` (G), ``map_k``,
@@ -81,6 +77,6 @@ def refocus_spectrum(
     if found:
         return [layer_spectrum(layer.basis, layer.map_k, layer.refocus_groups, name=name)
                 for name, layer in found.items()]
-    plans = plan_conversion(model, map_k=map_k, groups=groups, include=include, exclude=exclude)
+    plans = plan_conversion(model, **options)
     return [layer_spectrum(model.get_submodule(p.name).weight, p.map_k, p.refocus_groups, name=p.name)
             for p in plans]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 
@@ -69,6 +70,50 @@ def _check_options(image_size: int | None, in_chans: int | None) -> None:
         raise ConfigError(f"in_chans must be 1 or 3, got {in_chans!r}.")
 
 
+def _info(canonical: str, split: str, classes: tuple[str, ...], size: int, chans: int, mean: tuple[float, ...],
+          std: tuple[float, ...], native: tuple[int | None, int], source: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a split as built (``num_items`` is set once the subset is taken)."""
+    return DatasetInfo(name=canonical, num_classes=len(classes), in_chans=chans, image_size=size,
+                       class_names=tuple(classes), mean=tuple(mean), std=tuple(std), native_size=native[0],
+                       native_chans=native[1], split=split, source=source)
+
+
+def _imagefolder_split(name: str, split: str, data_dir: str | os.PathLike | None, image_size: int | None,
+                       in_chans: int | None, augment: bool, download: bool) -> tuple[Dataset, DatasetInfo]:
+    if download:
+        raise DataError(
+            f"dataset '{name}' cannot be downloaded: pass --data-dir DIR holding train/ and val/ class folders."
+        )
+    size = image_size or DEFAULT_IMAGEFOLDER_SIZE
+    chans = in_chans or 3
+    mean, std = channel_stats(IMAGENET_MEAN, IMAGENET_STD, chans)
+    transform = imagefolder_transform(image_size=size, out_chans=chans, mean=mean, std=std, train=augment)
+    root_name = "imagenet" if _key(name) == "imagenet" else "imagefolder"
+    dataset, source = imagefolder.load_imagefolder(root_name, split, data_dir, transform)
+    return dataset, _info("imagefolder", split, tuple(dataset.classes), size, chans, mean, std, (None, 3), source)
+
+
+def _small_image_split(canonical: str, split: str, data_dir: str | os.PathLike | None, image_size: int | None,
+                       in_chans: int | None, augment: bool, download: bool) -> tuple[Dataset, DatasetInfo]:
+    """A split of Fashion-MNIST or CIFAR: ``uint8`` arrays in memory, transformed per item."""
+    if canonical == "fashion-mnist":
+        images, targets, source = fashion_mnist.load_fashion_mnist(split, data_dir, download=download)
+        classes = fashion_mnist.CLASSES
+        base_mean, base_std = fashion_mnist.MEAN, fashion_mnist.STD
+    else:
+        images, targets, classes, source = cifar.load_cifar(canonical, split, data_dir, download=download)
+        base_mean, base_std = cifar.SPECS[canonical].mean, cifar.SPECS[canonical].std
+    native_size, native_chans = int(images.shape[-1]), int(images.shape[1])
+    size = image_size or native_size
+    chans = in_chans or native_chans
+    mean, std = channel_stats(base_mean, base_std, chans)
+    pipeline = SmallImageSpec(native_size=native_size, image_size=size, src_chans=native_chans, out_chans=chans,
+                              mean=tuple(mean), std=tuple(std), train=augment)
+    dataset = ArrayImageDataset(images, targets, classes, small_image_transform(pipeline), source=source,
+                                spec=pipeline)
+    return dataset, _info(canonical, split, classes, size, chans, mean, std, (native_size, native_chans), source)
+
+
 def build_dataset(
     name: str,
     split: str,
@@ -108,59 +153,9 @@ def build_dataset(
     canonical = canonical_name(name)
     split = normalize_split(split)
     _check_options(image_size, in_chans)
-
-    if canonical in ("imagefolder",):
-        if download:
-            raise DataError(
-                f"dataset '{name}' cannot be downloaded: pass --data-dir DIR holding train/ and val/ class folders."
-            )
-        size = image_size or DEFAULT_IMAGEFOLDER_SIZE
-        chans = in_chans or 3
-        mean, std = channel_stats(IMAGENET_MEAN, IMAGENET_STD, chans)
-        transform = imagefolder_transform(image_size=size, out_chans=chans, mean=mean, std=std, train=augment)
-        root_name = "imagenet" if _key(name) == "imagenet" else "imagefolder"
-        dataset, source = imagefolder.load_imagefolder(root_name, split, data_dir, transform)
-        classes = tuple(dataset.classes)
-        native_size, native_chans = None, 3
+    if canonical == "imagefolder":
+        dataset, info = _imagefolder_split(name, split, data_dir, image_size, in_chans, augment, download)
     else:
-        if canonical == "fashion-mnist":
-            images, targets, source = fashion_mnist.load_fashion_mnist(split, data_dir, download=download)
-            classes = fashion_mnist.CLASSES
-            base_mean, base_std = fashion_mnist.MEAN, fashion_mnist.STD
-        else:
-            images, targets, classes, source = cifar.load_cifar(canonical, split, data_dir, download=download)
-            spec = cifar.SPECS[canonical]
-            base_mean, base_std = spec.mean, spec.std
-        native_size, native_chans = int(images.shape[-1]), int(images.shape[1])
-        size = image_size or native_size
-        chans = in_chans or native_chans
-        mean, std = channel_stats(base_mean, base_std, chans)
-        transform = small_image_transform(
-            native_size=native_size,
-            image_size=size,
-            src_chans=native_chans,
-            out_chans=chans,
-            mean=mean,
-            std=std,
-            train=augment,
-        )
-        pipeline = SmallImageSpec(native_size=native_size, image_size=size, src_chans=native_chans, out_chans=chans,
-                              mean=tuple(mean), std=tuple(std), train=augment)
-        dataset = ArrayImageDataset(images, targets, classes, transform, source=source, spec=pipeline)
-
+        dataset, info = _small_image_split(canonical, split, data_dir, image_size, in_chans, augment, download)
     dataset = make_subset(dataset, subset, seed)
-    info = DatasetInfo(
-        name=canonical,
-        num_classes=len(classes),
-        in_chans=chans,
-        image_size=size,
-        class_names=tuple(classes),
-        mean=tuple(mean),
-        std=tuple(std),
-        native_size=native_size,
-        native_chans=native_chans,
-        split=split,
-        num_items=len(dataset),  # type: ignore[arg-type]
-        source=source,
-    )
-    return dataset, info
+    return dataset, dataclasses.replace(info, num_items=len(dataset))  # type: ignore[arg-type]

@@ -30,6 +30,21 @@ def seed_worker(worker_id: int) -> None:
         pass
 
 
+def _distributed_sampler(dataset: Dataset, *, num_replicas: int | None, rank: int | None, shuffle: bool,
+                         seed: int) -> Sampler:
+    from torch.utils.data.distributed import DistributedSampler
+
+    try:
+        return DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=int(seed), drop_last=False
+        )
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"distributed=True needs an initialised torch.distributed process group (or explicit "
+            f"num_replicas and rank): {e}"
+        ) from e
+
+
 def build_loader(
     dataset: Dataset,
     *,
@@ -79,24 +94,13 @@ def build_loader(
         raise ConfigError(f"workers must be an int >= 0, got {workers!r}.")
     generator = torch.Generator()
     generator.manual_seed(int(seed))
-
     if sampler is not None:
         if distributed:
             raise ConfigError("give either sampler or distributed=True, not both: the sampler decides the order.")
         if drop_last is None:
             drop_last = False
     elif distributed:
-        from torch.utils.data.distributed import DistributedSampler
-
-        try:
-            sampler = DistributedSampler(
-                dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=int(seed), drop_last=False
-            )
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(
-                f"distributed=True needs an initialised torch.distributed process group (or explicit "
-                f"num_replicas and rank): {e}"
-            ) from e
+        sampler = _distributed_sampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
     if drop_last is None:
         n = len(sampler) if sampler is not None else len(dataset)  # type: ignore[arg-type]
         drop_last = bool(train) and n >= batch_size

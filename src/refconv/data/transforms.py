@@ -252,36 +252,26 @@ def _channel_step(src_chans: int, out_chans: int) -> list[nn.Module]:
     raise ValueError(f"cannot convert {src_chans} channels to {out_chans}")
 
 
-def small_image_transform(
-    *,
-    native_size: int,
-    image_size: int,
-    src_chans: int,
-    out_chans: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    train: bool,
-) -> v2.Compose:
-    """Pipeline for a ``uint8`` ``(C, H, W)`` tensor of a small dataset.
+def small_image_transform(spec: SmallImageSpec) -> v2.Compose:
+    """Pipeline for a ``uint8`` ``(C, H, W)`` tensor of a small dataset, as ``spec`` describes it.
 
-    Args:
-        native_size: the stored image size (28 or 32).
-        image_size: output size; a bilinear, antialiased resize runs after augmentation when it differs.
-        src_chans / out_chans: stored and wanted channels (1 <-> 3).
-        mean / std: statistics of the *output* channels (see :func:`channel_stats`).
-        train: add random crop (padding ``native_size // 8``) and horizontal flip.
+    ``spec.native_size`` is the stored image size (28 or 32); a bilinear, antialiased resize to
+    ``spec.image_size`` runs after augmentation when it differs. ``src_chans`` / ``out_chans`` are the stored
+    and wanted channels (1 <-> 3); ``mean`` / ``std`` the statistics of the *output* channels (see
+    :func:`channel_stats`); ``train`` adds the random crop (padding ``native_size // 8``) and horizontal flip.
     """
     steps: list[nn.Module] = []
-    if train:
-        steps.append(RandomPadCrop(max(1, native_size // 8), flip=True))
-    if image_size != native_size:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    if src_chans == 3 and out_chans == 1:
-        steps += [v2.ToDtype(torch.float32, scale=True), *_channel_step(3, 1), v2.Normalize(list(mean), list(std))]
+    if spec.train:
+        steps.append(RandomPadCrop(spec.padding, flip=True))
+    if spec.image_size != spec.native_size:
+        steps.append(v2.Resize((spec.image_size, spec.image_size), antialias=True))
+    if spec.src_chans == 3 and spec.out_chans == 1:
+        steps += [v2.ToDtype(torch.float32, scale=True), *_channel_step(3, 1),
+                  v2.Normalize(list(spec.mean), list(spec.std))]
     else:
         # Replicated grayscale has the same statistics in every channel: normalise once, then replicate.
-        steps.append(ScaleNormalize(mean[:src_chans], std[:src_chans]))
-        steps += _channel_step(src_chans, out_chans)
+        steps.append(ScaleNormalize(spec.mean[: spec.src_chans], spec.std[: spec.src_chans]))
+        steps += _channel_step(spec.src_chans, spec.out_chans)
     return v2.Compose(steps)
 
 

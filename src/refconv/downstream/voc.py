@@ -153,6 +153,78 @@ def _first_pixel(v: float) -> float:
     return max(v - 1.0, 0.0) if v >= 0 else v
 
 
+def _annotation_root(path: Path) -> ET.Element:
+    """The ``<annotation>`` element of a VOC file, or a :class:`DataError` naming what is wrong with it."""
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as exc:
+        raise DataError(f"{path}: malformed XML ({exc}).") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc}).") from None
+    root = tree.getroot()
+    if root.tag != "annotation":
+        raise DataError(f"{path}: not a VOC annotation (root element <{root.tag}>, expected <annotation>).")
+    return root
+
+
+def _image_size(root: ET.Element, path: Path) -> tuple[int | None, int | None]:
+    """The file's ``<size>`` (``(None, None)`` without one)."""
+    size = root.find("size")
+    if size is None or size.find("width") is None or size.find("height") is None:
+        return None, None
+    width, height = int(_int_field(size, "width", path)), int(_int_field(size, "height", path))
+    if width <= 0 or height <= 0:
+        raise DataError(f"{path}: <size> {width}x{height} is empty.")
+    return width, height
+
+
+def _object_name(
+    obj: ET.Element, k: int, path: Path, classes: Sequence[str], index: dict[str, int]
+) -> tuple[str, str]:
+    """``(class name, how messages name the object)``, refusing a name that is not in ``classes``."""
+    name_node = obj.find("name")
+    name = (name_node.text or "").strip() if name_node is not None else ""
+    where = f"{path}: object {k} ({name or 'unnamed'})"
+    if name not in index:
+        shown = ", ".join(classes[:_SHOW]) + (" ..." if len(classes) > _SHOW else "")
+        raise DataError(
+            f"{where}: unknown class name {name!r}; known classes: {shown}. Fix the name, or pass the full class "
+            "list (classes=..., --classes, or a classes.txt in the dataset root)."
+        )
+    return name, where
+
+
+def _object_box(obj: ET.Element, where: str, path: Path, width: int | None, height: int | None,
+                clip_boxes: bool) -> tuple[float, float, float, float] | None:
+    """The object's 0-based ``xyxy`` box: checked, or clipped (``None``: empty after clipping, dropped)."""
+    bb = obj.find("bndbox")
+    if bb is None:
+        raise DataError(f"{where}: no <bndbox>.")
+    xmin, ymin, xmax, ymax = (_int_field(bb, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
+    # 1-based inclusive -> 0-based continuous; a 0 written by 0-based tools is read as the first pixel.
+    x0, y0, x1, y1 = _first_pixel(xmin), _first_pixel(ymin), xmax, ymax
+    box = f"box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+    if clip_boxes:
+        if width is None or height is None:
+            raise DataError(f"{path}: clip_boxes needs the image size, but the file has no <size>.")
+        x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
+        y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            _log.warning("%s: box (%g, %g, %g, %g) is empty after clipping; dropped.", where, xmin, ymin, xmax, ymax)
+            return None
+    elif xmax <= xmin or ymax <= ymin:
+        raise DataError(
+            f"{where}: {box} has zero area (needs xmax > xmin and ymax > ymin). Fix or remove the object."
+        )
+    elif x0 < 0 or y0 < 0 or (width is not None and x1 > width) or (height is not None and y1 > height):
+        raise DataError(
+            f"{where}: {box} lies outside the "
+            f"{width}x{height} image (VOC boxes are 1-based: 1 <= xmin, xmax <= width). Fix it, or pass "
+            "clip_boxes=True (--clip-boxes) to clip boxes to the image."
+        )
+    return x0, y0, x1, y1
+
+
 def parse_voc_xml(
     path: str | os.PathLike, classes: Sequence[str], *, clip_boxes: bool = False
 ) -> VOCAnnotation:
@@ -169,65 +241,19 @@ def parse_voc_xml(
             zero area (``xmax <= xmin`` or ``ymax <= ymin``). The message names the file and the object.
     """
     path = Path(path)
-    try:
-        tree = ET.parse(path)
-    except ET.ParseError as exc:
-        raise DataError(f"{path}: malformed XML ({exc}).") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc}).") from None
-    root = tree.getroot()
-    if root.tag != "annotation":
-        raise DataError(f"{path}: not a VOC annotation (root element <{root.tag}>, expected <annotation>).")
-    width = height = None
-    size = root.find("size")
-    if size is not None and size.find("width") is not None and size.find("height") is not None:
-        width, height = int(_int_field(size, "width", path)), int(_int_field(size, "height", path))
-        if width <= 0 or height <= 0:
-            raise DataError(f"{path}: <size> {width}x{height} is empty.")
+    root = _annotation_root(path)
+    width, height = _image_size(root, path)
     index = {c: i for i, c in enumerate(classes)}
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(root.findall("object")):
-        name_node = obj.find("name")
-        name = (name_node.text or "").strip() if name_node is not None else ""
-        where = f"{path}: object {k} ({name or 'unnamed'})"
-        if name not in index:
-            shown = ", ".join(classes[:_SHOW]) + (" ..." if len(classes) > _SHOW else "")
-            raise DataError(
-                f"{where}: unknown class name {name!r}; known classes: {shown}. Fix the name, or pass the full class "
-                "list (classes=..., --classes, or a classes.txt in the dataset root)."
-            )
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise DataError(f"{where}: no <bndbox>.")
-        xmin, ymin, xmax, ymax = (_int_field(bb, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
-        # 1-based inclusive -> 0-based continuous; a 0 written by 0-based tools is read as the first pixel.
-        x0, y0, x1, y1 = _first_pixel(xmin), _first_pixel(ymin), xmax, ymax
-        outside = x0 < 0 or y0 < 0 or (width is not None and x1 > width) or (height is not None and y1 > height)
-        if clip_boxes:
-            if width is None or height is None:
-                raise DataError(f"{path}: clip_boxes needs the image size, but the file has no <size>.")
-            x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
-            y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
-            if x1 - x0 < 1 or y1 - y0 < 1:
-                _log.warning("%s: box (%g, %g, %g, %g) is empty after clipping; dropped.", where, xmin, ymin, xmax, ymax)
-                continue
-        else:
-            if xmax <= xmin or ymax <= ymin:
-                raise DataError(
-                    f"{where}: box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} has zero area "
-                    "(needs xmax > xmin and ymax > ymin). Fix or remove the object."
-                )
-            if outside:
-                raise DataError(
-                    f"{where}: box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} lies outside the "
-                    f"{width}x{height} image (VOC boxes are 1-based: 1 <= xmin, xmax <= width). Fix it, or pass "
-                    "clip_boxes=True (--clip-boxes) to clip boxes to the image."
-                )
+        name, where = _object_name(obj, k, path, classes, index)
+        box = _object_box(obj, where, path, width, height, clip_boxes)
+        if box is None:
+            continue
         diff_node = obj.find("difficult")
-        diff = diff_node is not None and (diff_node.text or "0").strip() not in ("0", "")
-        boxes.append((x0, y0, x1, y1))
+        boxes.append(box)
         labels.append(index[name] + 1)
-        difficult.append(diff)
+        difficult.append(diff_node is not None and (diff_node.text or "0").strip() not in ("0", ""))
     fn = root.find("filename")
     return VOCAnnotation(
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -313,7 +339,47 @@ def _raise_all(problems: list[str], what: str) -> None:
 Transform = Callable[[Tensor, Any], tuple[Tensor, Any]]
 
 
-class VOCDetection(Dataset):
+class _VOCSplit(Dataset):
+    """What both VOC datasets do: check the layout, read the class names and the split's image ids, then index
+    the split (:meth:`_index`), reporting every problem found at once."""
+
+    _layout_dir = ""  # the task's directory next to JPEGImages/
+    _image_set = ""  # the task's directory under ImageSets/
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        *,
+        classes: Sequence[str] | None = None,
+        transforms: Transform | None = None,
+    ) -> None:
+        self.root = Path(root)
+        _check_root(self.root, ("JPEGImages", self._layout_dir, "ImageSets"))
+        self.classes = read_classes(self.root, classes)
+        self.split = split
+        self.transforms = transforms
+        self.ids = read_image_set(self.root, self._image_set, split)
+        _raise_all(self._index(), f"{self.root} (split {split!r})")
+
+    def _index(self) -> list[str]:
+        """Find each id's files; return the problems."""
+        raise NotImplementedError
+
+    def _missing_image(self, image_id: str) -> str:
+        return f"{self.root / 'JPEGImages' / image_id}.jpg: missing image for id {image_id!r}"
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background: what torchvision's detection builders count, the segmentation head's
+        width."""
+        return len(self.classes) + 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class VOCDetection(_VOCSplit):
     """Pascal VOC object detection: ``(image float (3, H, W) in [0, 1], target)``.
 
     ``target`` holds ``boxes`` (``float32 (n, 4)`` xyxy, pixels), ``labels`` (``int64``, ``1..C``),
@@ -331,21 +397,14 @@ class VOCDetection(Dataset):
         DataError: at construction, listing every bad annotation found (see the module docstring).
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        *,
-        classes: Sequence[str] | None = None,
-        transforms: Transform | None = None,
-        clip_boxes: bool = False,
-    ) -> None:
-        self.root = Path(root)
-        _check_root(self.root, ("JPEGImages", "Annotations", "ImageSets"))
-        self.classes = read_classes(self.root, classes)
-        self.split = split
-        self.transforms = transforms
-        self.ids = read_image_set(self.root, "Main", split)
+    _layout_dir, _image_set = "Annotations", "Main"
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", *, classes: Sequence[str] | None = None,
+                 transforms: Transform | None = None, clip_boxes: bool = False) -> None:
+        self.clip_boxes = clip_boxes
+        super().__init__(root, split, classes=classes, transforms=transforms)
+
+    def _index(self) -> list[str]:
         self.annotations: list[VOCAnnotation] = []
         self.images: list[Path] = []
         problems: list[str] = []
@@ -355,25 +414,17 @@ class VOCDetection(Dataset):
                 problems.append(f"{xml}: missing annotation for image id {image_id!r}")
                 continue
             try:
-                ann = parse_voc_xml(xml, self.classes, clip_boxes=clip_boxes)
+                ann = parse_voc_xml(xml, self.classes, clip_boxes=self.clip_boxes)
             except DataError as exc:
                 problems.append(str(exc))
                 continue
             img = _find_image(self.root, image_id, ann.filename)
             if img is None:
-                problems.append(f"{self.root / 'JPEGImages' / image_id}.jpg: missing image for id {image_id!r}")
+                problems.append(self._missing_image(image_id))
                 continue
             self.annotations.append(ann)
             self.images.append(img)
-        _raise_all(problems, f"{self.root} (split {split!r})")
-
-    @property
-    def num_classes(self) -> int:
-        """Classes including background, as torchvision's detection builders count them."""
-        return len(self.classes) + 1
-
-    def __len__(self) -> int:
-        return len(self.images)
+        return problems
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         ann = self.annotations[index]
@@ -397,7 +448,7 @@ class VOCDetection(Dataset):
         return image, target
 
 
-class VOCSegmentation(Dataset):
+class VOCSegmentation(_VOCSplit):
     """Pascal VOC semantic segmentation: ``(image float (3, H, W) in [0, 1], mask int64 (H, W))``.
 
     Mask values: 0 background, ``k`` the ``k``-th class, 255 void (ignored). Masks are checked on load
@@ -413,20 +464,9 @@ class VOCSegmentation(Dataset):
         DataError: at construction, listing missing images or masks.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str = "train",
-        *,
-        classes: Sequence[str] | None = None,
-        transforms: Transform | None = None,
-    ) -> None:
-        self.root = Path(root)
-        _check_root(self.root, ("JPEGImages", "SegmentationClass", "ImageSets"))
-        self.classes = read_classes(self.root, classes)
-        self.split = split
-        self.transforms = transforms
-        self.ids = read_image_set(self.root, "Segmentation", split)
+    _layout_dir, _image_set = "SegmentationClass", "Segmentation"
+
+    def _index(self) -> list[str]:
         self.images: list[Path] = []
         self.masks: list[Path] = []
         problems = []
@@ -434,26 +474,18 @@ class VOCSegmentation(Dataset):
             img = _find_image(self.root, image_id)
             mask = self.root / "SegmentationClass" / f"{image_id}.png"
             if img is None:
-                problems.append(f"{self.root / 'JPEGImages' / image_id}.jpg: missing image for id {image_id!r}")
+                problems.append(self._missing_image(image_id))
             elif not mask.is_file():
                 problems.append(f"{mask}: missing mask for image id {image_id!r}")
             else:
                 self.images.append(img)
                 self.masks.append(mask)
-        _raise_all(problems, f"{self.root} (split {split!r})")
-
-    @property
-    def num_classes(self) -> int:
-        """Classes including background (the segmentation head's width)."""
-        return len(self.classes) + 1
+        return problems
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """Names of the ``num_classes`` mask values, background first."""
         return ("background", *self.classes)
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         img = load_rgb(self.images[index])
