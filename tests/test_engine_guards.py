@@ -72,10 +72,10 @@ def test_corrupt_image_is_named_and_the_run_stops_with_a_checkpoint(tmp_path):
         ds[5]
     assert bad in str(info.value)
 
-    # no augmentation: a stop inside a batch has already drawn that batch's augmentation (workers > 0: the
-    # worker's stream), and the resumed run does not draw the same again, so only augmentation-free runs match
+    # with augmentation, read by a worker: each item's augmentation is seeded by (seed, epoch, index), so the
+    # batch that failed half-way is drawn again exactly as the run that never stopped drew it
     cfg = RunConfig(out=str(tmp_path / "run"), **_common(root, data="imagefolder", image_size=32, batch_size=4,
-                                                          workers=1, epochs=2, augment=False))
+                                                          workers=1, epochs=2, augment=True))
     with pytest.raises(CorruptImageError) as info:  # raised in a loader worker: still one line, naming the file
         run(cfg)
     msg = str(info.value)
@@ -95,3 +95,30 @@ def test_corrupt_image_is_named_and_the_run_stops_with_a_checkpoint(tmp_path):
         [{k: v for k, v in r.items() if k not in timing} for r in clean.history]
     a, b = load_file(str(res.run_dir / "model.safetensors")), load_file(str(clean.run_dir / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seeded_items_draw_by_epoch_and_index_and_leave_the_callers_rng_alone():
+    import random
+
+    import numpy as np
+
+    from refconv.engine.sampling import SeededItems
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return (torch.rand(1).item(), random.random(), float(np.random.rand()))
+
+    items = SeededItems(Noisy(), seed=3)
+    first = [items[i] for i in range(4)]
+    torch.manual_seed(0)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert [items[i] for i in reversed(range(4))] == first[::-1]  # a function of the index, not of the order
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert (np.random.get_state()[1] == before[2]).all()
+    assert len({x for item in first for x in item}) == 12  # items and generators differ
+    items.set_epoch(1)
+    assert [items[i] for i in range(4)] != first  # another epoch, other draws
+    assert SeededItems(Noisy(), seed=4)[0] != first[0]

@@ -9,12 +9,15 @@ agree with a single-process run), and ``set_start(k)`` skips the first ``k`` ste
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ResumableSampler", "ShardSampler"]
+__all__ = ["ResumableSampler", "ShardSampler", "SeededItems"]
 
 
 class ResumableSampler(Sampler[int]):
@@ -80,3 +83,47 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class SeededItems(Dataset):
+    """A dataset whose items draw their random augmentation from a seed that is a pure function of (seed, epoch,
+    index), not from whatever RNG stream happens to reach them.
+
+    Read item by item (image files), augmentation otherwise draws from the RNG of the process that reads the item:
+    a loader worker's stream, which restarts with every iterator, or the main process's, which a batch that failed
+    half-way (an unreadable image) has already advanced. Either way a run resumed mid-epoch would not draw what
+    the run that never stopped drew. Seeded per item, it does, whatever the number of workers or processes, and
+    the RNG of the reading process is left as it was (torch, Python's ``random`` and numpy, each restored).
+    """
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def item_seed(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % (2**63 - 1)
+
+    def __getitem__(self, index: int) -> Any:
+        seed = self.item_seed(index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped dataset's attributes (classes, samples...)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

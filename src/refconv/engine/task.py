@@ -115,8 +115,13 @@ class Task(ABC):
         cfg = self.cfg
         kwargs = dict(batch_size=per_rank_batch, workers=cfg.workers, collate_fn=self.collate_fn,
                       persistent_workers=False)
-        return (build_loader(self.train_ds, train=True, seed=cfg.seed + info.rank, sampler=sampler, **kwargs),
+        return (build_loader(self.train_items(), train=True, seed=cfg.seed + info.rank, sampler=sampler, **kwargs),
                 build_loader(self.test_ds, train=False, sampler=test_sampler, **kwargs), "loader")
+
+    def train_items(self) -> Dataset:
+        """The training set as the item-by-item loader reads it (the classification task seeds each item's
+        augmentation: :class:`~refconv.engine.sampling.SeededItems`)."""
+        return self.train_ds
 
     @abstractmethod
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
@@ -276,6 +281,13 @@ class ClassificationTask(Task):
                     "is read item by item. Use --input-pipeline auto (or loader)."
                 )
         return super().loaders(sampler, test_sampler, per_rank_batch, info)
+
+    def train_items(self) -> Dataset:
+        """Each item's augmentation seeded by (seed, epoch, index), so a run resumed mid-epoch (an interrupt, an
+        unreadable image replaced) draws what the uninterrupted run drew, with any number of workers."""
+        from .sampling import SeededItems
+
+        return SeededItems(self.train_ds, self.cfg.seed)
 
     def build_model(self, *, ckpt: dict[str, Any] | None, reporter: Reporter) -> nn.Module:
         from .modeling import (

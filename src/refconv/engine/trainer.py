@@ -246,6 +246,8 @@ class Trainer:
         self.sampler.set_start(st.step_in_epoch)
         if isinstance(self.train_loader, DataLoader):
             self.train_loader.generator.manual_seed(cfg.seed * 7919 + st.epoch)  # worker seeds: function of the epoch
+            if hasattr(self.train_loader.dataset, "set_epoch"):  # items seeded per epoch (SeededItems)
+                self.train_loader.dataset.set_epoch(st.epoch)
         meter = TrainMeter(self.device)
         if st.meter_state is not None:
             meter.load_state_dict(st.meter_state)
