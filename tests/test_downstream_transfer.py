@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import refconv
 from refconv.cli import main as cli_main
 from refconv.downstream import downstream_config, build_datasets, build_model, run_downstream
-from refconv.models.trunk import load_backbone, trunk_reference
+from refconv.models.trunk import load_backbone
 from refconv.downstream.export import compare_detections, compare_masks
 from refconv.downstream.metrics import DetectionMetric
 from refconv.models.detection import DOWNSTREAM_FORMAT, scope_patterns
@@ -26,7 +26,7 @@ from refconv.downstream.study import StudyConfig, TaskPlan, load_study_config, p
 from refconv.downstream.synthetic import SyntheticConfig, write_voc
 from refconv.engine import RunInterrupted
 from refconv.engine.checkpoint import load_checkpoint
-from refconv.errors import CheckpointError, ConfigError, DataError, ModelError, UnknownPretrainedError
+from refconv.errors import CheckpointError, ConfigError, ModelError, UnknownPretrainedError
 from refconv.models import pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore::refconv.convert.RefConvWarning")

@@ -19,7 +19,7 @@ from refconv.engine import make_config
 from refconv.errors import ConfigError
 from refconv.protocol import launch
 from refconv.protocol.launch import (LaunchCell, LaunchError, LaunchOptions, SubmititLauncher, infer_dependencies,
-                                     launch_options, parse_launcher_block, submitit_launcher)
+                                     launch_options, submitit_launcher)
 from refconv.protocol.sweep import parse_sweep, run_sweep
 from refconv.protocol.sweep_status import sweep_report, sweep_status
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
 from torch import nn
 
 from ..engine import RunResult
