@@ -192,11 +192,11 @@ def _model_results(p: DemoProfile, model: str, out: Path, runs: Mapping[str, Run
 
     slug, arms, seeds = _slug(model), demo_arms(p), list(range(p.seeds))
     arm_runs = {(a.name, s): runs[f"{slug}/{a.name}/seed{s}"] for a in arms for s in seeds}
-    baseline_run = None if start is not None else runs[f"{slug}/baseline"]
-    if baseline_run is not None:
+    baseline_run = None
+    if start is None:  # a *-scratch profile: the baseline trained here is the start
+        baseline_run = runs[f"{slug}/baseline"]
         start = {**cell_record(baseline_run, out), "kind": "trained here", "name": None,
                  "weights": str(baseline_run.run_dir), "card": None}
-    assert start is not None
     start_model = models.start(start["weights"], trained_here=baseline_run)
     loader = test_loader(arm_runs[("refconv", 0)].config, data_dir=data_dir, batch_size=p.analysis_batch_size)
 
