@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..report import Section, Table, Text
+from .demo_profile import PROFILES
 
 __all__ = ["STUDY_ANALYSIS", "AnalysisProfile", "analyze_sweep", "analyses_section", "analyses_markdown",
            "load_analyses", "study_analyses_command"]
@@ -36,10 +37,9 @@ __all__ = ["STUDY_ANALYSIS", "AnalysisProfile", "analyze_sweep", "analyses_secti
 ANALYSES_DIR = "analyses"
 ANALYSES_FILE = "analyses.json"
 
-# The quick demo's settings (refconv.protocol.demo.PROFILES["quick"]): two held-out batches for the landscape
+# The quick demo's settings (configs/demo/quick.yaml, read from there): two held-out batches for the landscape
 # (three shared filter-normalised directions, sharpness at small radii), FGSM/PGD at 1 and 3 % of the pixel range.
-STUDY_ANALYSIS: dict[str, Any] = dict(num_batches=2, resolution_1d=21, resolution_2d=0, eps=(0.0, 0.01, 0.03),
-                                      pgd_steps=5, attack_batches=2, latency_warmup=2, latency_repeats=10)
+STUDY_ANALYSIS: dict[str, Any] = dict(PROFILES["quick"].analysis)
 
 
 @dataclass(frozen=True)
