@@ -48,8 +48,9 @@ def _add_parser(subparsers: argparse._SubParsersAction, task: str, summary: str,
     from ..downstream.tasks import CLASSIFICATION_ONLY, DownstreamOptions
     from ..downstream.run import DEFAULTS
     from ..engine.config import RunConfig
+    from ..engine.task_registry import task_class
 
-    name = "detect" if task == "detection" else "segment"
+    name = task_class(task).command
     p = subparsers.add_parser(name, help=summary, description=f"{what}, then fold and export. The engine of refconv "
                               "train: AMP, DDP (torchrun), EMA, exact resume, Ctrl-C saves a checkpoint.")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",

@@ -17,6 +17,7 @@ from typing import Any
 from ..engine.config import RunConfig, make_config
 from ..engine.progress import Reporter
 from ..engine.runner import RunResult, run
+from ..engine.task_registry import task_class
 from ..errors import CheckpointError, ConfigError
 from ..runlayout import checkpoint_path
 from ..models.detection import DOWNSTREAM_FORMAT, TASKS, get_spec, list_archs
@@ -131,7 +132,7 @@ def load_checkpoint(path: str | Path, *, task: str | None = None) -> dict[str, A
             "ImageNet classifier goes to --weights-backbone."
         )
     if task is not None and obj.get("task") != task:
-        cmd = "detect" if obj.get("task") == "detection" else "segment"
+        cmd = task_class(obj["task"]).command
         raise CheckpointError(
             f"{path} is a {obj.get('task')} checkpoint ({obj.get('arch')}), not a {task} one: use `refconv {cmd}`."
         )

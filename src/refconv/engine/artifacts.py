@@ -27,6 +27,7 @@ from .export import compare_outputs, export_onnx, read_sidecar, save_weights
 from ..models import get_model, pretrained, read_state_dict, rebuild_converted
 from ..models import load_checkpoint as load_into
 from .modeling import count_params
+from .task_registry import task_class
 
 __all__ = ["LoadedModel", "load_model", "fold_model", "fold_checkpoint", "FoldResult", "find_checkpoint",
            "FOLD_REL_TOL"]
@@ -103,7 +104,7 @@ def load_model(
             ckpt = obj
     task = (ckpt or {}).get("task") or (cfg.task if cfg is not None else "classification")
     if task != "classification":
-        command = "detect" if task == "detection" else "segment"
+        command = task_class(task).command
         raise CheckpointError(f"{source} is a {task} run: this command handles classifiers. Evaluate, fold and export "
                               f"it with `refconv {command} --epochs 0 --weights {src} --out NEW_DIR`.")
     if ckpt is not None:
