@@ -162,6 +162,11 @@ def test_classifier_commands_refuse_a_detection_run(fmnist: Path, data_root: Pat
                                                               epochs=0)))
     with pytest.raises(CheckpointError, match="is a detection run.*refconv detect --epochs 0 --weights"):
         load_model(tmp_path / "d")
+    from refconv.downstream.run import load_checkpoint
+    from refconv.runlayout import checkpoint_path
+
+    with pytest.raises(CheckpointError, match="is a detection checkpoint .*not a segmentation one: use `refconv detect`"):
+        load_checkpoint(checkpoint_path(tmp_path / "d"), task="segmentation")
 
 
 @pytest.mark.slow
