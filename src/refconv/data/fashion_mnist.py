@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..normalization import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .base import default_download_root, env_data_dir
 
 __all__ = [
@@ -56,8 +57,7 @@ CLASSES = (
     "Bag",
     "Ankle boot",
 )
-MEAN = (0.2860,)
-STD = (0.3530,)
+MEAN, STD = FASHION_MNIST_MEAN, FASHION_MNIST_STD
 NATIVE_SIZE = 28
 # Debian/Ubuntu `dataset-fashion-mnist` installs the four .gz files here. Module-level so tests can point it
 # elsewhere.

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "GRAY_WEIGHTS",
     "IMAGENET_MEAN",
@@ -34,8 +36,6 @@ __all__ = [
     "eval_resize_size",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R 601-2 luma, what PIL and torchvision's Grayscale use.
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 

@@ -37,10 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PretrainedError, PretrainedNotShippedError, UnknownPretrainedError
+from ..normalization import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 __all__ = [
     "ROOT_ENV",
     "CARD_VERSION",
+    "ZOO_PREFIXES",
+    "split_zoo",
     "FMNIST_MEAN",
     "FMNIST_STD",
     "PretrainedEntry",
@@ -63,11 +66,12 @@ __all__ = [
 
 ROOT_ENV = "REFCONV_PRETRAINED_DIR"  # overrides the registry root (tests, a private model store)
 CARD_VERSION = 1
-FMNIST_MEAN = (0.2860,)  # refconv.data.fashion_mnist.MEAN / STD, repeated so this module needs no torch
-FMNIST_STD = (0.3530,)
+FMNIST_MEAN, FMNIST_STD = FASHION_MNIST_MEAN, FASHION_MNIST_STD
 _NATIVE = {"fashion-mnist": (28, 1, 10)}  # data -> (image size, channels, classes) when a run leaves them unset
-_ZOO_PREFIXES = (("timm/", "timm"), ("timm:", "timm"), ("tv/", "tv"), ("tv:", "tv"), ("torchvision/", "tv"),
-                 ("torchvision:", "tv"))
+# How a model name says its zoo: ``timm/x``, ``tv/x`` (``timm:x``, ``torchvision/x``... too); one table for every
+# place that reads a model name (:func:`split_zoo`).
+ZOO_PREFIXES = (("timm/", "timm"), ("timm:", "timm"), ("tv/", "tv"), ("tv:", "tv"), ("torchvision/", "tv"),
+                ("torchvision:", "tv"))
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ class PretrainedEntry:
     @property
     def zoo_arch(self) -> tuple[str, str]:
         """``(zoo, architecture)`` of :attr:`model`, e.g. ``("timm", "mobilenetv3_small_100")``."""
-        zoo, arch = _split_model(self.model)
+        zoo, arch = split_zoo(self.model)
         return zoo or "timm", arch
 
     def default_run_dir(self) -> str:
@@ -294,9 +298,10 @@ def weights_path(name: str, root: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- fit checks
-def _split_model(name: str) -> tuple[str | None, str]:
+def split_zoo(name: str) -> tuple[str | None, str]:
+    """``(zoo, architecture)`` of a model name: ``"timm"`` / ``"tv"`` from its prefix, None for a bare name."""
     text = str(name).strip()
-    for prefix, zoo in _ZOO_PREFIXES:
+    for prefix, zoo in ZOO_PREFIXES:
         if text.lower().startswith(prefix):
             return zoo, text[len(prefix):]
     return None, text
@@ -304,7 +309,7 @@ def _split_model(name: str) -> tuple[str | None, str]:
 
 def same_model(a: str, b: str) -> bool:
     """Do two refconv model names name the same architecture (``timm/x`` == ``timm:x`` == bare ``x``)?"""
-    (za, aa), (zb, ab) = _split_model(a), _split_model(b)
+    (za, aa), (zb, ab) = split_zoo(a), split_zoo(b)
     return aa.lower() == ab.lower() and (za is None or zb is None or za == zb)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ModelError
+from .catalog import split_zoo
 from .checkpoint import load_checkpoint
 from .surgery import replace_classifier, replace_first_conv
 from .weights import read_state_dict
@@ -28,14 +29,6 @@ __all__ = ["ZOOS", "zoo_names", "resolve_model_name", "build_classifier"]
 _log = logging.getLogger(__name__)
 
 ZOOS = ("timm", "tv")
-_PREFIXES = (
-    ("timm/", "timm"),
-    ("timm:", "timm"),
-    ("tv/", "tv"),
-    ("tv:", "tv"),
-    ("torchvision/", "tv"),
-    ("torchvision:", "tv"),
-)
 _ZOO_ALIASES = {"timm": "timm", "tv": "tv", "torchvision": "tv"}
 _OFFLINE_ENV = ("REFCONV_OFFLINE", "HF_HUB_OFFLINE")
 _PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -102,13 +95,7 @@ def resolve_model_name(name: str) -> tuple[str, str]:
     Raises:
         ModelError: unknown name (with close matches from both zoos), or timm asked for but not installed.
     """
-    text = str(name).strip()
-    zoo = None
-    arch = text
-    for prefix, z in _PREFIXES:
-        if text.lower().startswith(prefix):
-            zoo, arch = z, text[len(prefix) :]
-            break
+    zoo, arch = split_zoo(name)
     if zoo == "timm" or zoo is None:
         if _timm_has(arch):
             return "timm", arch

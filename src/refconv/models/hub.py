@@ -35,14 +35,11 @@ HUB_FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def _timm_arch(model_name: str) -> str:
-    text = str(model_name).strip()
-    for prefix in ("timm/", "timm:"):
-        if text.lower().startswith(prefix):
-            return text[len(prefix):]
-    if text.lower().startswith(("tv/", "tv:", "torchvision/", "torchvision:")):
+    zoo, arch = catalog.split_zoo(model_name)
+    if zoo == "tv":
         raise ModelError(f"{model_name} is a torchvision model: stock timm cannot build it, so it has no hub folder. "
                          "Only timm architectures (timm/<name>) export to one.")
-    return text
+    return arch
 
 
 def hub_card(title: str, body: str, *, arch: str, tags: Sequence[str] = ()) -> str:
