@@ -9,8 +9,9 @@ The sweep lives in rooms, each one job:
 :mod:`~refconv.protocol.sweep_spec` (the YAML schema and its validation), :mod:`~refconv.protocol.sweep_plan`
 (what the directory holds and what is left), :mod:`~refconv.protocol.sweep_estimate` (timed steps, the time
 guard), :mod:`~refconv.protocol.tables` (the statistics, shared with the demo), this module (running it) and
-:mod:`~refconv.protocol.sweep_report` (report.md / report.html from ``results.json`` alone). The public names
-of all of them are importable from here.
+:mod:`~refconv.protocol.sweep_report` (report.md / report.html from ``results.json`` alone). The runs go through
+the study runner every study shares (:func:`refconv.protocol.runner.execute`: here, in parallel processes or as
+cluster jobs). The public names of all of them are importable from here.
 
 Outputs in ``--out``: ``sweep.json`` (what the directory holds), ``runs/baseline``, ``runs/e<E>/<arm>/seed<s>``,
 ``results.json`` (every number), ``report.md`` / ``report.html`` and PNG plots.
