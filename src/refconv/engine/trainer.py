@@ -426,7 +426,7 @@ class Trainer:
             extra={"world_size": info.world_size, "device": str(self.device), "steps_per_epoch": self.steps_per_epoch,
                    "input_pipeline": self.pipeline, "start_weights": task.start_weights, **task.run_facts()},
             task=task.name,
-            models=TrainedModels(trained=deploy_model.cpu().eval(), deployed=plain.cpu().eval()),
+            models=TrainedModels(trained=_kept(deploy_model), deployed=_kept(plain)),
         )
         if info.is_main:
             atomic_write_bytes(self.run_dir / DONE_FILE, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
@@ -459,6 +459,14 @@ class Trainer:
         return ({"weights_path": weights_path, "folded_path": weights_path if fold_report is not None else None,
                  "folded_metrics": folded_metrics, "fold_max_abs_err": fold_err, "fold": fold_report, "onnx": onnx_info},
                 plain)
+
+
+def _kept(model: nn.Module) -> nn.Module:
+    """A finished run's model as the caller keeps it: on the CPU, in eval mode, without the last step's gradients
+    (a study holds several of these)."""
+    for p in model.parameters():
+        p.grad = None
+    return model.cpu().eval()
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
