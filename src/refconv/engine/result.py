@@ -24,7 +24,7 @@ class TrainedModels:
 
     A study's later stages (fold check, analyses) take them from here instead of rebuilding them from the run
     directory; a run read back from disk (cached, or trained in another process) has none, and the reader loads
-    them once (:func:`refconv.protocol.cells.trained_models`).
+    them once (:class:`refconv.protocol.runner.StudyModels`).
 
     Attributes:
         trained: the model as trained (RefConv layers unfolded for an explicit RefConv run; the EMA model with

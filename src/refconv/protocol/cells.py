@@ -149,8 +149,9 @@ def run_waves(waves: Sequence[Sequence[Cell]], *, parallel: int = 1, overwrite: 
             on_done(cell, res, len(results), total)
 
     for wave in waves:
-        finished = [c for c in wave if is_finished(c.config.run_dir())]
-        todo = [c for c in wave if c not in finished]
+        done_keys = {c.key for c in wave if is_finished(c.config.run_dir())}
+        finished = [c for c in wave if c.key in done_keys]
+        todo = [c for c in wave if c.key not in done_keys]
         run_cells(finished, overwrite=overwrite, on_done=done, reporter=reporter)
         run_cells(todo, parallel=min(parallel, max(len(todo), 1)), overwrite=overwrite, on_done=done,
                   reporter=reporter)
