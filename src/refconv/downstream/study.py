@@ -13,8 +13,8 @@ Per task (detection, segmentation) of a :class:`StudyConfig`:
    ``refconv`` to each control and to the baseline, with 95 % intervals (:mod:`refconv.stats`).
 
 Each run is an engine run (:func:`refconv.downstream.run_downstream`) in its own directory under ``work_dir``,
-reused when finished and resumed when interrupted as the sweep's cells are
-(:func:`refconv.protocol.cells.run_cell`), so the study can be stopped and started again; the study reads
+reused when finished and resumed when interrupted as the sweep's cells are (the study runner every study shares,
+:func:`refconv.protocol.runner.execute`), so the study can be stopped and started again; the study reads
 each run's :class:`~refconv.engine.RunResult` (``final``, ``history`` with the engine's ``test_*`` columns,
 ``fold``, ``extra["backbone"]``).
 What must last goes to ``out``: ``results.json``, ``report.md``, ``curves.png`` (see
