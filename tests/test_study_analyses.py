@@ -107,3 +107,12 @@ def test_cli_writes_the_analyses_and_records_its_own_command(swept, monkeypatch,
     assert "Command: `refconv study-analyses " in (out / "analyses" / "analyses.md").read_text()
     assert cli.main(["study-analyses", str(out), "--budget", "3"]) == 1
     assert "no budget 3; it has [1]" in capsys.readouterr().err
+
+
+def test_the_start_of_a_sweep_with_per_seed_baselines_is_the_first_seeds():
+    from refconv.protocol.study_analyses import _first_baseline
+
+    per_seed = {"trained": True, "per_seed": {"seed10": {"run_dir": "runs/baseline/seed10"},
+                                              "seed2": {"run_dir": "runs/baseline/seed2"}}}
+    assert _first_baseline(per_seed) == "runs/baseline/seed2"
+    assert _first_baseline({"trained": True, "run_dir": "runs/baseline"}) == "runs/baseline"

@@ -78,6 +78,14 @@ def _run_result(sweep_dir: Path, results: Mapping[str, Any], cell_id: str, *, ne
     return res
 
 
+def _first_baseline(baseline: Mapping[str, Any]) -> str:
+    """The run directory (relative to the sweep's) of the baseline trained here: the shared one, or the first
+    seed's with per-seed baselines (the start whose channel diversity the page quotes)."""
+    if "per_seed" in baseline:
+        return baseline["per_seed"][min(baseline["per_seed"], key=lambda k: int(k.removeprefix("seed")))]["run_dir"]
+    return baseline.get("run_dir") or "runs/baseline"
+
+
 def default_settings(results: Mapping[str, Any], budget: int) -> list[str]:
     """The authors' defaults and the setting closest to the best control at this budget (by mean Δ)."""
     settings = [r for r in _rows(results, budget) if r["kind"] == "setting"]
@@ -127,7 +135,7 @@ def analyze_sweep(sweep_dir: str | os.PathLike, *, budget: int | None = None, se
         known = [a for a, r in rows.items() if r["kind"] == "setting"]
         raise ConfigError(f"unknown setting(s) {unknown} at budget {budget}; the sweep's settings are {known}.")
     profile = profile or AnalysisProfile()
-    start = results["spec"]["baseline"].get("weights") or str(sweep_dir / "runs" / "baseline")
+    start = results["spec"]["baseline"].get("weights") or str(sweep_dir / _first_baseline(results["baseline"]))
     ctrl_cells = _cells_by_seed(results, rows[control])
     out = sweep_dir / ANALYSES_DIR
     data: dict[str, Any] = {
