@@ -1,5 +1,6 @@
-"""The figures the docs quote from a recorded study are the recorded study's: the paper-regime page's table and the
-README's answer are rebuilt here from ``docs/results/paper-regime/results.json`` and must appear verbatim."""
+"""The figures the docs quote from a recorded study are the recorded study's: the paper-regime page's tables and the
+README's answer are rebuilt here from ``docs/results/paper-regime[-shufflenet]/results.json`` and must appear
+verbatim."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "paper-regime" / "results.json"
+SHUFFLENET = ROOT / "docs" / "results" / "paper-regime-shufflenet" / "results.json"
+PAGE = ROOT / "docs" / "paper-regime.md"
 
 
 def _num(x: float) -> str:
@@ -21,16 +24,26 @@ def _ci(d: dict) -> str:
     return f"{_num(d['mean'])} [{_num(d['ci_low'])}, {_num(d['ci_high'])}]"
 
 
-@pytest.fixture(scope="module")
-def rows() -> dict[str, dict]:
-    results = json.loads(RESULTS.read_text())
-    (budget,) = results["budgets"]
+def _rows(path: Path) -> dict[str, dict]:
+    (budget,) = json.loads(path.read_text())["budgets"]
     return {r["arm"]: r for r in budget["rows"]}
 
 
+@pytest.fixture(scope="module")
+def rows() -> dict[str, dict]:
+    return _rows(RESULTS)
+
+
+def _page_table(start: str, end: str) -> dict[str, str]:
+    """``{arm: its table line}`` of the page's table between the headings ``start`` and ``end``."""
+    page = PAGE.read_text()
+    section = page[page.index(start):page.index(end)]
+    return {m.group(1).replace("*", "").split()[0]: m.group(0) for m in re.finditer(r"^\| ([^|]+) \|.*$", section, re.M)}
+
+
 def test_paper_regime_page_table_is_the_recording(rows):
-    page = (ROOT / "docs" / "paper-regime.md").read_text()
-    table = {m.group(1).replace("*", "").split()[0]: m.group(0) for m in re.finditer(r"^\| ([^|]+) \|.*$", page, re.M)}
+    page = PAGE.read_text()
+    table = _page_table("## Results", "## Reading")
     for arm, r in rows.items():
         line = table[arm]
         s = r["summary"]
@@ -55,3 +68,20 @@ def test_readme_answer_quotes_the_recording(rows):
     assert f"(Δ {_ci(a['vs_best'])})" in text
     assert f"({rows['isotropic']['summary']['mean']:.2f} %)" in text
     assert f"by {_ci(rows['authors-ft-rate']['vs_lr_matched'])}" in text
+
+
+def test_the_second_familys_table_is_its_recording():
+    rows = _rows(SHUFFLENET)
+    table = _page_table("## The second family", "**The MobileNetV3 result replicates")
+    assert set(table) >= set(rows)
+    for arm, r in rows.items():
+        s = r["summary"]
+        assert f"{s['mean']:.2f} ± {s['std']:.2f}" in table[arm], arm
+        if r["kind"] == "setting":
+            for control in ("continue", "scratch", "finetune"):
+                assert _ci(r["vs"][control]) in table[arm], (arm, control)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for arm in ("authors", "continue", "scratch"):
+        s = rows[arm]["summary"]
+        assert f"{s['mean']:.2f} ± {s['std']:.2f} %" in readme, arm
+    assert f"(Δ {_ci(rows['authors']['vs']['continue'])})" in readme
