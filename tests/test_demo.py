@@ -166,6 +166,27 @@ def test_bad_input(tmp_path):
         profile("quick", seeds=0)
 
 
+def test_a_profile_is_a_yaml_file_of_ones_own(tmp_path):
+    """Every packaged profile is a YAML file; one's own is read the same way, and its mistakes are named."""
+    from refconv.protocol.demo import load_profile
+
+    assert set(PROFILES) == {"tiny", "quick", "quick-scratch", "full", "full-scratch"}
+    assert PROFILES["quick"].best_setting[0] == "refconv-best" and PROFILES["quick"].starts
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("models: timm/mobilenetv3_small_050\nseeds: 1\nbaseline_epochs: 1\narm_epochs: 1\n")
+    p = profile(mine, seeds=3)
+    assert (p.name, p.models, p.seeds) == ("mine", ("timm/mobilenetv3_small_050",), 3)
+    mine.write_text("models: [timm/mobilenetv3_small_050]\nseedz: 1\nbaseline_epochs: 1\narm_epochs: 1\n")
+    with pytest.raises(ConfigError, match="unknown demo profile keys \\['seedz'\\]. Did you mean 'seeds'"):
+        load_profile(mine)
+    mine.write_text("models: [timm/mobilenetv3_small_050]\n")
+    with pytest.raises(ConfigError, match="lacks seeds, baseline_epochs, arm_epochs"):
+        load_profile(mine)
+    mine.write_text("models: 3\nseeds: 1\nbaseline_epochs: 1\narm_epochs: 1\n")
+    with pytest.raises(ConfigError, match="models is a list of names"):
+        load_profile(mine)
+
+
 def test_analyze_cli_on_demo_runs(demo, capsys):
     from refconv.cli import main
 

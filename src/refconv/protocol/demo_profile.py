@@ -62,13 +62,22 @@ class DemoProfile:
     def from_dict(cls, data: dict[str, Any]) -> DemoProfile:
         """A profile from its YAML / ``demo.json`` form (lists become tuples); unknown keys are refused."""
         d = dict(known_keys(cls, data, "demo profile"))
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ConfigError(f"demo profile {d.get('name', '')!r} lacks {', '.join(missing)}: a profile names at least "
+                              f"{', '.join(required)} (see src/refconv/configs/demo/tiny.yaml).")
+        for key in ("models", "starts"):  # one name or a list of names
+            if isinstance(d.get(key), str):
+                d[key] = [d[key]]
+            if not isinstance(d.get(key, []), (list, tuple)) or not all(isinstance(m, str) for m in d.get(key, [])):
+                raise ConfigError(f"demo profile: {key} is a list of names, e.g. [timm/mobilenetv3_small_100]; got "
+                                  f"{d[key]!r}.")
         for key in ("models", "starts", "best_setting"):
             if key in d:
                 d[key] = tuple(d[key] or ())
-        try:
-            return cls(**d)
-        except TypeError as exc:  # a required key left out
-            raise ConfigError(f"demo profile: {exc}.") from None
+        return cls(**d)
 
 
 def load_profile(name_or_path: str | os.PathLike) -> DemoProfile:
