@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..engine.config import packaged_yaml, read_yaml, resolve_packaged
 from ..errors import ConfigError
 
-__all__ = ["STUDY_KINDS", "packaged_specs", "resolve_spec", "read_spec", "known_keys"]
+__all__ = ["STUDY_KINDS", "packaged_specs", "resolve_spec", "read_spec", "known_keys", "did_you_mean"]
 
 # kind -> (folder under refconv/configs, the noun errors use)
 STUDY_KINDS: dict[str, tuple[str, str]] = {
@@ -53,6 +54,13 @@ def read_spec(name_or_path: str | os.PathLike, kind: str) -> tuple[dict[str, Any
     return read_yaml(path, f"{_kind(kind)[1]} config"), path, packaged
 
 
+def did_you_mean(keys: Sequence[str], allowed: Sequence[str]) -> str:
+    """`` Did you mean 'seeds' for 'seedz'?`` for the keys with a close match among ``allowed`` (empty if none)."""
+    hints = [f"{close[0]!r} for {k!r}" for k in keys
+             if (close := difflib.get_close_matches(str(k), list(allowed), n=1))]
+    return f" Did you mean {' and '.join(hints)}?" if hints else ""
+
+
 def known_keys(cls: type, data: Any, what: str) -> dict[str, Any]:
     """``data`` when it is a mapping whose keys are all fields of the dataclass ``cls``; otherwise a
     :class:`~refconv.errors.ConfigError` naming each unknown key, its close match and the valid keys."""
@@ -61,8 +69,5 @@ def known_keys(cls: type, data: Any, what: str) -> dict[str, Any]:
     names = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        hints = [f"{close[0]!r} for {k!r}" for k in unknown
-                 if (close := difflib.get_close_matches(str(k), names, n=1))]
-        hint = f" Did you mean {' and '.join(hints)}?" if hints else ""
-        raise ConfigError(f"unknown {what} keys {unknown}.{hint} Valid keys: {names}.")
+        raise ConfigError(f"unknown {what} keys {unknown}.{did_you_mean(unknown, names)} Valid keys: {names}.")
     return data

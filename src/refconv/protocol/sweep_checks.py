@@ -8,7 +8,6 @@ Each error names where it is (``base``, ``settings[2] (zero-init)``) so a sweep 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import re
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 from ..engine import RunConfig
 from ..engine.config import make_config
 from ..errors import ConfigError
+from .spec import did_you_mean
 
 __all__ = ["RUN_KEYS", "unknown_keys_error", "check_run_keys", "validated", "as_mapping", "int_list", "auto_name",
            "expand_grid"]
@@ -25,14 +25,9 @@ RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 def unknown_keys_error(keys: Sequence[str], where: str, allowed: Sequence[str], extra: str = "") -> ConfigError:
-    hints = []
-    for k in keys:
-        close = difflib.get_close_matches(str(k), list(allowed), n=1)
-        if close:
-            hints.append(f"{close[0]!r} for {k!r}")
-    hint = f" Did you mean {' and '.join(hints)}?" if hints else ""
     return ConfigError(
-        f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(repr(k) for k in keys)} in {where}.{hint} "
+        f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(repr(k) for k in keys)} in {where}."
+        f"{did_you_mean(keys, allowed)} "
         f"Allowed: {', '.join(allowed)}.{extra}"
     )
 
