@@ -163,13 +163,9 @@ def _run_demo(p: DemoProfile, out: Path, *, data_dir: str | None, overwrite: boo
     prog.stage(2, N_STAGES, ("" if p.starts else f"baseline(s) ({p.baseline_epochs} epochs from scratch), then ")
                + f"{', '.join(a.name for a in demo_arms(p))} from the start, {p.seeds} seed(s), {p.arm_epochs} "
                f"epochs each")
-    def on_done(cell: Cell, res: RunResult, i: int, n: int) -> None:
-        prog.cell(cell.key, res)
-        if cell.arm.name not in STAGE_ARMS:  # no later stage reads this run's models: do not hold them
-            res.models = None
-
-    runs = execute(cells, out, launcher=launcher, log=log, resubmit=_commands(p, out)[0], keep_models=True,
-                   on_done=on_done)
+    runs = execute(cells, out, launcher=launcher, log=log, resubmit=_commands(p, out)[0],
+                   keep_models=lambda cell: cell.arm.name in STAGE_ARMS,  # only the models a later stage reads
+                   on_done=lambda c, r, i, n: prog.cell(c.key, r))
     if runs is None:  # submitted to a cluster without waiting
         return None
     results: dict[str, Any] = {"profile": p.to_dict(), "models": {}, "commands": _commands(p, out),

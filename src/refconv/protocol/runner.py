@@ -35,7 +35,8 @@ OnDone = Callable[[Cell, RunResult, int, int], None]
 
 def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
             launcher: LaunchOptions | Launcher | None = None, overwrite: bool = False, on_done: OnDone | None = None,
-            log: Callable[[str], None] = print, resubmit: str = "", keep_models: bool = False,
+            log: Callable[[str], None] = print, resubmit: str = "",
+            keep_models: bool | Callable[[Cell], bool] = False,
             reporter: Any = None) -> dict[str, RunResult] | None:
     """Run ``cells`` (see the module docstring) and return ``{cell.key: RunResult}``; None when a cluster launcher
     submitted them without waiting (the study stops there; rerunning its command reads them back).
@@ -45,8 +46,9 @@ def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
         parallel: processes for the cells of a wave run here (1: this process).
         on_done: ``(cell, result, done_count, total)`` as each cell finishes (progress, hooks).
         resubmit: the command that resumes the study, for a launcher's messages.
-        keep_models: keep each result's in-memory models (a study whose later stages read them); otherwise they
-            are dropped as each cell finishes, so a long sweep does not hold every model it trained.
+        keep_models: keep each result's in-memory models (a study whose later stages read them), for every cell or
+            for the cells this predicate accepts; the others' are dropped as each cell finishes, so a long sweep
+            does not hold every model it trained.
         reporter: where the runs trained in this process write their progress (default: the engine's).
 
     Raises:
@@ -56,7 +58,7 @@ def execute(cells: Sequence[Cell], study_out: Path, *, parallel: int = 1,
         return None
 
     def done(cell: Cell, res: RunResult, i: int, n: int) -> None:
-        if not keep_models:
+        if not (keep_models(cell) if callable(keep_models) else keep_models):
             res.models = None
         if on_done is not None:
             on_done(cell, res, i, n)

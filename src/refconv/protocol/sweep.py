@@ -197,8 +197,8 @@ def _train(spec: SweepSpec, plan: Plan, out: Path, base: Any, log: Callable[[str
     done_before = {k for k, v in plan.status.items() if v == "done"}
 
     def on_done(cell: Cell, res: RunResult, i: int, n: int) -> None:
-        if cell.arm.method == "baseline" and cell.arm.name == "baseline":
-            return  # the sweep's progress counts its cells; the baseline has its own line
+        if cell.key not in plan.status:
+            return  # a baseline: the sweep's progress counts its cells, the baseline has its own line
         prog.cell(f"{cell.arm.name} seed {cell.seed}", res, cell.key in done_before)
         if on_cell_done is not None:
             on_cell_done(cell, res)

@@ -23,7 +23,7 @@ from .cells import Cell, cell_config
 from .evaldata import weights_fingerprint
 from .sweep_spec import SweepSpec
 
-__all__ = ["SWEEP_FILE", "Plan", "plan_sweep", "cell_key", "identity", "resolve_parallel"]
+__all__ = ["SWEEP_FILE", "Plan", "plan_sweep", "identity", "resolve_parallel"]
 
 SWEEP_FILE = "sweep.json"
 
@@ -53,12 +53,7 @@ class Plan:
     @property
     def todo(self) -> list[Cell]:
         """The cells left to train (every cell not finished), in plan order."""
-        return [c for c in self.cells if self.status[cell_key(c)] != "done"]
-
-
-def cell_key(cell: Cell) -> str:
-    """``e3/zero-init/seed0``: a cell's name in the plan, the log and ``results.json`` (its ``key``)."""
-    return cell.key
+        return [c for c in self.cells if self.status[c.key] != "done"]
 
 
 def _run_status(cfg: RunConfig) -> tuple[str, str]:
@@ -133,9 +128,9 @@ def plan_sweep(spec: SweepSpec, out: Path, base: RunConfig, overwrite: bool) -> 
     mismatch: dict[str, str] = {}
     for c in cells:
         st, diff = ("new", "") if clear_all else _run_status(c.config)
-        status[cell_key(c)] = st
+        status[c.key] = st
         if st == "mismatch":
-            mismatch[cell_key(c)] = diff
+            mismatch[c.key] = diff
     if mismatch and not overwrite:
         shown = "; ".join(f"{k} ({d})" for k, d in list(mismatch.items())[:4])
         raise CheckpointError(
